@@ -65,3 +65,7 @@ class DataError(SAMMed3DError, ValueError):
 
 class DeviceError(SAMMed3DError, RuntimeError):
     """The requested compute device is not available or ran out of memory."""
+
+
+class OutputError(SAMMed3DError, OSError):
+    """A result file cannot be written: unsupported extension, missing folder, no permission, no disk space."""

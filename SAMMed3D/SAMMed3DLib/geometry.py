@@ -1,0 +1,762 @@
+"""Physical geometry of images and model windows: LPS/RAS, window extraction, paste-back.
+
+Design:
+
+- Physical coordinates are **LPS** millimetres (ITK/SimpleITK); Slicer speaks RAS, and
+  :func:`ras_to_lps` / :func:`lps_to_ras` convert (flip x and y).
+- :class:`ImageGeometry` is the voxel grid of an original image in ITK terms: index
+  ``(i, j, k)`` (numpy arrays of a SimpleITK image are ``(k, j, i)``, i.e. ``zyx``),
+  ``point_lps = origin_lps + direction @ (spacing_xyz_mm * index_xyz)``.
+- :class:`Window` is the model's input grid: ``size``³ voxels of ``spacing_mm``, its axes always
+  world-aligned in canonical **RAS** order (tensor axis 0 → patient Right, 1 → Anterior,
+  2 → Superior; ``../shared/spec/SAM_MED3D_FACTS.md`` §3-4), whatever the image's direction, so the
+  anatomy reaches the model in the orientation it was trained on.
+  ``point_lps = origin_lps + spacing_mm * CANONICAL_DIRECTION_LPS @ index``, where ``index`` is in
+  tensor axis order (component k along tensor axis k, the order of point prompts).
+- A window covers the half-open continuous index box ``[-0.5, size - 0.5)`` on every axis; an
+  original voxel belongs to a window when its *centre* lies in that box. One function
+  (``_row_intervals``) decides this for every row of original voxels analytically, so the
+  footprint, the paste-back and the float logits all agree voxel for voxel.
+- :func:`extract_window` resamples only the window's ``size``³ points from the original image
+  (SimpleITK linear, 0 outside; ~40 ms for 128³ from an oblique 512×512×200 CT on 2 threads; a
+  crop + ``torch.grid_sample`` path measured 100 ms, so SimpleITK it is). The reference grid's ITK
+  axes are the tensor axes (R, A, S) and its array is transposed afterwards: ordering the ITK axes
+  (S, A, R) to get tensor order directly made SimpleITK walk across input slices (126 ms).
+- :func:`paste_logits` maps the decoder's low-res logits (``(size/4)``³) back onto the original
+  grid. Official SAM-Med3D upsamples them with ``F.interpolate(trilinear, align_corners=False)``;
+  that upsampling equals linear interpolation of the low-res grid whose node ``u`` sits at window
+  index ``f·(u + 0.5) - 0.5`` (``f = size / L``), clamped at the border. We interpolate that
+  continuous function directly at each original voxel centre, which reproduces the official values
+  exactly at window voxel centres and never needs the 128³ intermediate. Only voxels that can
+  change are evaluated: trilinear interpolation is a convex combination of the 8 surrounding
+  nodes, so no point farther than one low-res cell from a positive node can be positive. The
+  region near positive nodes is interpolated (SimpleITK), and elsewhere only voxels that are
+  currently non-zero are cleared. A full-footprint evaluation costs ~160 ms for a typical CT
+  footprint (10 M voxels); this costs a few ms for organ-sized objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ConfigError, ImageError, PromptError
+
+logger = logging.getLogger(__name__)
+
+#: Columns are the LPS directions of the model's tensor axes 0, 1, 2 (patient R, A, S).
+CANONICAL_DIRECTION_LPS: np.ndarray = np.diag([-1.0, -1.0, 1.0])
+CANONICAL_DIRECTION_LPS.setflags(write=False)
+
+#: ITK direction of a window-shaped SimpleITK image whose numpy array (k, j, i) is in tensor
+#: order (axis 0, 1, 2): ITK axis i = tensor axis 2 (S), j = axis 1 (A), k = axis 0 (R).
+_TENSOR_ORDER_ITK_DIRECTION: np.ndarray = CANONICAL_DIRECTION_LPS[:, ::-1].copy()
+
+#: |direction component| below which an axis is treated as exactly parallel to a window face.
+_PARALLEL_EPS = 1e-12
+
+#: Flip of x and y between LPS and RAS (the same matrix both ways).
+_LPS_RAS_FLIP = np.array([-1.0, -1.0, 1.0])
+
+
+SliceZYX = tuple[slice, slice, slice]
+
+
+def _as_points(points: Any, name: str) -> tuple[np.ndarray, bool]:
+    """Return (N, 3) float64 points and whether the input was a single (3,) point."""
+    arr = np.asarray(points, dtype=np.float64)
+    if arr.shape == (3,):
+        return arr[None, :], True
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise PromptError(f"{name} must have shape (3,) or (N, 3), got shape {arr.shape}; pass x, y, z per point")
+    return arr, False
+
+
+def _restore(arr: np.ndarray, single: bool) -> np.ndarray:
+    return arr[0] if single else arr
+
+
+def ras_to_lps(points: Any) -> np.ndarray:
+    """Convert RAS points (Slicer) to LPS points (ITK): negate x and y.
+
+    Args:
+        points: (3,) or (N, 3) array-like of RAS coordinates in mm.
+
+    Returns:
+        float64 array of the same shape, LPS coordinates in mm.
+
+    Raises:
+        PromptError: the input is not (3,) or (N, 3).
+    """
+    arr, single = _as_points(points, "points_ras")
+    return _restore(arr * _LPS_RAS_FLIP, single)
+
+
+def lps_to_ras(points: Any) -> np.ndarray:
+    """Convert LPS points (ITK) to RAS points (Slicer): negate x and y.
+
+    Args:
+        points: (3,) or (N, 3) array-like of LPS coordinates in mm.
+
+    Returns:
+        float64 array of the same shape, RAS coordinates in mm.
+
+    Raises:
+        PromptError: the input is not (3,) or (N, 3).
+    """
+    arr, single = _as_points(points, "points_lps")
+    return _restore(arr * _LPS_RAS_FLIP, single)
+
+
+def _frozen_array(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.array(values, dtype=np.float64) + 0.0  # -0.0 becomes 0.0, so equal geometries hash equally
+    if arr.shape != shape:
+        raise ImageError(f"{name} must have shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ImageError(f"{name} must be finite, got {arr.tolist()}")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class ImageGeometry:
+    """Voxel grid of an original image, ITK conventions.
+
+    ``point_lps = origin_lps + direction @ (spacing_xyz_mm * index_xyz)``.
+
+    Attributes:
+        size_xyz: number of voxels along ITK index axes (i, j, k); a SimpleITK numpy array of
+            this image has shape ``size_xyz[::-1]`` (z, y, x).
+        spacing_xyz_mm: (3,) float64, voxel spacing along i, j, k in mm.
+        origin_lps: (3,) float64, LPS position in mm of the centre of voxel (0, 0, 0).
+        direction: (3, 3) float64; column c is the unit LPS direction of index axis c.
+    """
+
+    size_xyz: tuple[int, int, int]
+    spacing_xyz_mm: np.ndarray
+    origin_lps: np.ndarray
+    direction: np.ndarray
+
+    def __post_init__(self) -> None:
+        size = tuple(int(v) for v in self.size_xyz)
+        if len(size) != 3 or min(size) < 1:
+            raise ImageError(f"size_xyz must be 3 positive integers, got {self.size_xyz}")
+        spacing = _frozen_array(self.spacing_xyz_mm, (3,), "spacing_xyz_mm")
+        if np.any(spacing <= 0):
+            raise ImageError(f"spacing_xyz_mm must be positive, got {spacing.tolist()}")
+        direction = _frozen_array(self.direction, (3, 3), "direction")
+        if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3 or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+            raise ImageError(f"direction must be an orthonormal 3x3 matrix, got {direction.tolist()}")
+        object.__setattr__(self, "size_xyz", size)
+        object.__setattr__(self, "spacing_xyz_mm", spacing)
+        object.__setattr__(self, "origin_lps", _frozen_array(self.origin_lps, (3,), "origin_lps"))
+        object.__setattr__(self, "direction", direction)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageGeometry):
+            return NotImplemented
+        return (
+            self.size_xyz == other.size_xyz
+            and np.array_equal(self.spacing_xyz_mm, other.spacing_xyz_mm)
+            and np.array_equal(self.origin_lps, other.origin_lps)
+            and np.array_equal(self.direction, other.direction)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.size_xyz, self.spacing_xyz_mm.tobytes(), self.origin_lps.tobytes(), self.direction.tobytes()))
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> ImageGeometry:
+        """Geometry of a 3D SimpleITK image.
+
+        Raises:
+            ImageError: the image is not 3D.
+        """
+        if image.GetDimension() != 3:
+            raise ImageError(f"expected a 3D image, got a {image.GetDimension()}D image of size {image.GetSize()}")
+        return cls(
+            size_xyz=image.GetSize(),
+            spacing_xyz_mm=image.GetSpacing(),
+            origin_lps=image.GetOrigin(),
+            direction=np.reshape(image.GetDirection(), (3, 3)),
+        )
+
+    @classmethod
+    def from_ijk_to_ras(cls, size_xyz: tuple[int, int, int], ijk_to_ras: Any) -> ImageGeometry:
+        """Geometry from a Slicer volume's IJK-to-RAS 4x4 matrix (IJK = ITK index order).
+
+        Args:
+            size_xyz: voxels along I, J, K.
+            ijk_to_ras: (4, 4) homogeneous matrix mapping (i, j, k, 1) to RAS mm.
+        """
+        m = np.asarray(ijk_to_ras, dtype=np.float64)
+        if m.shape != (4, 4):
+            raise ImageError(f"ijk_to_ras must be a 4x4 matrix, got shape {m.shape}")
+        linear = m[:3, :3] * _LPS_RAS_FLIP[:, None]
+        spacing = np.linalg.norm(linear, axis=0)
+        if np.any(spacing <= 0):
+            raise ImageError(f"ijk_to_ras has a zero column: {m.tolist()}")
+        return cls(size_xyz=size_xyz, spacing_xyz_mm=spacing, origin_lps=m[:3, 3] * _LPS_RAS_FLIP, direction=linear / spacing)
+
+    @property
+    def ijk_to_lps(self) -> np.ndarray:
+        """(4, 4) float64 homogeneous matrix mapping ITK index (i, j, k, 1) to LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction * self.spacing_xyz_mm
+        m[:3, 3] = self.origin_lps
+        return m
+
+    @property
+    def ijk_to_ras(self) -> np.ndarray:
+        """(4, 4) float64 homogeneous matrix mapping ITK index (i, j, k, 1) to RAS mm (Slicer's IJKToRAS)."""
+        m = self.ijk_to_lps
+        m[:3, :] *= _LPS_RAS_FLIP[:, None]
+        return m
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        """Shape of this image's SimpleITK numpy array: (k, j, i)."""
+        return (self.size_xyz[2], self.size_xyz[1], self.size_xyz[0])
+
+    def to_reference_image(self, pixel_type: int = sitk.sitkUInt8) -> sitk.Image:
+        """An all-zero SimpleITK image on this grid (reference for resampling or a new mask)."""
+        image = sitk.Image([int(v) for v in self.size_xyz], pixel_type)
+        image.SetSpacing(self.spacing_xyz_mm.tolist())
+        image.SetOrigin(self.origin_lps.tolist())
+        image.SetDirection(self.direction.ravel().tolist())
+        return image
+
+    def index_to_lps(self, index_xyz: Any) -> np.ndarray:
+        """Map (continuous) ITK indices to LPS points.
+
+        Args:
+            index_xyz: (3,) or (N, 3) indices in (i, j, k) order.
+
+        Returns:
+            float64 LPS mm, same shape as the input.
+        """
+        idx, single = _as_points(index_xyz, "index_xyz")
+        pts = idx @ (self.direction * self.spacing_xyz_mm).T + self.origin_lps
+        return _restore(pts, single)
+
+    def lps_to_index(self, points_lps: Any) -> np.ndarray:
+        """Map LPS points to continuous ITK indices (i, j, k); integer values are voxel centres.
+
+        Args:
+            points_lps: (3,) or (N, 3) LPS mm.
+
+        Returns:
+            float64 continuous indices in (i, j, k) order, same shape as the input.
+        """
+        pts, single = _as_points(points_lps, "points_lps")
+        idx = (pts - self.origin_lps) @ self.direction / self.spacing_xyz_mm
+        return _restore(idx, single)
+
+    def contains_lps(self, points_lps: Any) -> np.ndarray | bool:
+        """Whether points lie inside the voxel extent: continuous index within [-0.5, size - 0.5].
+
+        Args:
+            points_lps: (3,) or (N, 3) LPS mm.
+
+        Returns:
+            bool for a (3,) input, (N,) bool array for an (N, 3) input.
+        """
+        idx = self.lps_to_index(points_lps)
+        size = np.asarray(self.size_xyz, dtype=np.float64)
+        inside = np.all((idx >= -0.5) & (idx <= size - 0.5), axis=-1)
+        return bool(inside) if np.ndim(inside) == 0 else inside
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """The model's cubic input grid in physical space, axes in canonical RAS tensor order.
+
+    ``point_lps = origin_lps + spacing_mm * CANONICAL_DIRECTION_LPS @ index`` with ``index`` in
+    tensor axis order (component k along tensor axis k: R, A, S). The window covers the
+    half-open continuous index box ``[-0.5, size - 0.5)`` on each axis.
+
+    Attributes:
+        origin_lps: (3,) float64, LPS mm of the centre of window voxel (0, 0, 0).
+        size: voxels per side (the model's input size, 128 for SAM-Med3D).
+        spacing_mm: isotropic voxel spacing in mm (1.5 for SAM-Med3D).
+    """
+
+    origin_lps: np.ndarray
+    size: int
+    spacing_mm: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or int(self.size) != self.size or int(self.size) < 1:
+            raise ConfigError(f"window size must be a positive integer, got {self.size!r}")
+        spacing = float(self.spacing_mm)
+        if not (np.isfinite(spacing) and spacing > 0):
+            raise ConfigError(f"window spacing_mm must be a positive number, got {self.spacing_mm!r}")
+        origin = np.array(self.origin_lps, dtype=np.float64) + 0.0  # no -0.0 (hash)
+        if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+            raise PromptError(f"window origin_lps must be 3 finite numbers, got {self.origin_lps!r}")
+        origin.setflags(write=False)
+        object.__setattr__(self, "origin_lps", origin)
+        object.__setattr__(self, "size", int(self.size))
+        object.__setattr__(self, "spacing_mm", spacing)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Window):
+            return NotImplemented
+        return self.size == other.size and self.spacing_mm == other.spacing_mm and np.array_equal(self.origin_lps, other.origin_lps)
+
+    def __hash__(self) -> int:
+        return hash((self.origin_lps.tobytes(), self.size, self.spacing_mm))
+
+    @classmethod
+    def centred_at(cls, center_lps: Any, size: int, spacing_mm: float) -> Window:
+        """Window whose voxel ``size // 2`` (on every axis) is centred exactly at ``center_lps``.
+
+        For size 128 a click at ``center_lps`` is window index (64, 64, 64).
+
+        Args:
+            center_lps: (3,) LPS mm.
+            size: voxels per side.
+            spacing_mm: voxel spacing in mm.
+
+        Raises:
+            PromptError: ``center_lps`` is not 3 finite numbers.
+            ConfigError: size or spacing is invalid.
+        """
+        center = np.asarray(center_lps, dtype=np.float64)
+        if center.shape != (3,) or not np.all(np.isfinite(center)):
+            raise PromptError(f"window centre must be 3 finite LPS coordinates, got {center_lps!r}")
+        if isinstance(size, bool) or int(size) != size or int(size) < 1:
+            raise ConfigError(f"window size must be a positive integer, got {size!r}")
+        half = np.full(3, float(int(size) // 2))
+        origin = center - float(spacing_mm) * (CANONICAL_DIRECTION_LPS @ half)
+        return cls(origin_lps=origin, size=int(size), spacing_mm=float(spacing_mm))
+
+    @property
+    def direction(self) -> np.ndarray:
+        """(3, 3) LPS directions of tensor axes 0, 1, 2 as columns (always canonical RAS)."""
+        return CANONICAL_DIRECTION_LPS
+
+    @property
+    def center_index(self) -> np.ndarray:
+        """(3,) float64 window index of the centre voxel, ``size // 2`` on every axis."""
+        return np.full(3, float(self.size // 2))
+
+    @property
+    def center_lps(self) -> np.ndarray:
+        """(3,) float64 LPS mm of the centre of voxel ``size // 2`` (the click of :meth:`centred_at`)."""
+        return self.index_to_lps(self.center_index)
+
+    def index_to_lps(self, index: Any) -> np.ndarray:
+        """Map window indices (tensor axis order) to LPS points.
+
+        Args:
+            index: (3,) or (N, 3) continuous window indices, component k along tensor axis k.
+
+        Returns:
+            float64 LPS mm, same shape as the input.
+        """
+        idx, single = _as_points(index, "window index")
+        pts = self.origin_lps + self.spacing_mm * (idx * np.diag(CANONICAL_DIRECTION_LPS))
+        return _restore(pts, single)
+
+    def lps_to_index(self, points_lps: Any) -> np.ndarray:
+        """Map LPS points to continuous window indices in tensor axis order.
+
+        These are the point prompts of the model (voxel indices, component k along tensor axis k).
+
+        Args:
+            points_lps: (3,) or (N, 3) LPS mm.
+
+        Returns:
+            float64 indices, same shape as the input.
+        """
+        pts, single = _as_points(points_lps, "points_lps")
+        idx = (pts - self.origin_lps) * np.diag(CANONICAL_DIRECTION_LPS) / self.spacing_mm
+        return _restore(idx, single)
+
+    def contains_index(self, index: Any) -> np.ndarray | bool:
+        """Whether continuous window indices lie in the window's box ``[-0.5, size - 0.5)``.
+
+        Args:
+            index: (3,) or (N, 3) window indices in tensor axis order.
+
+        Returns:
+            bool for a (3,) input, (N,) bool array for an (N, 3) input.
+        """
+        idx, single = _as_points(index, "window index")
+        inside = np.all((idx >= -0.5) & (idx < self.size - 0.5), axis=-1)
+        return bool(inside[0]) if single else inside
+
+    def contains_lps(self, points_lps: Any) -> np.ndarray | bool:
+        """Whether LPS points lie in the window's box (see :meth:`contains_index`)."""
+        return self.contains_index(self.lps_to_index(points_lps))
+
+    def corners_lps(self) -> np.ndarray:
+        """(8, 3) float64 LPS corners of the window's box (continuous indices -0.5 and size - 0.5)."""
+        lo, hi = -0.5, self.size - 0.5
+        corners = np.array([[a, b, c] for a in (lo, hi) for b in (lo, hi) for c in (lo, hi)])
+        return self.index_to_lps(corners)
+
+    def to_reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+        """Empty SimpleITK image on the window grid; its ITK index (i, j, k) is the window index.
+
+        Its ITK axes are the tensor axes (R, A, S), so its numpy array is (k, j, i) = tensor
+        axes (2, 1, 0) (transpose it to get tensor order).
+        """
+        image = sitk.Image([self.size] * 3, pixel_type)
+        image.SetSpacing([self.spacing_mm] * 3)
+        image.SetOrigin(self.origin_lps.tolist())
+        image.SetDirection(CANONICAL_DIRECTION_LPS.ravel().tolist())
+        return image
+
+
+def _check_scalar_3d(image: sitk.Image, name: str = "image") -> None:
+    if not isinstance(image, sitk.Image):
+        raise ImageError(f"{name} must be a SimpleITK image, got {type(image).__name__}")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(
+            f"{name} must be a 3D scalar image, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel; read it with SAMMed3DLib.io.read_image"
+        )
+
+
+def extract_window(image: sitk.Image, window: Window) -> np.ndarray:
+    """Resample the window's voxels from the original image.
+
+    Only the ``size``³ window points are computed (linear interpolation, SimpleITK); points
+    outside the image's voxel extent are 0.
+
+    Args:
+        image: original 3D scalar image (any pixel type), LPS geometry.
+        window: the window to sample.
+
+    Returns:
+        float32 array (size, size, size) in tensor axis order (R, A, S), C-contiguous.
+
+    Raises:
+        ImageError: the image is not 3D scalar.
+    """
+    _check_scalar_3d(image)
+    resampled = sitk.Resample(image, window.to_reference_image(), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return _transpose_xyz(sitk.GetArrayViewFromImage(resampled))
+
+
+def _transpose_xyz(array_kji: np.ndarray) -> np.ndarray:
+    """C-contiguous copy of a (k, j, i) array as (i, j, k).
+
+    One 2D transpose per j plane keeps both sides cache-friendly: 7 ms for 128³ float32 against
+    10-30 ms for ``np.ascontiguousarray(a.transpose(2, 1, 0))`` on this project's 2-core machine,
+    single-threaded so it does not collapse when the cores are busy (torch's 2-thread permute
+    measured 16-44 ms there).
+    """
+    out = np.empty(array_kji.shape[::-1], dtype=array_kji.dtype)
+    for j in range(array_kji.shape[1]):
+        out[:, j, :] = array_kji[:, j, :].T
+    return out
+
+
+def _index_affine(window: Window, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(A, c) with window_index = A @ index_xyz + c (window index in tensor order)."""
+    scale = np.diag(CANONICAL_DIRECTION_LPS) / window.spacing_mm
+    a = scale[:, None] * (geometry.direction * geometry.spacing_xyz_mm)
+    c = scale * (geometry.origin_lps - window.origin_lps)
+    return a, c
+
+
+def _candidate_box(corners_lps: np.ndarray, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive integer (i, j, k) box of voxel centres within the bounding box of LPS corners, clipped."""
+    idx = geometry.lps_to_index(corners_lps)
+    lo = np.maximum(np.ceil(idx.min(axis=0) - 1e-9), 0).astype(np.int64)
+    hi = np.minimum(np.floor(idx.max(axis=0) + 1e-9), np.asarray(geometry.size_xyz) - 1).astype(np.int64)
+    if np.any(hi < lo):
+        return None
+    return lo, hi
+
+
+def _row_intervals(
+    window: Window, geometry: ImageGeometry, k_values: np.ndarray, j_values: np.ndarray, i_range: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive i-range of voxel centres inside the window, for every row (k, j).
+
+    The single definition of "voxel centre inside the window" used by footprint, paste and
+    logits: window index ``w = w0(j, k) + i * a`` must satisfy ``-0.5 <= w < size - 0.5`` on
+    all three tensor axes.
+
+    Returns:
+        (i_lo, i_hi), int64 arrays of shape (len(k_values), len(j_values)); a row is empty
+        where ``i_lo > i_hi``. Results are clipped to ``i_range`` (inclusive).
+    """
+    a, c = _index_affine(window, geometry)
+    kk = k_values.astype(np.float64)[:, None]
+    jj = j_values.astype(np.float64)[None, :]
+    lo = np.full((kk.shape[0], jj.shape[1]), i_range[0], dtype=np.int64)
+    hi = np.full_like(lo, i_range[1])
+    low_bound, high_bound = -0.5, window.size - 0.5
+    for comp in range(3):
+        w0 = c[comp] + a[comp, 1] * jj + a[comp, 2] * kk
+        step = a[comp, 0]
+        if abs(step) < _PARALLEL_EPS:
+            outside = (w0 < low_bound) | (w0 >= high_bound)
+            hi = np.where(outside, lo - 1, hi)
+            continue
+        t_low = (low_bound - w0) / step
+        t_high = (high_bound - w0) / step
+        if step > 0:  # i >= t_low and i < t_high
+            comp_lo = np.ceil(t_low)
+            comp_hi = np.ceil(t_high) - 1
+        else:  # i <= t_low and i > t_high
+            comp_lo = np.floor(t_high) + 1
+            comp_hi = np.floor(t_low)
+        big = np.iinfo(np.int64).max // 4
+        lo = np.maximum(lo, np.clip(comp_lo, -big, big).astype(np.int64))
+        hi = np.minimum(hi, np.clip(comp_hi, -big, big).astype(np.int64))
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class _Footprint:
+    """Footprint box (inclusive ITK indices) and the per-row inside intervals over it."""
+
+    lo_xyz: np.ndarray
+    hi_xyz: np.ndarray
+    i_lo: np.ndarray  # (nk, nj) absolute i index
+    i_hi: np.ndarray
+
+    @property
+    def slices_zyx(self) -> SliceZYX:
+        lo, hi = self.lo_xyz, self.hi_xyz
+        return (slice(int(lo[2]), int(hi[2]) + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[0]), int(hi[0]) + 1))
+
+
+def _footprint(window: Window, geometry: ImageGeometry) -> _Footprint | None:
+    box = _candidate_box(window.corners_lps(), geometry)
+    if box is None:
+        return None
+    lo, hi = box
+    k_values = np.arange(lo[2], hi[2] + 1)
+    j_values = np.arange(lo[1], hi[1] + 1)
+    i_lo, i_hi = _row_intervals(window, geometry, k_values, j_values, (int(lo[0]), int(hi[0])))
+    nonempty = i_lo <= i_hi
+    if not nonempty.any():
+        return None
+    ks = np.flatnonzero(nonempty.any(axis=1))
+    js = np.flatnonzero(nonempty.any(axis=0))
+    k0, k1, j0, j1 = ks[0], ks[-1], js[0], js[-1]
+    i_lo, i_hi, nonempty = i_lo[k0 : k1 + 1, j0 : j1 + 1], i_hi[k0 : k1 + 1, j0 : j1 + 1], nonempty[k0 : k1 + 1, j0 : j1 + 1]
+    tight_lo = np.array([i_lo[nonempty].min(), lo[1] + j0, lo[2] + k0], dtype=np.int64)
+    tight_hi = np.array([i_hi[nonempty].max(), lo[1] + j1, lo[2] + k1], dtype=np.int64)
+    return _Footprint(lo_xyz=tight_lo, hi_xyz=tight_hi, i_lo=i_lo, i_hi=i_hi)
+
+
+def window_footprint(window: Window, geometry: ImageGeometry) -> SliceZYX | None:
+    """Bounding box of the original voxels whose centres lie inside the window.
+
+    Args:
+        window: the model window.
+        geometry: the original image's grid.
+
+    Returns:
+        (z, y, x) slices into the image's SimpleITK numpy array (k, j, i order), or None when
+        no voxel centre lies in the window.
+    """
+    fp = _footprint(window, geometry)
+    return None if fp is None else fp.slices_zyx
+
+
+def _low_res_array(low_res_logits: Any, window: Window) -> np.ndarray:
+    """(L, L, L) float32 numpy copy of numpy/torch logits; leading singleton dims are dropped."""
+    if hasattr(low_res_logits, "detach"):  # torch tensor, possibly on an accelerator
+        low_res_logits = low_res_logits.detach().float().cpu().numpy()
+    arr = np.asarray(low_res_logits, dtype=np.float32)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or len(set(arr.shape)) != 1:
+        raise ValueError(f"low_res_logits must be a cubic (L, L, L) array (optionally with leading 1s), got shape {np.shape(low_res_logits)}")
+    if arr.shape[0] > window.size:
+        raise ValueError(f"low_res_logits side {arr.shape[0]} is larger than the window size {window.size}")
+    return arr
+
+
+def _low_res_image(low: np.ndarray, window: Window) -> sitk.Image:
+    """SimpleITK image of the low-res logits placed as official trilinear upsampling implies.
+
+    Node u (tensor order) sits at window index ``f·(u + 0.5) - 0.5`` with spacing ``f·spacing``,
+    ``f = size / L``. One edge-replicated node on each side makes SimpleITK's linear interpolation
+    clamp at the border exactly like ``F.interpolate(align_corners=False)`` and keeps every
+    window point inside its buffer.
+    """
+    side = low.shape[0]
+    factor = window.size / side
+    padded = np.pad(low, 1, mode="edge")
+    first_node_index = np.full(3, factor * (-1 + 0.5) - 0.5)
+    origin = window.index_to_lps(first_node_index)
+    image = sitk.GetImageFromArray(padded)
+    image.SetSpacing([factor * window.spacing_mm] * 3)
+    image.SetOrigin(origin.tolist())
+    image.SetDirection(_TENSOR_ORDER_ITK_DIRECTION.ravel().tolist())
+    return image
+
+
+def _sample_box(low_image: sitk.Image, geometry: ImageGeometry, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``low_image`` at the original voxel centres of an inclusive box; (z, y, x) float32."""
+    size = [int(v) for v in hi_xyz - lo_xyz + 1]
+    reference = sitk.Image(size, sitk.sitkFloat32)
+    reference.SetSpacing(geometry.spacing_xyz_mm.tolist())
+    reference.SetDirection(geometry.direction.ravel().tolist())
+    reference.SetOrigin(geometry.index_to_lps(lo_xyz.astype(np.float64)).tolist())
+    sampled = sitk.Resample(low_image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(sampled)
+
+
+def _inside_mask(fp: _Footprint, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> np.ndarray:
+    """(z, y, x) bool: voxel centres of the inclusive sub-box [lo, hi] (inside fp) that are in the window."""
+    rows = (slice(int(lo_xyz[2] - fp.lo_xyz[2]), int(hi_xyz[2] - fp.lo_xyz[2]) + 1), slice(int(lo_xyz[1] - fp.lo_xyz[1]), int(hi_xyz[1] - fp.lo_xyz[1]) + 1))
+    i_values = np.arange(lo_xyz[0], hi_xyz[0] + 1)
+    return (i_values[None, None, :] >= fp.i_lo[rows][:, :, None]) & (i_values[None, None, :] <= fp.i_hi[rows][:, :, None])
+
+
+@dataclass(frozen=True)
+class FootprintLogits:
+    """Float logits of one window on the original grid, over the window's footprint.
+
+    Attributes:
+        slices_zyx: (z, y, x) slices of the footprint in the image's SimpleITK array.
+        logits_zyx: float32 array of the footprint's shape (z, y, x): logits linearly interpolated
+            at original voxel centres; NaN where the voxel centre is outside the window.
+    """
+
+    slices_zyx: SliceZYX
+    logits_zyx: np.ndarray
+
+    @property
+    def inside_zyx(self) -> np.ndarray:
+        """bool (z, y, x): voxel centre lies inside the window."""
+        return ~np.isnan(self.logits_zyx)
+
+
+def resample_logits_to_grid(low_res_logits: Any, window: Window, geometry: ImageGeometry) -> FootprintLogits | None:
+    """Interpolate low-res logits at every original voxel centre of the window's footprint.
+
+    Equivalent to official SAM-Med3D's trilinear ``align_corners=False`` upsampling to
+    ``size``³ (identical at window voxel centres), continued linearly in between. Costs about
+    16 ns per footprint voxel (~160 ms for a 10 M-voxel CT footprint); :func:`paste_logits`
+    avoids most of it.
+
+    Args:
+        low_res_logits: (L, L, L) float numpy array or torch tensor in tensor axis order
+            (leading singleton dimensions such as (1, 1, L, L, L) are accepted).
+        window: the window the logits belong to.
+        geometry: the original image's grid.
+
+    Returns:
+        :class:`FootprintLogits`, or None when the window does not overlap the image.
+    """
+    low = _low_res_array(low_res_logits, window)
+    fp = _footprint(window, geometry)
+    if fp is None:
+        return None
+    values = _sample_box(_low_res_image(low, window), geometry, fp.lo_xyz, fp.hi_xyz)
+    values[~_inside_mask(fp, fp.lo_xyz, fp.hi_xyz)] = np.nan
+    return FootprintLogits(slices_zyx=fp.slices_zyx, logits_zyx=values)
+
+
+def _positive_box(low: np.ndarray, window: Window, geometry: ImageGeometry, fp: _Footprint) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive (i, j, k) box inside ``fp`` outside of which the interpolated logits are <= 0."""
+    positive = low > 0
+    if not positive.any():
+        return None
+    nodes = np.argwhere(positive)
+    side = low.shape[0]
+    factor = window.size / side
+    # Any point whose low-res coordinate u lies beyond one cell of the positive nodes interpolates
+    # only non-positive nodes (with zero weight on the boundary node).
+    u_lo = np.maximum(nodes.min(axis=0) - 1.0, -0.5)
+    u_hi = np.minimum(nodes.max(axis=0) + 1.0, side - 0.5)
+    w_lo, w_hi = factor * (u_lo + 0.5) - 0.5, factor * (u_hi + 0.5) - 0.5
+    corners = np.array([[x, y, z] for x in (w_lo[0], w_hi[0]) for y in (w_lo[1], w_hi[1]) for z in (w_lo[2], w_hi[2])])
+    box = _candidate_box(window.index_to_lps(corners), geometry)
+    if box is None:
+        return None
+    lo, hi = np.maximum(box[0], fp.lo_xyz), np.minimum(box[1], fp.hi_xyz)
+    if np.any(hi < lo):
+        return None
+    return lo, hi
+
+
+def paste_logits(
+    low_res_logits: Any, window: Window, geometry: ImageGeometry, mask_zyx: np.ndarray, value: int = 1
+) -> SliceZYX | None:
+    """Threshold the window's logits onto the original grid, in place, inside the window only.
+
+    For every original voxel whose centre lies inside the window: ``value`` where the linearly
+    interpolated logit (see :func:`resample_logits_to_grid`) is > 0, else 0 (NaN logits count as
+    not positive). Every other voxel of ``mask_zyx`` keeps its value. All computation happens
+    before ``mask_zyx`` is written, so an error leaves it unchanged.
+
+    Args:
+        low_res_logits: (L, L, L) float numpy array or torch tensor in tensor axis order (leading
+            singleton dimensions accepted), usually L = size / 4.
+        window: the window the logits belong to.
+        geometry: the original image's grid.
+        mask_zyx: uint8 array of shape ``geometry.shape_zyx`` (SimpleITK order), modified in place.
+        value: label written for positive voxels, 1..255.
+
+    Returns:
+        (z, y, x) slices of the footprint (the only region that may have changed), or None when
+        the window does not overlap the image (nothing changed).
+
+    Raises:
+        ImageError: ``mask_zyx`` does not match the image grid.
+        ValueError: bad ``value`` or logits shape.
+    """
+    if not isinstance(mask_zyx, np.ndarray) or mask_zyx.dtype != np.uint8 or mask_zyx.shape != geometry.shape_zyx:
+        raise ImageError(
+            f"mask_zyx must be a uint8 numpy array of shape {geometry.shape_zyx} (the image grid, z, y, x), "
+            f"got {type(mask_zyx).__name__} {getattr(mask_zyx, 'dtype', '')} {getattr(mask_zyx, 'shape', '')}"
+        )
+    if isinstance(value, bool) or int(value) != value or not 1 <= int(value) <= 255:
+        raise ValueError(f"value must be an integer label in 1..255, got {value!r}")
+    low = _low_res_array(low_res_logits, window)
+    fp = _footprint(window, geometry)
+    if fp is None:
+        return None
+    # Everything that can fail (SimpleITK, memory) runs before the mask is touched.
+    box = _positive_box(low, window, geometry, fp)
+    positive = None
+    if box is not None:
+        lo, hi = box
+        values = _sample_box(_low_res_image(low, window), geometry, lo, hi)
+        positive = (values > 0) & _inside_mask(fp, lo, hi)
+    logger.debug(
+        "paste_logits: footprint %s voxels, interpolated %s near positive logits",
+        int(np.prod(fp.hi_xyz - fp.lo_xyz + 1)),
+        0 if positive is None else positive.size,
+    )
+    slices = fp.slices_zyx
+    region = mask_zyx[slices]
+    # 1) Clear the currently non-zero voxels inside the window (step 2 rewrites the positive ones).
+    # Slab by slab: np.nonzero over a 10 M-voxel strided footprint costs 40 ms, slab.any() 10 µs.
+    i_values = np.arange(fp.lo_xyz[0], fp.hi_xyz[0] + 1)
+    for k in range(region.shape[0]):
+        slab = region[k]
+        if not slab.any():
+            continue
+        rows = np.flatnonzero(slab.any(axis=1))
+        j0, j1 = int(rows[0]), int(rows[-1]) + 1
+        inside = (i_values[None, :] >= fp.i_lo[k, j0:j1, None]) & (i_values[None, :] <= fp.i_hi[k, j0:j1, None])
+        np.copyto(slab[j0:j1], np.uint8(0), where=inside)
+    # 2) Write the label where the interpolated logits are positive (near positive nodes only:
+    # elsewhere the interpolation is a convex combination of non-positive nodes).
+    if box is not None and positive is not None:
+        lo, hi = box
+        sub = region[
+            int(lo[2] - fp.lo_xyz[2]) : int(hi[2] - fp.lo_xyz[2]) + 1,
+            int(lo[1] - fp.lo_xyz[1]) : int(hi[1] - fp.lo_xyz[1]) + 1,
+            int(lo[0] - fp.lo_xyz[0]) : int(hi[0] - fp.lo_xyz[0]) + 1,
+        ]
+        np.copyto(sub, np.uint8(value), where=positive)
+    return slices

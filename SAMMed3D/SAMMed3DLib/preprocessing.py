@@ -1,0 +1,67 @@
+"""Intensity preprocessing of a model window, exactly as the checkpoint's model card says.
+
+Design: small pure functions on numpy arrays; geometry (which voxels form the window) lives in
+:mod:`SAMMed3DLib.geometry`. Official SAM-Med3D inference z-normalises the extracted 128³ ROI
+(zero padding included) with the mean and the *unbiased* std of its voxels > 0
+(``../shared/spec/SAM_MED3D_FACTS.md`` §3.5). The official code produces NaN or an error for a
+window with no voxel > 0 or a constant window; here those cases are guarded and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .card import ModelCard
+from .errors import ModelCardError
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_window(window_array: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Normalise a window's intensities the way ``card.normalization`` prescribes.
+
+    ``"zscore_nonzero"`` (the only scheme so far):
+
+    1. If ``card.intensity_clip`` is ``(low, high)``, clip every voxel to [low, high] first.
+    2. The statistics voxels are those > 0. If fewer than 2 voxels are > 0, all voxels are used
+       instead (the official code would give NaN).
+    3. ``mean`` and the unbiased ``std`` (divisor n - 1) of the statistics voxels are computed in
+       float64.
+    4. Every voxel, zero padding included, becomes ``(x - mean) / std``; if ``std`` is 0 (a
+       constant set) or undefined (a single voxel), it becomes ``x - mean`` instead.
+
+    The input is not modified.
+
+    Args:
+        window_array: window intensities, any shape (usually (S, S, S) in tensor axis order),
+            any real dtype, finite values.
+        card: the model card of the weights that will consume the window.
+
+    Returns:
+        float32 array of the same shape.
+
+    Raises:
+        ModelCardError: ``card.normalization`` is not a supported scheme.
+    """
+    if card.normalization != "zscore_nonzero":
+        raise ModelCardError(f"model card {card.name!r}: normalization {card.normalization!r} is not supported; use 'zscore_nonzero'")
+    x = np.array(window_array, dtype=np.float32, copy=True)
+    if card.intensity_clip is not None:
+        np.clip(x, card.intensity_clip[0], card.intensity_clip[1], out=x)
+    foreground = x > 0
+    count = int(np.count_nonzero(foreground))
+    if count >= 2:
+        stats = x[foreground]
+    else:
+        logger.debug("window has %d voxel(s) > 0; z-normalising with statistics of all %d voxels", count, x.size)
+        stats = x.ravel()
+    mean = float(stats.mean(dtype=np.float64))
+    std = float(stats.std(dtype=np.float64, ddof=1)) if stats.size >= 2 else 0.0
+    x -= np.float32(mean)
+    if std > 0 and np.isfinite(std):
+        x /= np.float32(std)
+    else:
+        logger.debug("window statistics are constant (mean %.6g); subtracting the mean only", mean)
+    return x
