@@ -3,13 +3,46 @@
 Model (:func:`build_sam3d`), checkpoints (:func:`load_model`, :func:`save_model`), the
 interactive :class:`Session`, geometry, click simulation, metrics and the ``sammed3d`` CLI.
 Nothing here imports ``slicer``, ``qt`` or ``vtk``.
+
+Torch-using names are imported lazily (PEP 562 ``__getattr__``), so that torch-free modules
+such as :mod:`SAMMed3DLib.models` (the model registry, used by ``sammed3d models`` and by Slicer
+before torch may be installed) can be imported without importing torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import SAMMed3DError
-from .model import VIT_B_ORI, Sam3D, build_sam3d
+
+if TYPE_CHECKING:
+    from .checkpoint import load_model, save_model
+    from .model import VIT_B_ORI, Sam3D, build_sam3d
+    from .session import Session
 
 __version__ = "0.1.0"
 
-__all__ = ["VIT_B_ORI", "SAMMed3DError", "Sam3D", "__version__", "build_sam3d"]
+#: Public name → submodule that defines it; imported on first access.
+_LAZY: dict[str, str] = {
+    "VIT_B_ORI": "model",
+    "Sam3D": "model",
+    "build_sam3d": "model",
+    "load_model": "checkpoint",
+    "save_model": "checkpoint",
+    "Session": "session",
+}
+
+__all__ = ["VIT_B_ORI", "SAMMed3DError", "Sam3D", "Session", "__version__", "build_sam3d", "load_model", "save_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

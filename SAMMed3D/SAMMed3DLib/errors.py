@@ -40,6 +40,10 @@ class IntegrityError(DownloadError):
     """A downloaded file does not have the expected size or SHA-256 digest."""
 
 
+class OperationCancelledError(SAMMed3DError):
+    """The user cancelled a long operation (e.g. a download); nothing was left half-done."""
+
+
 class UnknownModelError(SAMMed3DError, KeyError):
     """A model name is not in the registry and is not an existing file."""
 
