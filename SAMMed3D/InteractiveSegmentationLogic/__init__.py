@@ -1,0 +1,38 @@
+"""MRML-speaking logic of the SAMMed3D Slicer module, testable without the Slicer application.
+
+Imports only ``slicer``/``vtk`` MRML classes (``slicer-core`` provides them outside Slicer),
+numpy, SimpleITK and ``SAMMed3DLib``; it takes its scene from the nodes it is given and never
+touches Qt, ``slicer.mrmlScene`` or ``slicer.modules``.
+
+- :mod:`.mrml_geometry`: volume → SimpleITK image in world LPS, control points → LPS.
+- :mod:`.labelmaps`: segment voxels read/written block by block on the segmentation's lattice.
+- :mod:`.masking`: editable area and overwrite rules (the Segment Editor's masking settings).
+- :mod:`.points`: the clicks stored with each segment, their order, snapshots for undo.
+- :mod:`.logic`: :class:`InteractiveSegmentationLogic` (prepare / compute / apply, undo, redo).
+
+Example:
+    >>> from InteractiveSegmentationLogic import InteractiveSegmentationLogic
+    >>> logic = InteractiveSegmentationLogic(model="default", device="cpu")
+    >>> logic.segment(volumeNode, segmentationNode, segmentId, plusPointsNode, minusPointsNode)
+"""
+
+from __future__ import annotations
+
+from .logic import MAX_UNDO, InteractiveSegmentationLogic, ModelUpdate, SegmentRequest, SegmentResult
+from .masking import EditableArea, OverwriteMode, WriteOptions
+from .points import NEGATIVE_COLOR, POSITIVE_COLOR, get_points_nodes, points_role
+
+__all__ = [
+    "MAX_UNDO",
+    "NEGATIVE_COLOR",
+    "POSITIVE_COLOR",
+    "EditableArea",
+    "InteractiveSegmentationLogic",
+    "ModelUpdate",
+    "OverwriteMode",
+    "SegmentRequest",
+    "SegmentResult",
+    "WriteOptions",
+    "get_points_nodes",
+    "points_role",
+]

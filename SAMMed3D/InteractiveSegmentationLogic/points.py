@@ -1,0 +1,173 @@
+"""The clicks of a segment: two markups nodes stored with the segmentation, and their order.
+
+Design:
+
+- Each segment's clicks live in two ``vtkMRMLMarkupsFiducialNode`` nodes, one for positive (+,
+  green) and one for negative (−, red) points. The segmentation node references them with the
+  roles ``SAMMed3DPositivePoints_<segment ID>`` and ``SAMMed3DNegativePoints_<segment ID>`` (the
+  ID percent-encoded, because a role must not contain spaces, ``:`` or ``;``). Node references
+  are saved with the scene and remapped when a scene is imported, so saving the scene (.mrml +
+  .seg.nrrd + .mrk.json) and reloading it keeps every segment's clicks, ready to resume.
+  Each points node also carries the attributes ``SAMMed3D.SegmentID`` and ``SAMMed3D.Sign``.
+- :func:`order_points` gives the model the clicks in a stable order: clicks the session already
+  has keep their order, new ones follow (positives first). A moved or deleted click therefore
+  makes the session replay, an added one costs one decoder pass.
+- :class:`PointsSnapshot` copies control points (node frame, so parent transforms are left alone)
+  so undo/redo can put the clicks back together with the voxels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from SAMMed3DLib.errors import PromptError
+
+logger = logging.getLogger(__name__)
+
+POSITIVE_ROLE_PREFIX = "SAMMed3DPositivePoints_"
+NEGATIVE_ROLE_PREFIX = "SAMMed3DNegativePoints_"
+SEGMENT_ID_ATTRIBUTE = "SAMMed3D.SegmentID"
+SIGN_ATTRIBUTE = "SAMMed3D.Sign"
+#: Colours of the point glyphs: green "object here", red "not object here" (RGB 0..1).
+POSITIVE_COLOR = (0.15, 0.85, 0.25)
+NEGATIVE_COLOR = (0.95, 0.2, 0.2)
+
+
+def points_role(segment_id: str, positive: bool) -> str:
+    """Node reference role under which the segmentation node stores a segment's points node."""
+    return (POSITIVE_ROLE_PREFIX if positive else NEGATIVE_ROLE_PREFIX) + quote(segment_id, safe="")
+
+
+def get_points_nodes(segmentation_node: Any, segment_id: str) -> tuple[Any | None, Any | None]:
+    """(positive, negative) points nodes stored with a segment, None where there is none."""
+    return (
+        segmentation_node.GetNodeReference(points_role(segment_id, True)),
+        segmentation_node.GetNodeReference(points_role(segment_id, False)),
+    )
+
+
+def _new_points_node(scene: Any, segmentation_node: Any, segment_id: str, positive: bool) -> Any:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    segment_name = segment.GetName() if segment is not None else segment_id
+    sign = "+" if positive else "-"
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{segment_name} {sign} points")
+    node.SetAttribute(SEGMENT_ID_ATTRIBUTE, segment_id)
+    node.SetAttribute(SIGN_ATTRIBUTE, "positive" if positive else "negative")
+    node.SetControlPointLabelFormat(f"{sign}%d")
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
+        display.SetActiveColor(*color)
+    segmentation_node.SetNodeReferenceID(points_role(segment_id, positive), node.GetID())
+    return node
+
+
+def ensure_points_nodes(segmentation_node: Any, segment_id: str) -> tuple[Any, Any]:
+    """The segment's (positive, negative) points nodes, created and referenced if missing."""
+    scene = segmentation_node.GetScene()
+    positive, negative = get_points_nodes(segmentation_node, segment_id)
+    if positive is None:
+        positive = _new_points_node(scene, segmentation_node, segment_id, True)
+    if negative is None:
+        negative = _new_points_node(scene, segmentation_node, segment_id, False)
+    return positive, negative
+
+
+@dataclass
+class PointsSnapshot:
+    """Control points of some markups nodes, in each node's own frame.
+
+    Attributes:
+        nodes: the markups nodes.
+        positions: per node, (N, 3) float64 positions in the node's frame (RAS mm before its
+            parent transform).
+        labels: per node, the N control point labels.
+    """
+
+    nodes: list[Any] = field(default_factory=list)
+    positions: list[np.ndarray] = field(default_factory=list)
+    labels: list[list[str]] = field(default_factory=list)
+
+    @classmethod
+    def take(cls, nodes: list[Any | None]) -> PointsSnapshot:
+        snap = cls()
+        for node in nodes:
+            if node is None or node.GetScene() is None:
+                continue
+            count = node.GetNumberOfControlPoints()
+            pos = np.array([node.GetNthControlPointPosition(n) for n in range(count)], dtype=np.float64).reshape(-1, 3)
+            snap.nodes.append(node)
+            snap.positions.append(pos)
+            snap.labels.append([node.GetNthControlPointLabel(n) for n in range(count)])
+        return snap
+
+    def restore(self) -> None:
+        """Put the points back (nodes removed from the scene are skipped)."""
+        for node, pos, labels in zip(self.nodes, self.positions, self.labels):
+            if node.GetScene() is None:
+                continue
+            was = node.StartModify()
+            node.RemoveAllControlPoints()
+            for p, label in zip(pos, labels):
+                node.AddControlPoint(float(p[0]), float(p[1]), float(p[2]), label)
+            node.EndModify(was)
+
+
+def clear_points(nodes: list[Any | None]) -> None:
+    for node in nodes:
+        if node is not None and node.GetScene() is not None:
+            node.RemoveAllControlPoints()
+
+
+def require_positive_point(positive_lps: np.ndarray) -> None:
+    """Raise PromptError when there is no positive point (the model needs one to start)."""
+    if len(positive_lps) == 0:
+        raise PromptError("no positive (+) point: place a + point inside the structure to segment it")
+
+
+def order_points(
+    previous_lps: np.ndarray,
+    previous_labels: np.ndarray,
+    positive_lps: np.ndarray,
+    negative_lps: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All current clicks in the order the session should see them.
+
+    Clicks equal (same position, same sign) to one the session already has keep the session's
+    order; the others follow, positives first. The first click is always positive.
+
+    Args:
+        previous_lps: (M, 3) the session's clicks, LPS mm, in order.
+        previous_labels: (M,) their labels, 1 positive / 0 negative.
+        positive_lps: (P, 3) current positive points, LPS mm.
+        negative_lps: (Q, 3) current negative points, LPS mm.
+
+    Returns:
+        (P + Q, 3) float64 points and (P + Q,) int64 labels.
+
+    Raises:
+        PromptError: there is no positive point.
+    """
+    require_positive_point(positive_lps)
+    remaining = [(np.asarray(p, dtype=np.float64), 1) for p in positive_lps] + [(np.asarray(p, dtype=np.float64), 0) for p in negative_lps]
+    ordered: list[tuple[np.ndarray, int]] = []
+    for point, label in zip(np.asarray(previous_lps).reshape(-1, 3), np.asarray(previous_labels).reshape(-1)):
+        for i, (candidate, cand_label) in enumerate(remaining):
+            if cand_label == int(label) and np.array_equal(candidate, point):
+                ordered.append(remaining.pop(i))
+                break
+    ordered += remaining
+    if ordered[0][1] == 0:
+        first_positive = next(i for i, (_, label) in enumerate(ordered) if label == 1)
+        ordered.insert(0, ordered.pop(first_positive))
+    points = np.array([p for p, _ in ordered], dtype=np.float64).reshape(-1, 3)
+    labels = np.array([label for _, label in ordered], dtype=np.int64)
+    return points, labels

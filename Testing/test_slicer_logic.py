@@ -1,0 +1,647 @@
+"""The Slicer module's logic on a real MRML scene (slicer-core): clicks land, undo is exact, nothing else moves.
+
+The scene is set up as Slicer does at start-up: an application logic (it creates the selection
+and interaction singletons), then the segmentations and markups module logics registered on the
+scene. Volumes are oblique and anisotropic.
+
+Placement uses ``BrightSpotModel``: a real :class:`Sam3D` whose encoder passes the normalised
+window through and whose decoder answers "bright voxels of the window" (normalised intensity
+> 1), ignoring the prompts. The window is 32³ voxels of 1.5 mm (48 mm), smaller than the test
+volumes, so "inside the window" and "outside" are both testable: a click on a bright sphere must
+give exactly that sphere, and a second sphere 50 mm away must stay out. Segment voxels are read
+back with Slicer's own ``ExportSegmentsToLabelmapNode``, independently of the code under test.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "SAMMed3D"))
+
+slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML outside Slicer (pip install slicer-core)")
+vtk = pytest.importorskip("vtk")
+
+from InteractiveSegmentationLogic import (  # noqa: E402
+    EditableArea,
+    InteractiveSegmentationLogic,
+    OverwriteMode,
+    WriteOptions,
+    get_points_nodes,
+    points_role,
+)
+from SAMMed3DLib import build_sam3d  # noqa: E402
+from SAMMed3DLib.card import ModelCard  # noqa: E402
+from SAMMed3DLib.errors import ImageError, PromptError, SessionStateError  # noqa: E402
+from SAMMed3DLib.model.sam3d import Sam3D  # noqa: E402
+
+SMALL = {
+    "image_encoder": {"img_size": 32, "patch_size": 16, "embed_dim": 48, "depth": 1, "num_heads": 4, "out_chans": 48},
+    "prompt_encoder": {"embed_dim": 48, "image_embedding_size": 2, "input_image_size": 32, "mask_in_chans": 4},
+    "mask_decoder": {"transformer_dim": 48},
+}
+BRIGHT, BACKGROUND = 1000, 100
+
+
+class _Identity(torch.nn.Module):
+    img_size = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+class BrightSpotModel(Sam3D):
+    """Logits > 0 exactly where the normalised window is > 1; prompts are ignored."""
+
+    def __init__(self) -> None:
+        base = build_sam3d(SMALL)
+        super().__init__(_Identity(), base.prompt_encoder, base.mask_decoder, base.config)
+        self.card = ModelCard(name="bright-spot", config=base.config, spacing_mm=1.5)
+        self.decoder_calls = 0
+
+    def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
+        self.decoder_calls += 1
+        return (image_embeddings - 1.0) * 10.0, torch.zeros(1, 1)
+
+
+# -- scene helpers ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scene():
+    """A scene with the logics Slicer registers at start-up (kept alive with the scene)."""
+    mrml = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(mrml)
+    logics = [app]
+    for cls in (slicer.vtkSlicerSegmentationsModuleLogic, slicer.vtkSlicerMarkupsLogic):
+        logic = cls()
+        logic.SetMRMLApplicationLogic(app)
+        logic.SetMRMLScene(mrml)
+        logics.append(logic)
+    yield mrml
+    for logic in reversed(logics):
+        logic.SetMRMLScene(None)
+
+
+def rotation(axis, degrees) -> np.ndarray:
+    return np.array(sitk.VersorTransform(tuple(axis), np.deg2rad(degrees)).GetMatrix()).reshape(3, 3)
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def add_volume(
+    scene,
+    spheres_ijk=((30.0, 45.0, 18.0),),
+    radius_mm=10.0,
+    size_xyz=(110, 90, 36),
+    spacing=(0.8, 0.9, 2.5),
+    directions=None,
+    origin=(-40.0, 15.0, -30.0),
+    name="CT",
+):
+    """Oblique anisotropic volume with bright spheres at the given voxel indices (node frame)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetSpacing(*spacing)
+    node.SetOrigin(*origin)
+    m = vtk.vtkMatrix4x4()
+    d = rotation((0.3, 0.2, 1.0), 25.0) if directions is None else directions
+    for r in range(3):
+        for c in range(3):
+            m.SetElement(r, c, d[r, c])
+    node.SetIJKToRASDirectionMatrix(m)
+    matrix = ijk_to_ras(node)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in size_xyz[::-1]), indexing="ij")
+    ijk = np.stack([xx.ravel(), yy.ravel(), zz.ravel(), np.ones(xx.size)], 1)
+    ras = (ijk @ matrix.T)[:, :3]
+    array = np.full(xx.size, BACKGROUND, dtype=np.int16)
+    centres = []
+    for s in spheres_ijk:
+        c = (matrix @ np.array([*s, 1.0]))[:3]
+        centres.append(c)
+        array[np.linalg.norm(ras - c, axis=1) <= radius_mm] = BRIGHT
+    slicer.util.updateVolumeFromArray(node, array.reshape(xx.shape))
+    node.CreateDefaultDisplayNodes()
+    return node, [np.asarray(c) for c in centres]
+
+
+def add_segmentation(scene, volume, names=("A",)):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    ids = [node.GetSegmentation().AddEmptySegment(n, n) for n in names]
+    return node, ids
+
+
+def add_points(scene, points_ras, name="P"):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    for p in points_ras:
+        node.AddControlPoint(float(p[0]), float(p[1]), float(p[2]))
+    return node
+
+
+def segment_on_volume(segmentation, segment_id, volume) -> np.ndarray:
+    """The segment on the volume's grid, read with Slicer's own export: (k, j, i) bool."""
+    labelmap = segmentation.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "export")
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        segmentation, [segment_id], labelmap, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+    )
+    assert ok
+    array = slicer.util.arrayFromVolume(labelmap) > 0
+    segmentation.GetScene().RemoveNode(labelmap)
+    return array
+
+
+def paint(segmentation, segment_id, volume, mask_zyx) -> None:
+    """Set a segment's voxels on the volume grid through Slicer (as a Segment Editor effect would)."""
+    from InteractiveSegmentationLogic.labelmaps import Lattice, write_segment_block
+
+    shape = mask_zyx.shape
+    lattice = Lattice(ijk_to_ras(volume), (0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1))
+    write_segment_block(segmentation, segment_id, lattice, lattice.extent, mask_zyx)
+
+
+def sphere_truth(volume) -> np.ndarray:
+    return slicer.util.arrayFromVolume(volume) == BRIGHT
+
+
+def centroid_ras(mask_zyx, volume) -> np.ndarray:
+    kji = np.argwhere(mask_zyx > 0).astype(float)
+    ijk = np.c_[kji[:, ::-1], np.ones(len(kji))]
+    return (ijk @ ijk_to_ras(volume).T)[:, :3].mean(axis=0)
+
+
+def dice(a, b) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+def in_window(volume, centre_ras, half_mm=24.0) -> np.ndarray:
+    """(k, j, i) voxels whose centre lies in the RAS-aligned cube of the model window at ``centre_ras``."""
+    shape = slicer.util.arrayFromVolume(volume).shape
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    ras = (np.stack([xx.ravel(), yy.ravel(), zz.ravel(), np.ones(xx.size)], 1) @ ijk_to_ras(volume).T)[:, :3]
+    return np.all(np.abs(ras - centre_ras) <= half_mm + 1e-6, axis=1).reshape(shape)
+
+
+@pytest.fixture
+def case(scene):
+    """Two bright spheres 50+ mm apart; segments A and B; the logic with the bright-spot model."""
+    volume, centres = add_volume(scene, spheres_ijk=((28.0, 40.0, 14.0), (85.0, 55.0, 22.0)))
+    segmentation, (a, b) = add_segmentation(scene, volume, ("A", "B"))
+    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    return scene, volume, centres, segmentation, a, b, logic
+
+
+# -- placement ----------------------------------------------------------------------------------
+
+
+def test_a_click_creates_the_segment_where_the_click_is_on_an_oblique_anisotropic_volume(case) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    assert np.linalg.norm(centres[0] - centres[1]) > 50.0
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    result = logic.segment(volume, segmentation, a, plus, minus)
+    mask = segment_on_volume(segmentation, a, volume)
+    truth = sphere_truth(volume)
+    first_sphere = truth & in_window(volume, centres[0])
+    assert result.newSession and result.changedVoxels == int(mask.sum()) > 0
+    assert dice(mask, first_sphere) > 0.9 and (first_sphere & mask).sum() > 0.99 * first_sphere.sum()
+    np.testing.assert_allclose(centroid_ras(mask, volume), centres[0], atol=0.6)
+    assert not (mask & ~in_window(volume, centres[0])).any()  # nothing outside the window
+    assert result.latencySeconds > 0 and result.changedExtent is not None
+
+
+def test_written_mask_equals_the_session_mask(case) -> None:
+    _, volume, centres, segmentation, a, _, logic = case
+    plus = add_points(case[0], [centres[0] + np.array([1.0, -2.0, 1.5])])
+    logic.segment(volume, segmentation, a, plus)
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), logic.session.mask_array)
+
+
+def test_volume_under_a_linear_parent_transform(scene) -> None:
+    volume, centres = add_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "T")
+    m = np.eye(4)
+    m[:3, :3] = rotation((1.0, 0.0, 0.3), 30.0)
+    m[:3, 3] = (12.0, -7.0, 20.0)
+    vm = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vm.SetElement(r, c, m[r, c])
+    transform.SetMatrixTransformToParent(vm)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    segmentation, (a,) = add_segmentation(scene, volume)
+    world_centre = (m @ np.r_[centres[0], 1.0])[:3]
+    plus = add_points(scene, [world_centre])
+    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    logic.segment(volume, segmentation, a, plus)
+    # The segmentation follows the volume's geometry in world space: compare on the volume grid.
+    mask = segment_on_volume(segmentation, a, volume)
+    assert dice(mask, sphere_truth(volume)) > 0.9
+
+
+def test_points_in_a_transformed_markups_node_are_read_in_world_space(scene) -> None:
+    volume, centres = add_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
+    segmentation, (a,) = add_segmentation(scene, volume)
+    shift = np.array([30.0, -10.0, 5.0])
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Shift")
+    vm = vtk.vtkMatrix4x4()
+    for r in range(3):
+        vm.SetElement(r, 3, shift[r])
+    transform.SetMatrixTransformToParent(vm)
+    plus = add_points(scene, [centres[0] - shift])  # local coordinates; world = centre
+    plus.SetAndObserveTransformNodeID(transform.GetID())
+    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    logic.segment(volume, segmentation, a, plus)
+    assert dice(segment_on_volume(segmentation, a, volume), sphere_truth(volume)) > 0.9
+
+
+def test_segmentation_with_its_own_finer_geometry_receives_the_resampled_mask(scene) -> None:
+    volume, centres = add_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
+    segmentation, (a,) = add_segmentation(scene, volume)
+    # Reference geometry: axis-aligned 0.6 mm grid, unrelated to the oblique volume grid.
+    fine = slicer.vtkOrientedImageData()
+    fine.SetExtent(0, 99, 0, 99, 0, 99)
+    fine.SetSpacing(0.6, 0.6, 0.6)
+    fine.SetOrigin(*(centres[0] - 30.0 + 0.17))
+    geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(fine)
+    segmentation.GetSegmentation().SetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry
+    )
+    plus = add_points(scene, [centres[0]])
+    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    logic.segment(volume, segmentation, a, plus)
+    session_mask = logic.session.mask_array
+    # Expected: nearest volume voxel of each fine voxel centre (independent numpy resampling).
+    zz, yy, xx = np.meshgrid(*(np.arange(100),) * 3, indexing="ij")
+    ras = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], 1) * 0.6 + (centres[0] - 30.0 + 0.17)
+    ijk = np.c_[ras, np.ones(len(ras))] @ np.linalg.inv(ijk_to_ras(volume)).T
+    idx = np.round(ijk[:, :3]).astype(int)
+    shape = session_mask.shape
+    inside = np.all((idx >= 0) & (idx < np.array(shape[::-1])), axis=1)
+    expected = np.zeros(len(ras), np.uint8)
+    expected[inside] = session_mask[idx[inside, 2], idx[inside, 1], idx[inside, 0]]
+    from InteractiveSegmentationLogic.labelmaps import read_segment
+
+    fine_matrix = np.diag([0.6, 0.6, 0.6, 1.0])
+    fine_matrix[:3, 3] = centres[0] - 30.0 + 0.17
+    got = read_segment(segmentation, a, fine_matrix, (0, 99, 0, 99, 0, 99)).ravel()
+    assert expected.sum() > 1000
+    assert np.mean(got != expected) < 1e-3
+
+
+# -- undo, untouched voxels, masking -------------------------------------------------------------
+
+
+def test_undo_restores_the_previous_voxels_and_points_exactly(case) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    existing = np.zeros(slicer.util.arrayFromVolume(volume).shape, np.uint8)
+    existing[10:20, 35:45, 20:40] = 1  # a hand-painted part overlapping the window
+    paint(segmentation, a, volume, existing)
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    after_first = segment_on_volume(segmentation, a, volume)
+    minus.AddControlPoint(*(centres[0] + np.array([4.0, 0.0, 0.0])))
+    logic.segment(volume, segmentation, a, plus, minus)
+    assert logic.undo() == a
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), after_first)
+    assert minus.GetNumberOfControlPoints() == 0 and plus.GetNumberOfControlPoints() == 1
+    assert logic.undo() == a
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), existing)
+    assert plus.GetNumberOfControlPoints() == 0
+    assert logic.undo() is None
+    assert logic.redo() == a
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), after_first)
+    assert plus.GetNumberOfControlPoints() == 1
+
+
+def test_undo_keeps_the_session_in_step_so_the_next_click_is_decoder_only(case) -> None:
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    session = logic.session
+    plus.AddControlPoint(*(centres[0] + 2.0))
+    logic.segment(volume, segmentation, a, plus, minus)
+    logic.undo()
+    assert logic.session is session and len(session.points_lps) == 1
+    plus.AddControlPoint(*(centres[0] - 2.0))
+    result = logic.segment(volume, segmentation, a, plus, minus)
+    assert not result.newSession and logic.model.image_encoder.calls == 1
+
+
+def test_other_segments_and_voxels_outside_the_window_are_untouched(case) -> None:
+    scene, volume, centres, segmentation, a, b, logic = case
+    shape = slicer.util.arrayFromVolume(volume).shape
+    far = np.zeros(shape, np.uint8)
+    far[:, :, 95:] = 1  # part of A far from the click
+    paint(segmentation, a, volume, far)
+    other = sphere_truth(volume) & in_window(volume, centres[0])  # B covers the clicked sphere
+    other[5:12, 30:50, 15:45] = 1
+    paint(segmentation, b, volume, other)
+    plus = add_points(scene, [centres[0]])
+    logic.segment(volume, segmentation, a, plus)
+    after = segment_on_volume(segmentation, a, volume)
+    window = in_window(volume, centres[0])
+    assert np.array_equal(segment_on_volume(segmentation, b, volume), other)  # default: overlap allowed
+    assert np.array_equal(after[~window], far[~window])
+    assert (after & other).sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "expected_a", "expected_b"),
+    [
+        (WriteOptions(), "model", "kept"),
+        (WriteOptions(overwrite="all"), "model", "loses_a"),
+        (WriteOptions(overwrite=OverwriteMode.VISIBLE), "model", "loses_a"),
+        (WriteOptions(editableArea=EditableArea.OUTSIDE_ALL_SEGMENTS), "model_outside_b", "kept"),
+        (WriteOptions(editableArea="outside_visible_segments"), "model_outside_b", "kept"),
+        (WriteOptions(editableArea="inside_all_segments"), "model_inside_b", "kept"),
+        (WriteOptions(editableArea="inside_segment", maskSegmentId="B", overwrite="all"), "model_inside_b", "loses_a"),
+        (WriteOptions(intensityRange=(500.0, 2000.0)), "model_inside_b", "kept"),
+        (WriteOptions(intensityRange=(2000.0, 3000.0)), "empty", "kept"),
+    ],
+)
+def test_write_options_decide_which_segments_change(case, options, expected_a, expected_b) -> None:
+    scene, volume, centres, segmentation, a, b, logic = case
+    sphere = sphere_truth(volume) & in_window(volume, centres[0])  # B = the bright sphere
+    paint(segmentation, b, volume, sphere)
+    plus = add_points(scene, [centres[0]])
+    logic.segment(volume, segmentation, a, plus, options=options)
+    model = logic.session.mask_array > 0
+    assert model.sum() > sphere.sum() > 1000  # the model's mask: the sphere plus a partial-volume shell
+    got_a = segment_on_volume(segmentation, a, volume)
+    got_b = segment_on_volume(segmentation, b, volume)
+    want_a = {
+        "model": model,
+        "model_outside_b": model & ~sphere,
+        "model_inside_b": model & sphere,
+        "empty": np.zeros_like(model),
+    }[expected_a]
+    assert np.array_equal(got_a, want_a)
+    assert np.array_equal(got_b, sphere if expected_b == "kept" else sphere & ~got_a)
+    logic.undo()
+    assert np.array_equal(segment_on_volume(segmentation, b, volume), sphere)
+    assert segment_on_volume(segmentation, a, volume).sum() == 0
+
+
+def test_overwrite_visible_spares_hidden_segments(case) -> None:
+    scene, volume, centres, segmentation, a, b, logic = case
+    sphere = sphere_truth(volume) & in_window(volume, centres[0])
+    paint(segmentation, b, volume, sphere)
+    segmentation.GetDisplayNode().SetSegmentVisibility(b, False)
+    logic.segment(volume, segmentation, a, add_points(scene, [centres[0]]), options=WriteOptions(overwrite="visible"))
+    assert np.array_equal(segment_on_volume(segmentation, b, volume), sphere)
+
+
+def test_write_options_from_the_segment_editor_node(scene) -> None:
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideVisibleSegments)
+    editor.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteVisibleSegments)
+    editor.SetSourceVolumeIntensityMask(True)
+    editor.SetSourceVolumeIntensityMaskRange(-100.0, 250.0)
+    options = WriteOptions.from_segment_editor_node(editor)
+    assert options == WriteOptions(
+        editableArea=EditableArea.OUTSIDE_VISIBLE_SEGMENTS, overwrite=OverwriteMode.VISIBLE, intensityRange=(-100.0, 250.0)
+    )
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+def test_switching_segment_or_volume_starts_a_fresh_session(case) -> None:
+    scene, volume, centres, segmentation, a, b, logic = case
+    plus = add_points(scene, [centres[0]])
+    first = logic.segment(volume, segmentation, a, plus)
+    session_a = logic.session
+    plus.AddControlPoint(*(centres[0] + 1.0))
+    again = logic.segment(volume, segmentation, a, plus)
+    assert first.newSession and not again.newSession and logic.session is session_a
+    assert logic.segment(volume, segmentation, b, plus).newSession and logic.session is not session_a
+    other_volume, _ = add_volume(scene, spheres_ijk=((28.0, 40.0, 14.0),), name="MR")
+    assert logic.segment(other_volume, segmentation, b, plus).newSession
+    assert logic.segment(other_volume, segmentation, b, plus).newSession is False
+    array = slicer.util.arrayFromVolume(other_volume)
+    array[0, 0, 0] = 7
+    slicer.util.arrayFromVolumeModified(other_volume)  # edited voxels: the embeddings are stale
+    assert logic.segment(other_volume, segmentation, b, plus).newSession
+
+
+def test_a_fresh_session_starts_from_the_segment_voxels(case) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    plus = add_points(scene, [centres[1]])
+    logic.segment(volume, segmentation, a, plus)
+    before = segment_on_volume(segmentation, a, volume)
+    logic.endSession()
+    plus2 = add_points(scene, [centres[0]])
+    logic.segment(volume, segmentation, a, plus2)
+    after = segment_on_volume(segmentation, a, volume)
+    assert np.array_equal(after & before, before)  # the earlier sphere is kept
+    assert np.array_equal(logic.session.mask_array, after)
+
+
+@pytest.mark.parametrize("removed", ["segmentation", "volume", "points", "segment"])
+def test_a_node_deleted_mid_session_gives_a_clear_error(case, removed) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    plus = add_points(scene, [centres[0]])
+    logic.segment(volume, segmentation, a, plus)
+    plus.AddControlPoint(*(centres[0] + 3.0))
+    request = logic.prepare(volume, segmentation, a, plus)
+    update = logic.compute(request)
+    before = segment_on_volume(segmentation, a, volume) if removed != "segmentation" else None
+    if removed == "segmentation":
+        scene.RemoveNode(segmentation)
+    elif removed == "volume":
+        scene.RemoveNode(volume)
+    elif removed == "points":
+        scene.RemoveNode(plus)
+    else:
+        segmentation.GetSegmentation().RemoveSegment(a)
+    if removed == "points":
+        logic.apply(request, update)  # points are not needed to write: the update lands
+        with pytest.raises(SessionStateError, match="positive points .* was removed from the scene"):
+            logic.segment(volume, segmentation, a, plus)
+        return
+    with pytest.raises(SessionStateError, match="removed from the scene|no longer exists"):
+        logic.apply(request, update)
+    assert logic.session is None
+    if before is not None and removed != "segment":
+        assert np.array_equal(segment_on_volume(segmentation, a, volume), before)
+    with pytest.raises(SessionStateError, match="removed from the scene|no longer exists"):
+        logic.segment(volume, segmentation, a, plus)
+
+
+def test_undo_after_the_segmentation_was_deleted_gives_a_clear_error(case) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    logic.segment(volume, segmentation, a, add_points(scene, [centres[0]]))
+    scene.RemoveNode(segmentation)
+    with pytest.raises(SessionStateError, match="removed from the scene; it cannot be undone"):
+        logic.undo()
+    assert not logic.canUndo
+
+
+@pytest.mark.parametrize(
+    ("points", "error", "match"),
+    [
+        ("none", PromptError, "no positive"),
+        ("only_negative", PromptError, "no positive"),
+        ("outside", PromptError, "outside the image"),
+    ],
+)
+def test_bad_points_give_clear_errors_and_leave_the_segment(case, points, error, match) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    if points == "only_negative":
+        minus.AddControlPoint(*centres[0])
+    elif points == "outside":
+        plus.AddControlPoint(*(centres[0] + np.array([500.0, 0.0, 0.0])))
+    with pytest.raises(error, match=match):
+        logic.segment(volume, segmentation, a, plus, minus)
+    assert segment_on_volume(segmentation, a, volume).sum() == 0
+
+
+def test_non_linear_volume_transform_is_refused_with_advice(scene) -> None:
+    volume, centres = add_volume(scene)
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "Warp")
+    displacement = slicer.vtkOrientedGridTransform()
+    field = vtk.vtkImageData()
+    field.SetDimensions(4, 4, 4)
+    field.SetSpacing(50.0, 50.0, 50.0)
+    field.SetOrigin(-100.0, -100.0, -100.0)
+    field.AllocateScalars(vtk.VTK_DOUBLE, 3)
+    displacement.SetDisplacementGridData(field)
+    grid.SetAndObserveTransformToParent(displacement)
+    volume.SetAndObserveTransformNodeID(grid.GetID())
+    segmentation, (a,) = add_segmentation(scene, volume)
+    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu")
+    with pytest.raises(ImageError, match="non-linear transform .* Harden"):
+        logic.segment(volume, segmentation, a, add_points(scene, [centres[0]]))
+
+
+# -- buttons -----------------------------------------------------------------------------------
+
+
+def test_clear_points_next_segment_and_reset(case) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    kept = segment_on_volume(segmentation, a, volume)
+    logic.clearPoints(segmentation, a)
+    assert plus.GetNumberOfControlPoints() == 0 and logic.session is None
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), kept)
+    logic.undo()
+    assert plus.GetNumberOfControlPoints() == 1
+
+    new_id = logic.addNextSegment(segmentation, "C")
+    new_plus, new_minus = get_points_nodes(segmentation, new_id)
+    assert new_plus is not None and new_minus is not None and new_plus is not plus
+    new_plus.AddControlPoint(*centres[1])
+    logic.segment(volume, segmentation, new_id, new_plus, new_minus)
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), kept)
+    assert segment_on_volume(segmentation, new_id, volume).sum() > 0
+    new_plus.AddControlPoint(*(centres[1] + 1.0))
+    logic.segment(volume, segmentation, new_id, new_plus, new_minus)
+    assert logic.resetSegment(segmentation, new_id) == 2
+    assert segment_on_volume(segmentation, new_id, volume).sum() == 0
+    assert new_plus.GetNumberOfControlPoints() == 0
+
+
+# -- saving and resuming ------------------------------------------------------------------------
+
+
+def _save_scene(scene, folder: Path) -> Path:
+    for node in list(scene.GetNodesByClass("vtkMRMLStorableNode")):
+        if node.GetHideFromEditors() and not node.IsA("vtkMRMLMarkupsNode"):
+            continue
+        if not node.GetStorageNode():
+            node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        if storage is None:
+            continue
+        extension = storage.GetDefaultWriteFileExtension()
+        storage.SetFileName(str(folder / f"{node.GetID()}.{extension}"))
+        assert storage.WriteData(node), node.GetID()
+    path = folder / "scene.mrml"
+    scene.SetURL(str(path))
+    scene.SetRootDirectory(str(folder))
+    assert scene.Commit()
+    return path
+
+
+def test_saving_and_reloading_the_scene_keeps_segment_and_points(case, tmp_path, scene) -> None:
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    minus.AddControlPoint(*(centres[0] + np.array([10.0, 0.0, 0.0])))
+    logic.segment(volume, segmentation, a, plus, minus)
+    mask = segment_on_volume(segmentation, a, volume)
+    path = _save_scene(scene, tmp_path)
+    assert {p.suffix for p in tmp_path.iterdir()} >= {".mrml", ".nrrd", ".json"}
+    assert any(p.name.endswith(".seg.nrrd") for p in tmp_path.iterdir())
+    assert any(p.name.endswith(".mrk.json") for p in tmp_path.iterdir())
+
+    reloaded = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(reloaded)
+    keep = [app]
+    for cls in (slicer.vtkSlicerSegmentationsModuleLogic, slicer.vtkSlicerMarkupsLogic):
+        module_logic = cls()
+        module_logic.SetMRMLApplicationLogic(app)
+        module_logic.SetMRMLScene(reloaded)
+        keep.append(module_logic)
+    reloaded.SetURL(str(path))
+    assert reloaded.Connect()
+    segmentation2 = reloaded.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    volume2 = reloaded.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    assert segmentation2.GetSegmentation().GetSegment(a) is not None
+    assert np.array_equal(segment_on_volume(segmentation2, a, volume2), mask)
+    plus2, minus2 = get_points_nodes(segmentation2, a)
+    assert plus2 is not None and minus2 is not None
+    assert segmentation2.GetNodeReferenceID(points_role(a, True)) == plus2.GetID()
+    np.testing.assert_allclose(plus2.GetNthControlPointPosition(0), centres[0], atol=1e-6)
+    np.testing.assert_allclose(minus2.GetNthControlPointPosition(0), centres[0] + np.array([10.0, 0.0, 0.0]), atol=1e-6)
+    # Resume: a new logic continues on the reloaded nodes, starting from the saved voxels.
+    resumed = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    plus2.AddControlPoint(*centres[1])
+    result = resumed.segment(volume2, segmentation2, a, plus2, minus2)
+    assert result.newSession
+    after = segment_on_volume(segmentation2, a, volume2)
+    assert np.array_equal(after & mask, mask) and after.sum() > mask.sum()
+
+
+def test_a_checkpoint_path_loads_lazily_and_runs_the_real_network(scene, tmp_path) -> None:
+    from SAMMed3DLib.checkpoint import save_model
+
+    model = build_sam3d(SMALL)
+    model.card = ModelCard(name="small-random", config=model.config)
+    path = save_model(model, tmp_path / "small.pth")
+    volume, centres = add_volume(scene)
+    segmentation, (a,) = add_segmentation(scene, volume)
+    logic = InteractiveSegmentationLogic(model=str(path), device="cpu", autoExtend=False)
+    assert not logic.modelLoaded and not logic.modelNeedsDownload()
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    first = logic.segment(volume, segmentation, a, plus, minus)
+    assert logic.modelLoaded and first.newSession
+    minus.AddControlPoint(*(centres[0] + 3.0))
+    second = logic.segment(volume, segmentation, a, plus, minus)
+    assert not second.newSession  # loading the model does not restart the session
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), logic.session.mask_array)
