@@ -266,6 +266,24 @@ def test_export_loads_with_load_model_and_segments(tiny_cache, tmp_path):
     assert result.mask_array.shape == (30, 40, 50) and result.mask_array.dtype == np.uint8
 
 
+@pytest.mark.slow
+def test_fine_tune_from_a_checkpoint_with_a_frozen_encoder(tiny_cache, tmp_path):
+    from SAMMed3DLib.checkpoint import save_model
+
+    torch.manual_seed(5)
+    start = build_sam3d(TINY)
+    save_model(start, tmp_path / "start.pth", card=ModelCard(name="start", config=TINY))
+    trainer = Trainer(_cfg(tiny_cache, tmp_path / "ft", max_steps=2, init=str(tmp_path / "start.pth"), freeze_encoder=True))
+    trainer.fit()
+    trainer.close()
+    after = load_state(tmp_path / "ft" / LAST)["model"]
+    before = start.state_dict()
+    enc = [k for k in before if k.startswith("image_encoder.")]
+    dec = [k for k in before if k.startswith("mask_decoder.transformer.")]
+    assert all(torch.equal(before[k], after[k]) for k in enc)
+    assert not all(torch.equal(before[k], after[k]) for k in dec)
+
+
 # -- DDP -----------------------------------------------------------------------------------------
 
 

@@ -520,11 +520,13 @@ class Trainer:
             self.writer.flush()
         return last_val
 
-    def export(self, path: Path, weights: str = LAST, clicks: Sequence[int] | None = None, name: str = "default") -> ModelCard:
+    def export(
+        self, path: Path, weights: str = LAST, clicks: Sequence[int] | None = None, name: str = "default", description: str = ""
+    ) -> ModelCard:
         """Export ``weights`` (``last.pt``/``best.pt`` of this run) with a model card and measured Dice.
 
         Runs the validation protocol with ``clicks`` (default ``export_clicks``: 1, 3, 5, 10) and
-        records it in the card's metrics.
+        records it in the card's metrics. Writes ``path`` and the card as ``path`` with ``.json``.
         """
         state = load_state(self.out / weights)
         model = build_sam3d(self.cfg.model_config)
@@ -545,7 +547,7 @@ class Trainer:
             config=self.cfg.model_config,
             spacing_mm=float(self.dataset.cache.spacing_mm),
             normalization="zscore_nonzero",
-            description=f"Small SAM-Med3D trained by training/ of this repository ({int(state['step'])} steps)",
+            description=description or f"Small SAM-Med3D trained by training/ of this repository ({int(state['step'])} steps)",
             training_data=list(self.train_cases),
             metrics=metrics,
             license="Apache-2.0 (weights); training data under their own terms, see shared/data/README.md",
