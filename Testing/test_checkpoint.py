@@ -224,6 +224,28 @@ def test_half_precision_file_loads_as_float32(tmp_path, model) -> None:
         assert torch.equal(value, model.state_dict()[key].half().float()), key
 
 
+@pytest.mark.slow
+def test_loaded_weights_do_not_depend_on_the_file(tmp_path, model) -> None:
+    """Files are memory-mapped while read; the model must own its weights (an in-place overwrite
+    of a mapped file would otherwise kill the process with SIGBUS)."""
+    path = tmp_path / "m.pth"
+    torch.save(_official_container(model), path)
+    expected = float(sum(p.double().sum() for p in model.state_dict().values()))
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from SAMMed3DLib import checkpoint, load_model
+        checkpoint.META_BUILD_MIN_ELEMENTS = 0  # the assign path, where tensors are taken as loaded
+        model = load_model({str(path)!r}, device="cpu")
+        open({str(path)!r}, "wb").close()  # truncate in place, as `cp other.pth m.pth` would
+        print(float(sum(p.double().sum() for p in model.state_dict().values())))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert float(result.stdout.strip()) == pytest.approx(expected, rel=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Architecture inference
 
