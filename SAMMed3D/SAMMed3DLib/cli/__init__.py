@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from ..errors import SAMMed3DError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("models",)
+COMMAND_MODULES: tuple[str, ...] = ("models", "segment", "evaluate", "demo", "benchmark")
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options whose value may start with "-" (coordinates like -12.5,40,88); argparse would read
+#: such a value as an option, so main() glues it to its option as "--point=-12.5,40,88".
+COORDINATE_OPTIONS: frozenset[str] = frozenset({"--point", "--negative"})
+_NUMBER_START = re.compile(r"^-[\d.]")
+
+
+def _glue_negative_coordinates(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in COORDINATE_OPTIONS and i + 1 < len(argv) and _NUMBER_START.match(argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_coordinates(list(sys.argv[1:] if argv is None else argv)))
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):

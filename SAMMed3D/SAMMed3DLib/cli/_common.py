@@ -1,0 +1,49 @@
+"""Options shared by the sub-commands that run the model (model, device, threads)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """CPU threads for torch: the cores this process may use.
+
+    More threads than free cores collapses OpenMP performance (a 29 ms decoder call took 1.07 s
+    when another process held one of two cores; facts file §7), so never more than the cores.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="registry name (see `sammed3d models`) or checkpoint path (default: %(default)s, ships with the package)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: the cores available)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    import torch
+
+    n = args.threads or default_threads()
+    torch.set_num_threads(n)
+    logger.debug("torch uses %d CPU thread(s)", n)
+
+
+def load_model_from_args(args: argparse.Namespace):
+    """Load ``args.model`` on ``args.device`` after setting the thread count."""
+    from ..checkpoint import load_model
+
+    apply_threads(args)
+    model = load_model(args.model, device=args.device)
+    logger.info("model %s (%s) on %s", model.card.name, args.model, next(model.parameters()).device)
+    return model

@@ -1,0 +1,29 @@
+"""``sammed3d benchmark``: click latency of the interactive path (see SAMMed3DLib.benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("benchmark", help="measure click latency on a synthetic 512×512×200 CT")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--clicks", type=int, default=10, help="follow-up clicks to time (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..benchmark import format_table, run_click_latency, to_json
+    from ..checkpoint import resolve_device
+
+    result = run_click_latency(threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)))
+    text = to_json(result)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text if args.json else format_table(result))
+    return 0

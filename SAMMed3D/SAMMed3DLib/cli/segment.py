@@ -1,0 +1,92 @@
+"""``sammed3d segment``: image + clicks → segmentation file (and an optional preview PNG)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PromptError
+from ._common import add_model_args, load_model_from_args
+
+logger = logging.getLogger(__name__)
+
+
+class _AppendClick(argparse.Action):
+    """Collect --point/--negative in the order given, with their label."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        clicks = list(getattr(namespace, "clicks", None) or [])
+        try:
+            xyz = [float(v) for v in values.replace(" ", "").split(",")]
+        except ValueError:
+            xyz = []
+        if len(xyz) != 3:
+            parser.error(f"{option_string} expects three comma-separated numbers like 12.5,-40,88; got {values!r}")
+        clicks.append((np.array(xyz), self.const))
+        namespace.clicks = clicks
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "segment",
+        help="segment one structure from clicks",
+        description="Segment one structure in IMAGE from positive/negative clicks and write the mask.",
+    )
+    p.add_argument("image", help="NIfTI, NRRD, MHA file or DICOM folder")
+    p.add_argument("--point", action=_AppendClick, const=1, metavar="X,Y,Z", help="positive click (repeatable)")
+    p.add_argument("--negative", action=_AppendClick, const=0, metavar="X,Y,Z", help="negative click (repeatable)")
+    frame = p.add_mutually_exclusive_group()
+    frame.add_argument("--ras", action="store_true", help="points are RAS mm (Slicer) instead of LPS mm (ITK, default)")
+    frame.add_argument("--ijk", action="store_true", help="points are voxel indices (i, j, k) of IMAGE")
+    p.add_argument("--out", required=True, help="output: .nii.gz, .nii, .nrrd, .mha or .seg.nrrd (Slicer segmentation)")
+    p.add_argument("--name", default="Segment_1", help="segment name in a .seg.nrrd (default: %(default)s)")
+    p.add_argument("--color", default="0.9,0.4,0.2", metavar="R,G,B", help="segment colour 0..1 (default: %(default)s)")
+    p.add_argument("--preview", metavar="PNG", help="also write three orthogonal slices through the first click")
+    add_model_args(p)
+    p.set_defaults(func=run, clicks=[])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..geometry import ras_to_lps
+    from ..io import read_image, write_preview_png, write_segmentation
+    from ..session import Session
+
+    if not args.clicks:
+        raise PromptError("give at least one positive click with --point X,Y,Z")
+    try:
+        color = tuple(float(c) for c in args.color.split(","))
+    except ValueError:
+        color = ()
+    if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+        raise PromptError(f"--color must be three numbers between 0 and 1 like 0.9,0.4,0.2; got {args.color!r}")
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    image = read_image(args.image)
+    model = load_model_from_args(args)
+    session = Session(model, image)
+    points = np.stack([c for c, _ in args.clicks])
+    labels = np.array([lab for _, lab in args.clicks])
+    if args.ras:
+        points = ras_to_lps(points)
+    elif args.ijk:
+        points = session.geometry.index_to_lps(points)
+    result = session.predict(points, labels)
+    write_segmentation(result.mask, out, segment_name=args.name, color_rgb=color)
+    voxels = int(np.count_nonzero(session.mask_array))
+    spacing = np.prod(image.GetSpacing())
+    logger.info(
+        "wrote %s: %d voxels (%.1f ml) from %d click(s) in %.2f s",
+        out,
+        voxels,
+        voxels * spacing / 1000.0,
+        len(labels),
+        time.perf_counter() - t0,
+    )
+    if args.preview:
+        write_preview_png(image, result.mask, points[0], args.preview)
+        logger.info("wrote preview %s", args.preview)
+    return 0
