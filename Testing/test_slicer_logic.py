@@ -4,7 +4,7 @@ The scene is set up as Slicer does at start-up: an application logic (it creates
 and interaction singletons), then the segmentations and markups module logics registered on the
 scene. Volumes are oblique and anisotropic.
 
-Placement uses ``BrightSpotModel``: a real :class:`Sam3D` whose encoder passes the normalised
+Placement uses ``testing.bright_spot_model()``: a real :class:`Sam3D` whose encoder passes the normalised
 window through and whose decoder answers "bright voxels of the window" (normalised intensity
 > 1), ignoring the prompts. The window is 32³ voxels of 1.5 mm (48 mm), smaller than the test
 volumes, so "inside the window" and "outside" are both testable: a click on a bright sphere must
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SAMMed3D"))
@@ -36,43 +34,21 @@ from InteractiveSegmentationLogic import (  # noqa: E402
     get_points_nodes,
     points_role,
 )
+from InteractiveSegmentationLogic.testing import (  # noqa: E402
+    BRIGHT,
+    SMALL_CONFIG,
+    add_sphere_volume,
+    bright_spot_model,
+    centroid_ras,
+    dice,
+    ijk_to_ras_matrix,
+    in_window,
+    rotation_matrix,
+    segment_on_volume,
+)
 from SAMMed3DLib import build_sam3d  # noqa: E402
 from SAMMed3DLib.card import ModelCard  # noqa: E402
 from SAMMed3DLib.errors import ImageError, PromptError, SessionStateError  # noqa: E402
-from SAMMed3DLib.model.sam3d import Sam3D  # noqa: E402
-
-SMALL = {
-    "image_encoder": {"img_size": 32, "patch_size": 16, "embed_dim": 48, "depth": 1, "num_heads": 4, "out_chans": 48},
-    "prompt_encoder": {"embed_dim": 48, "image_embedding_size": 2, "input_image_size": 32, "mask_in_chans": 4},
-    "mask_decoder": {"transformer_dim": 48},
-}
-BRIGHT, BACKGROUND = 1000, 100
-
-
-class _Identity(torch.nn.Module):
-    img_size = 32
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return x
-
-
-class BrightSpotModel(Sam3D):
-    """Logits > 0 exactly where the normalised window is > 1; prompts are ignored."""
-
-    def __init__(self) -> None:
-        base = build_sam3d(SMALL)
-        super().__init__(_Identity(), base.prompt_encoder, base.mask_decoder, base.config)
-        self.card = ModelCard(name="bright-spot", config=base.config, spacing_mm=1.5)
-        self.decoder_calls = 0
-
-    def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
-        self.decoder_calls += 1
-        return (image_embeddings - 1.0) * 10.0, torch.zeros(1, 1)
 
 
 # -- scene helpers ----------------------------------------------------------------------------
@@ -95,51 +71,6 @@ def scene():
         logic.SetMRMLScene(None)
 
 
-def rotation(axis, degrees) -> np.ndarray:
-    return np.array(sitk.VersorTransform(tuple(axis), np.deg2rad(degrees)).GetMatrix()).reshape(3, 3)
-
-
-def ijk_to_ras(node) -> np.ndarray:
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def add_volume(
-    scene,
-    spheres_ijk=((30.0, 45.0, 18.0),),
-    radius_mm=10.0,
-    size_xyz=(110, 90, 36),
-    spacing=(0.8, 0.9, 2.5),
-    directions=None,
-    origin=(-40.0, 15.0, -30.0),
-    name="CT",
-):
-    """Oblique anisotropic volume with bright spheres at the given voxel indices (node frame)."""
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    node.SetSpacing(*spacing)
-    node.SetOrigin(*origin)
-    m = vtk.vtkMatrix4x4()
-    d = rotation((0.3, 0.2, 1.0), 25.0) if directions is None else directions
-    for r in range(3):
-        for c in range(3):
-            m.SetElement(r, c, d[r, c])
-    node.SetIJKToRASDirectionMatrix(m)
-    matrix = ijk_to_ras(node)
-    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in size_xyz[::-1]), indexing="ij")
-    ijk = np.stack([xx.ravel(), yy.ravel(), zz.ravel(), np.ones(xx.size)], 1)
-    ras = (ijk @ matrix.T)[:, :3]
-    array = np.full(xx.size, BACKGROUND, dtype=np.int16)
-    centres = []
-    for s in spheres_ijk:
-        c = (matrix @ np.array([*s, 1.0]))[:3]
-        centres.append(c)
-        array[np.linalg.norm(ras - c, axis=1) <= radius_mm] = BRIGHT
-    slicer.util.updateVolumeFromArray(node, array.reshape(xx.shape))
-    node.CreateDefaultDisplayNodes()
-    return node, [np.asarray(c) for c in centres]
-
-
 def add_segmentation(scene, volume, names=("A",)):
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
     node.CreateDefaultDisplayNodes()
@@ -155,24 +86,12 @@ def add_points(scene, points_ras, name="P"):
     return node
 
 
-def segment_on_volume(segmentation, segment_id, volume) -> np.ndarray:
-    """The segment on the volume's grid, read with Slicer's own export: (k, j, i) bool."""
-    labelmap = segmentation.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "export")
-    ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-        segmentation, [segment_id], labelmap, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
-    )
-    assert ok
-    array = slicer.util.arrayFromVolume(labelmap) > 0
-    segmentation.GetScene().RemoveNode(labelmap)
-    return array
-
-
 def paint(segmentation, segment_id, volume, mask_zyx) -> None:
     """Set a segment's voxels on the volume grid through Slicer (as a Segment Editor effect would)."""
     from InteractiveSegmentationLogic.labelmaps import Lattice, write_segment_block
 
     shape = mask_zyx.shape
-    lattice = Lattice(ijk_to_ras(volume), (0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1))
+    lattice = Lattice(ijk_to_ras_matrix(volume), (0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1))
     write_segment_block(segmentation, segment_id, lattice, lattice.extent, mask_zyx)
 
 
@@ -180,31 +99,12 @@ def sphere_truth(volume) -> np.ndarray:
     return slicer.util.arrayFromVolume(volume) == BRIGHT
 
 
-def centroid_ras(mask_zyx, volume) -> np.ndarray:
-    kji = np.argwhere(mask_zyx > 0).astype(float)
-    ijk = np.c_[kji[:, ::-1], np.ones(len(kji))]
-    return (ijk @ ijk_to_ras(volume).T)[:, :3].mean(axis=0)
-
-
-def dice(a, b) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
-
-
-def in_window(volume, centre_ras, half_mm=24.0) -> np.ndarray:
-    """(k, j, i) voxels whose centre lies in the RAS-aligned cube of the model window at ``centre_ras``."""
-    shape = slicer.util.arrayFromVolume(volume).shape
-    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    ras = (np.stack([xx.ravel(), yy.ravel(), zz.ravel(), np.ones(xx.size)], 1) @ ijk_to_ras(volume).T)[:, :3]
-    return np.all(np.abs(ras - centre_ras) <= half_mm + 1e-6, axis=1).reshape(shape)
-
-
 @pytest.fixture
 def case(scene):
     """Two bright spheres 50+ mm apart; segments A and B; the logic with the bright-spot model."""
-    volume, centres = add_volume(scene, spheres_ijk=((28.0, 40.0, 14.0), (85.0, 55.0, 22.0)))
+    volume, centres = add_sphere_volume(scene, spheres_ijk=((28.0, 40.0, 14.0), (85.0, 55.0, 22.0)))
     segmentation, (a, b) = add_segmentation(scene, volume, ("A", "B"))
-    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    logic = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu", autoExtend=False)
     return scene, volume, centres, segmentation, a, b, logic
 
 
@@ -235,10 +135,10 @@ def test_written_mask_equals_the_session_mask(case) -> None:
 
 
 def test_volume_under_a_linear_parent_transform(scene) -> None:
-    volume, centres = add_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
+    volume, centres = add_sphere_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "T")
     m = np.eye(4)
-    m[:3, :3] = rotation((1.0, 0.0, 0.3), 30.0)
+    m[:3, :3] = rotation_matrix((1.0, 0.0, 0.3), 30.0)
     m[:3, 3] = (12.0, -7.0, 20.0)
     vm = vtk.vtkMatrix4x4()
     for r in range(4):
@@ -249,7 +149,7 @@ def test_volume_under_a_linear_parent_transform(scene) -> None:
     segmentation, (a,) = add_segmentation(scene, volume)
     world_centre = (m @ np.r_[centres[0], 1.0])[:3]
     plus = add_points(scene, [world_centre])
-    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    logic = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu", autoExtend=False)
     logic.segment(volume, segmentation, a, plus)
     # The segmentation follows the volume's geometry in world space: compare on the volume grid.
     mask = segment_on_volume(segmentation, a, volume)
@@ -257,7 +157,7 @@ def test_volume_under_a_linear_parent_transform(scene) -> None:
 
 
 def test_points_in_a_transformed_markups_node_are_read_in_world_space(scene) -> None:
-    volume, centres = add_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
+    volume, centres = add_sphere_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
     segmentation, (a,) = add_segmentation(scene, volume)
     shift = np.array([30.0, -10.0, 5.0])
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Shift")
@@ -267,13 +167,13 @@ def test_points_in_a_transformed_markups_node_are_read_in_world_space(scene) -> 
     transform.SetMatrixTransformToParent(vm)
     plus = add_points(scene, [centres[0] - shift])  # local coordinates; world = centre
     plus.SetAndObserveTransformNodeID(transform.GetID())
-    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    logic = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu", autoExtend=False)
     logic.segment(volume, segmentation, a, plus)
     assert dice(segment_on_volume(segmentation, a, volume), sphere_truth(volume)) > 0.9
 
 
 def test_segmentation_with_its_own_finer_geometry_receives_the_resampled_mask(scene) -> None:
-    volume, centres = add_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
+    volume, centres = add_sphere_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
     segmentation, (a,) = add_segmentation(scene, volume)
     # Reference geometry: axis-aligned 0.6 mm grid, unrelated to the oblique volume grid.
     fine = slicer.vtkOrientedImageData()
@@ -285,13 +185,13 @@ def test_segmentation_with_its_own_finer_geometry_receives_the_resampled_mask(sc
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(), geometry
     )
     plus = add_points(scene, [centres[0]])
-    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    logic = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu", autoExtend=False)
     logic.segment(volume, segmentation, a, plus)
     session_mask = logic.session.mask_array
     # Expected: nearest volume voxel of each fine voxel centre (independent numpy resampling).
     zz, yy, xx = np.meshgrid(*(np.arange(100),) * 3, indexing="ij")
     ras = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], 1) * 0.6 + (centres[0] - 30.0 + 0.17)
-    ijk = np.c_[ras, np.ones(len(ras))] @ np.linalg.inv(ijk_to_ras(volume)).T
+    ijk = np.c_[ras, np.ones(len(ras))] @ np.linalg.inv(ijk_to_ras_matrix(volume)).T
     idx = np.round(ijk[:, :3]).astype(int)
     shape = session_mask.shape
     inside = np.all((idx >= 0) & (idx < np.array(shape[::-1])), axis=1)
@@ -435,7 +335,7 @@ def test_switching_segment_or_volume_starts_a_fresh_session(case) -> None:
     again = logic.segment(volume, segmentation, a, plus)
     assert first.newSession and not again.newSession and logic.session is session_a
     assert logic.segment(volume, segmentation, b, plus).newSession and logic.session is not session_a
-    other_volume, _ = add_volume(scene, spheres_ijk=((28.0, 40.0, 14.0),), name="MR")
+    other_volume, _ = add_sphere_volume(scene, spheres_ijk=((28.0, 40.0, 14.0),), name="MR")
     assert logic.segment(other_volume, segmentation, b, plus).newSession
     assert logic.segment(other_volume, segmentation, b, plus).newSession is False
     array = slicer.util.arrayFromVolume(other_volume)
@@ -518,7 +418,7 @@ def test_bad_points_give_clear_errors_and_leave_the_segment(case, points, error,
 
 
 def test_non_linear_volume_transform_is_refused_with_advice(scene) -> None:
-    volume, centres = add_volume(scene)
+    volume, centres = add_sphere_volume(scene)
     grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "Warp")
     displacement = slicer.vtkOrientedGridTransform()
     field = vtk.vtkImageData()
@@ -530,7 +430,7 @@ def test_non_linear_volume_transform_is_refused_with_advice(scene) -> None:
     grid.SetAndObserveTransformToParent(displacement)
     volume.SetAndObserveTransformNodeID(grid.GetID())
     segmentation, (a,) = add_segmentation(scene, volume)
-    logic = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu")
+    logic = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu")
     with pytest.raises(ImageError, match="non-linear transform .* Harden"):
         logic.segment(volume, segmentation, a, add_points(scene, [centres[0]]))
 
@@ -619,7 +519,7 @@ def test_saving_and_reloading_the_scene_keeps_segment_and_points(case, tmp_path,
     np.testing.assert_allclose(plus2.GetNthControlPointPosition(0), centres[0], atol=1e-6)
     np.testing.assert_allclose(minus2.GetNthControlPointPosition(0), centres[0] + np.array([10.0, 0.0, 0.0]), atol=1e-6)
     # Resume: a new logic continues on the reloaded nodes, starting from the saved voxels.
-    resumed = InteractiveSegmentationLogic(model=BrightSpotModel(), device="cpu", autoExtend=False)
+    resumed = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu", autoExtend=False)
     plus2.AddControlPoint(*centres[1])
     result = resumed.segment(volume2, segmentation2, a, plus2, minus2)
     assert result.newSession
@@ -630,10 +530,10 @@ def test_saving_and_reloading_the_scene_keeps_segment_and_points(case, tmp_path,
 def test_a_checkpoint_path_loads_lazily_and_runs_the_real_network(scene, tmp_path) -> None:
     from SAMMed3DLib.checkpoint import save_model
 
-    model = build_sam3d(SMALL)
+    model = build_sam3d(SMALL_CONFIG)
     model.card = ModelCard(name="small-random", config=model.config)
     path = save_model(model, tmp_path / "small.pth")
-    volume, centres = add_volume(scene)
+    volume, centres = add_sphere_volume(scene)
     segmentation, (a,) = add_segmentation(scene, volume)
     logic = InteractiveSegmentationLogic(model=str(path), device="cpu", autoExtend=False)
     assert not logic.modelLoaded and not logic.modelNeedsDownload()

@@ -2,13 +2,16 @@
 
 Imports only ``slicer``/``vtk`` MRML classes (``slicer-core`` provides them outside Slicer),
 numpy, SimpleITK and ``SAMMed3DLib``; it takes its scene from the nodes it is given and never
-touches Qt, ``slicer.mrmlScene`` or ``slicer.modules``.
+touches Qt, ``slicer.mrmlScene`` or ``slicer.modules``. Importing it does not import torch
+(``SAMMed3DLib`` loads torch on first use), so Slicer can load the module, show the clicks and
+keep them before the user agreed to install PyTorch.
 
 - :mod:`.mrml_geometry`: volume → SimpleITK image in world LPS, control points → LPS.
 - :mod:`.labelmaps`: segment voxels read/written block by block on the segmentation's lattice.
 - :mod:`.masking`: editable area and overwrite rules (the Segment Editor's masking settings).
 - :mod:`.points`: the clicks stored with each segment, their order, snapshots for undo.
 - :mod:`.logic`: :class:`InteractiveSegmentationLogic` (prepare / compute / apply, undo, redo).
+- :mod:`.testing`: a predictable stand-in model and synthetic scenes for pytest and the self-test.
 
 Example:
     >>> from InteractiveSegmentationLogic import InteractiveSegmentationLogic
@@ -19,20 +22,24 @@ Example:
 from __future__ import annotations
 
 from .logic import MAX_UNDO, InteractiveSegmentationLogic, ModelUpdate, SegmentRequest, SegmentResult
-from .masking import EditableArea, OverwriteMode, WriteOptions
-from .points import NEGATIVE_COLOR, POSITIVE_COLOR, get_points_nodes, points_role
+from .masking import WRITE_MODES, EditableArea, OverwriteMode, WriteOptions, write_options_for_mode
+from .points import NEGATIVE_COLOR, POSITIVE_COLOR, PointsSnapshot, ensure_points_nodes, get_points_nodes, points_role
 
 __all__ = [
     "MAX_UNDO",
     "NEGATIVE_COLOR",
     "POSITIVE_COLOR",
+    "WRITE_MODES",
     "EditableArea",
     "InteractiveSegmentationLogic",
     "ModelUpdate",
     "OverwriteMode",
+    "PointsSnapshot",
     "SegmentRequest",
     "SegmentResult",
     "WriteOptions",
+    "ensure_points_nodes",
     "get_points_nodes",
     "points_role",
+    "write_options_for_mode",
 ]

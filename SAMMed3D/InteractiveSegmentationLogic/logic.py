@@ -257,6 +257,11 @@ class InteractiveSegmentationLogic:
         return self._device
 
     @property
+    def modelSpec(self) -> Any:
+        """What :meth:`loadModel` loads: a registry name, a checkpoint path, or the Sam3D given."""
+        return self._modelSpec
+
+    @property
     def modelLoaded(self) -> bool:
         return self._model is not None
 
@@ -346,6 +351,16 @@ class InteractiveSegmentationLogic:
         nodes = ensure_points_nodes(segmentationNode, segmentId) if create else get_points_nodes(segmentationNode, segmentId)
         self._rememberPoints(nodes[0], nodes[1])
         return nodes
+
+    def rememberPoints(self, snapshot: PointsSnapshot) -> None:
+        """Take ``snapshot`` as the clicks before the next update of its nodes (for undo).
+
+        The widget takes a snapshot when it shows a segment's points before this logic exists
+        (PyTorch not yet installed) and hands it over here.
+        """
+        if snapshot.nodes:
+            negative = snapshot.nodes[1] if len(snapshot.nodes) > 1 else None
+            self._pointsState[self._pointsKey(snapshot.nodes[0], negative)] = snapshot
 
     def _pointsKey(self, positiveNode: Any, negativeNode: Any) -> tuple[int, int]:
         return (id(positiveNode), id(negativeNode))
@@ -680,9 +695,7 @@ class InteractiveSegmentationLogic:
         self._writeChanges(node, record.lattice, record.changes, after=forward)
         snapshot = record.pointsAfter if forward else record.pointsBefore
         snapshot.restore()
-        if snapshot.nodes:
-            key = self._pointsKey(snapshot.nodes[0], snapshot.nodes[1] if len(snapshot.nodes) > 1 else None)
-            self._pointsState[key] = snapshot
+        self.rememberPoints(snapshot)
         self._syncSession(record, forward)
 
     def _syncSession(self, record: _UndoRecord, forward: bool) -> None:

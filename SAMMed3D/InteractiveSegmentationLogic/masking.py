@@ -161,6 +161,36 @@ class WriteOptions:
         return []
 
 
+#: Choices of the module's "Other segments" combo box → write options (the values are what the
+#: parameter node stores).
+WRITE_MODES: tuple[str, ...] = ("allow_overlap", "overwrite_visible", "overwrite_all", "segment_editor")
+
+
+def write_options_for_mode(mode: str, segment_editor_node: Any | None = None) -> WriteOptions:
+    """Write options for one of :data:`WRITE_MODES`.
+
+    Args:
+        mode: ``allow_overlap`` (never modify other segments), ``overwrite_visible``,
+            ``overwrite_all``, or ``segment_editor`` (the masking settings of
+            ``segment_editor_node``; the defaults when there is none).
+        segment_editor_node: a ``vtkMRMLSegmentEditorNode`` or None.
+
+    Raises:
+        ConfigError: unknown mode.
+    """
+    if mode == "allow_overlap":
+        return WriteOptions()
+    if mode == "overwrite_visible":
+        return WriteOptions(overwrite=OverwriteMode.VISIBLE)
+    if mode == "overwrite_all":
+        return WriteOptions(overwrite=OverwriteMode.ALL)
+    if mode == "segment_editor":
+        return WriteOptions.from_segment_editor_node(segment_editor_node) if segment_editor_node is not None else WriteOptions()
+    close = difflib.get_close_matches(str(mode), WRITE_MODES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"write mode {mode!r} is not one of {list(WRITE_MODES)}.{hint}")
+
+
 def compose_update(
     model_code: np.ndarray,
     target_before: np.ndarray,
@@ -213,7 +243,7 @@ def compose_update(
             decided &= target_before > 0  # literally "inside the mask segment", as Slicer does
         elif options.maskSegmentId not in others:
             raise ConfigError(
-                f"the editable area is 'inside segment {options.maskSegmentId!r}' but that segment does not exist; "
+                f"the editable area is inside segment {options.maskSegmentId!r}, but that segment does not exist; "
                 "choose another mask segment in the Segment Editor or set the editable area to everywhere"
             )
         else:

@@ -1,0 +1,286 @@
+"""The Slicer extension's packaging and GUI wiring, checked without Slicer.
+
+The Qt GUI cannot run here (slicer-core has MRML but no Qt application), so the widget is checked
+statically instead: every control bound with ``SlicerParameterName`` in the .ui file matches a
+field of the ``@parameterNodeWrapper`` class with a widget type the wrapper can connect, every
+``self.ui.<name>`` the widget code uses exists in the .ui file, every MRML widget gets the scene,
+and the combo-box choices are values the logic accepts. The CMake lists must name every Python
+file and resource, so that teammates' new files are packaged.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "SAMMed3D"
+UI_FILE = MODULE / "Resources" / "UI" / "SAMMed3D.ui"
+MODULE_SCRIPT = MODULE / "SAMMed3D.py"
+sys.path.insert(0, str(MODULE))
+
+
+def _cmake_list(path: Path, name: str) -> list[str]:
+    text = path.read_text()
+    match = re.search(rf"set\({name}\s+(.*?)\)", text, flags=re.S)
+    assert match, f"{name} not found in {path}"
+    items = [line.split("#")[0].strip() for line in match.group(1).splitlines()]
+    return [item.replace("${MODULE_NAME}", "SAMMed3D") for item in items if item]
+
+
+def _cmake_set(path: Path, name: str) -> str:
+    match = re.search(rf'set\({name} "(.*?)"\)', path.read_text())
+    assert match, f"{name} not set in {path}"
+    return match.group(1)
+
+
+def _s4ext() -> dict[str, str]:
+    fields = {}
+    for line in (ROOT / "SAMMed3D.s4ext").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            fields[key] = value.strip()
+    return fields
+
+
+def _module_ast() -> ast.Module:
+    return ast.parse(MODULE_SCRIPT.read_text(), filename=str(MODULE_SCRIPT))
+
+
+def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    assert found, f"class {name} missing from SAMMed3D.py"
+    return found[0]
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI_FILE).getroot().iter("widget")}
+
+
+def _string_property(widget: ET.Element, name: str) -> str | None:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            string = prop.find("string")
+            return string.text if string is not None else None
+    return None
+
+
+# -- CMake and extension description ------------------------------------------------------------
+
+
+def test_every_python_file_of_the_module_is_packaged() -> None:
+    listed = _cmake_list(MODULE / "CMakeLists.txt", "MODULE_PYTHON_SCRIPTS")
+    on_disk = sorted(
+        str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts and p.parts[len(MODULE.parts)] != "Testing"
+    )
+    assert len(listed) == len(set(listed)), "duplicates in MODULE_PYTHON_SCRIPTS"
+    missing = sorted(set(on_disk) - set(listed))
+    assert not missing, f"add these files to MODULE_PYTHON_SCRIPTS in SAMMed3D/CMakeLists.txt: {missing}"
+    stale = sorted(set(listed) - set(on_disk))
+    assert not stale, f"MODULE_PYTHON_SCRIPTS lists files that do not exist: {stale}"
+
+
+def test_every_resource_is_packaged_including_the_shipped_models() -> None:
+    listed = set(_cmake_list(MODULE / "CMakeLists.txt", "MODULE_PYTHON_RESOURCES"))
+    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text())
+    shipped = {
+        f"SAMMed3DLib/Resources/{entry[key]}"
+        for entry in registry["models"].values()
+        for key in ("file", "card")
+        if entry.get(key)
+    }
+    assert shipped, "models.json names no shipped model file"
+    on_disk = {
+        str(p.relative_to(MODULE))
+        for folder in (MODULE / "Resources", MODULE / "SAMMed3DLib" / "Resources")
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert on_disk - listed == set(), f"add to MODULE_PYTHON_RESOURCES: {sorted(on_disk - listed)}"
+    assert shipped <= listed, f"the shipped model files must be packaged: {sorted(shipped - listed)}"
+    assert listed - on_disk <= shipped, f"listed but neither on disk nor a shipped model: {sorted(listed - on_disk - shipped)}"
+
+
+def test_module_cmake_registers_the_self_test_and_generic_tests() -> None:
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in text
+    assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\).*add_subdirectory\(Testing\)", text, re.S)
+    testing = (MODULE / "Testing" / "CMakeLists.txt").read_text()
+    assert "slicer_add_python_unittest" in testing and "SAMMed3D.py" in testing
+
+
+def test_extension_description_is_consistent_between_cmake_and_s4ext() -> None:
+    top = ROOT / "CMakeLists.txt"
+    text = top.read_text()
+    assert "add_subdirectory(SAMMed3D)" in text
+    assert "include(${Slicer_EXTENSION_CPACK})" in text and "find_package(Slicer REQUIRED)" in text
+    s4ext = _s4ext()
+    assert _cmake_set(top, "EXTENSION_CATEGORY") == s4ext["category"] == "Segmentation"
+    assert _cmake_set(top, "EXTENSION_DEPENDS") == s4ext["depends"] == "PyTorch"
+    for cmake_name, key in (("EXTENSION_HOMEPAGE", "homepage"), ("EXTENSION_DESCRIPTION", "description"),
+                            ("EXTENSION_CONTRIBUTORS", "contributors"), ("EXTENSION_ICONURL", "iconurl")):
+        assert _cmake_set(top, cmake_name) == s4ext[key], cmake_name
+    assert _cmake_set(top, "EXTENSION_ICONURL").endswith("SAMMed3D/Resources/Icons/SAMMed3D.png")
+    assert "SCREENSHOTURLS" in text
+
+
+def test_icon_is_a_valid_128_pixel_png() -> None:
+    data = (MODULE / "Resources" / "Icons" / "SAMMed3D.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height, depth, color = struct.unpack(">IIBB", data[16:26])
+    assert (width, height, depth) == (128, 128, 8)
+    idat = b"".join(data[i + 8 : i + 8 + struct.unpack(">I", data[i : i + 4])[0]] for i in [m.start() - 4 for m in re.finditer(b"IDAT", data)])
+    channels = {2: 3, 6: 4}[color]
+    assert len(zlib.decompress(idat)) == height * (1 + width * channels)
+
+
+def test_requirements_exclude_torch_and_parse() -> None:
+    from packaging.requirements import Requirement
+
+    lines = [l.strip() for l in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()]
+    requirements = [Requirement(l) for l in lines if l and not l.startswith("#")]
+    assert requirements and all(r.name.lower() != "torch" for r in requirements)
+
+
+# -- the GUI, statically ---------------------------------------------------------------------------
+
+#: Widget classes the parameterNodeWrapper connects, per field type.
+_CONNECTABLE = {"qMRMLNodeComboBox": "node", "QCheckBox": "bool", "QComboBox": "enum", "ctkPathLineEdit": "path"}
+
+
+def _parameter_fields() -> dict[str, str]:
+    cls = _class(_module_ast(), "SAMMed3DParameterNode")
+    assert any(isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in cls.decorator_list)
+    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def _enums() -> dict[str, dict[str, str]]:
+    out = {}
+    for node in _module_ast().body:
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(b) == "enum.Enum" for b in node.bases):
+            out[node.name] = {
+                t.id: v.value.value
+                for v in node.body
+                if isinstance(v, ast.Assign)
+                for t in v.targets
+                if isinstance(t, ast.Name) and isinstance(v.value, ast.Constant)
+            }
+    return out
+
+
+def test_every_bound_control_maps_to_a_parameter_node_field_of_a_matching_type() -> None:
+    fields = _parameter_fields()
+    enums = _enums()
+    bound = {name: w for name, w in _ui_widgets().items() if _string_property(w, "SlicerParameterName")}
+    assert len(bound) >= 8
+    names = [_string_property(w, "SlicerParameterName") for w in bound.values()]
+    assert len(names) == len(set(names)), "two controls bound to the same parameter"
+    for widget_name, widget in bound.items():
+        parameter = _string_property(widget, "SlicerParameterName")
+        assert parameter in fields, f"{widget_name}: SlicerParameterName {parameter!r} is not a SAMMed3DParameterNode field"
+        annotation = fields[parameter]
+        kind = _CONNECTABLE.get(widget.get("class"))
+        assert kind is not None, f"{widget_name}: the parameter node wrapper cannot connect a {widget.get('class')}"
+        if kind == "node":
+            assert annotation.startswith("vtkMRML"), (widget_name, annotation)
+            node_types = [s.text for s in widget.iter("string") if s.text and s.text.startswith("vtkMRML")]
+            assert annotation in node_types, f"{widget_name}: nodeTypes {node_types} do not include {annotation}"
+        elif kind == "enum":
+            assert annotation in enums, f"{widget_name}: a QComboBox needs an Enum field, got {annotation}"
+        elif kind == "path":
+            assert annotation == "pathlib.Path"
+        else:
+            assert annotation == kind
+    # Fields without a control are set by the widget code (the segment selector) only.
+    assert set(fields) - set(names) == {"segmentId"}
+
+
+def test_widget_code_only_uses_controls_that_exist_in_the_ui_file() -> None:
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_SCRIPT.read_text()))
+    widgets = _ui_widgets()
+    assert used, "the widget uses no .ui control"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"SAMMed3D.py uses controls missing from SAMMed3D.ui: {missing}"
+    for required in ("positivePlaceWidget", "negativePlaceWidget", "segmentSelector", "undoButton", "redoButton",
+                     "resetButton", "clearPointsButton", "nextSegmentButton", "statusLabel", "progressBar", "cancelButton"):
+        assert required in used, f"the widget never wires {required}"
+    assert widgets["positivePlaceWidget"].get("class") == widgets["negativePlaceWidget"].get("class") == "qSlicerMarkupsPlaceWidget"
+    assert widgets["segmentSelector"].get("class") == "qMRMLSegmentSelectorWidget"
+
+
+def test_every_mrml_widget_receives_the_scene() -> None:
+    root = ET.parse(UI_FILE).getroot()
+    receivers = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    mrml = {name for name, w in _ui_widgets().items() if w.get("class", "").startswith(("qMRML", "qSlicerMarkups")) and w.get("class") != "qMRMLWidget"}
+    assert mrml and mrml <= receivers, f"these MRML widgets never get the scene: {sorted(mrml - receivers)}"
+
+
+def test_combo_box_choices_are_values_the_logic_accepts() -> None:
+    from InteractiveSegmentationLogic import WRITE_MODES, write_options_for_mode
+    from SAMMed3DLib.devices import DEVICE_CHOICES
+
+    enums = _enums()
+    assert sorted(enums["WriteMode"].values()) == sorted(WRITE_MODES)
+    for mode in WRITE_MODES:
+        write_options_for_mode(mode)
+    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text())["models"]
+    assert {v for v in enums["ModelChoice"].values() if v != "file"} <= set(registry)
+    assert set(enums["DeviceChoice"].values()) <= set(DEVICE_CHOICES)
+
+
+def test_module_imports_nothing_heavy_at_import_time() -> None:
+    tree = _module_ast()
+    top_level = {
+        (n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in (n.names if isinstance(n, ast.Import) else [n])
+    }
+    assert not top_level & {"torch", "SAMMed3DLib", "InteractiveSegmentationLogic", "numpy", "PyTorchUtils"}, top_level
+    compile(MODULE_SCRIPT.read_text(), str(MODULE_SCRIPT), "exec")
+
+
+def test_the_logic_package_imports_without_torch() -> None:
+    code = "import sys; sys.path.insert(0, %r); import InteractiveSegmentationLogic; print('torch' in sys.modules)" % str(MODULE)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_self_test_exercises_the_logic_and_can_fail() -> None:
+    cls = _class(_module_ast(), "SAMMed3DTest")
+    methods = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+    calls = {c.func.attr for c in ast.walk(methods["runTest"]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
+    tests = [m for m in methods if m.startswith("test_")]
+    assert tests and set(tests) <= calls
+    for name in tests:
+        asserts = [c for c in ast.walk(methods[name]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr.startswith("assert")]
+        assert len(asserts) >= 3, f"{name} asserts too little to fail"
+        source = ast.unparse(methods[name])
+        assert "logic.segment(" in source
+    assert "testLogic = False" not in MODULE_SCRIPT.read_text()
+
+
+def test_worker_thread_is_persistent_and_documented() -> None:
+    cls = _class(_module_ast(), "_ModelWorker")
+    doc = ast.get_docstring(cls) or ""
+    assert "persistent" in doc and "1.28 s" in doc and "0.14 s" in doc
+    source = ast.unparse(cls)
+    assert source.count("threading.Thread(") == 1
+
+
+@pytest.mark.parametrize("name", ["SAMMed3DWidget", "SAMMed3DLogic", "SAMMed3DTest", "SAMMed3D"])
+def test_template_classes_exist(name: str) -> None:
+    _class(_module_ast(), name)
