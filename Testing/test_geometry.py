@@ -20,6 +20,7 @@ from SAMMed3DLib.geometry import (
     CANONICAL_DIRECTION_LPS,
     ImageGeometry,
     Window,
+    _classify_blocks,  # the block classification of paste_logits' fast path
     extract_window,
     lps_to_ras,
     paste_logits,
@@ -320,6 +321,39 @@ def test_paste_lands_on_the_object_and_only_inside_the_window(name, spacing, dir
     # a second paste of negative logits clears the window and only the window
     assert paste_logits(-np.abs(logits) - 1, window, geom, mask, value=3) == footprint
     assert np.all(mask[inside] == 0) and np.all(mask[~inside] == 7)
+
+
+@pytest.mark.parametrize("hole", ["corner_notch", "single_node"])
+@pytest.mark.parametrize(("name", "spacing", "direction"), GRIDS, ids=GRID_IDS)
+def test_paste_of_an_object_filling_the_window_is_exact(name, spacing, direction, hole):
+    # positive almost everywhere (an organ larger than the window) with a notch in one corner or
+    # a one-node hole: blocks of positive nodes are filled without interpolation, the rest is
+    # interpolated
+    size_xyz = tuple(int(round(100 / s)) for s in spacing)
+    image, pts = make_image(size_xyz, spacing, direction, CENTRE, [])
+    geom = ImageGeometry.from_image(image)
+    window = Window.centred_at(CENTRE, 48, 1.5)
+    rng = np.random.default_rng(7)
+    low = rng.uniform(0.5, 3.0, size=(12, 12, 12)).astype(np.float32)
+    if hole == "corner_notch":
+        low[8:, 9:, :4] = rng.uniform(-3.0, 0.5, size=(4, 3, 4))
+    else:
+        low[6, 5, 7] = -100.0
+    block, surely_positive, mixed = _classify_blocks(low, window, geom, *_footprint_box(window, geom))
+    assert surely_positive.mean() > 0.5 and mixed.any()  # the test exercises both kinds of block
+    inside = truth_inside_window(pts, window)
+    mask = np.full(geom.shape_zyx, 7, dtype=np.uint8)
+    paste_logits(low, window, geom, mask, value=2)
+    u = (window_index_of(pts[inside], window.origin_lps, 1.5) + 0.5) / 4.0 - 0.5
+    expected = map_coordinates(low, u.T, order=1, mode="nearest")
+    got = mask[inside]
+    assert np.all((got == 2) == (expected > 0))
+    assert np.all(got[expected <= 0] == 0) and np.all(mask[~inside] == 7)
+
+
+def _footprint_box(window: Window, geom: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
+    fp = window_footprint(window, geom)
+    return np.array([fp[2].start, fp[1].start, fp[0].start]), np.array([fp[2].stop - 1, fp[1].stop - 1, fp[0].stop - 1])
 
 
 def test_paste_keeps_other_labels_outside_and_accepts_torch_logits():
