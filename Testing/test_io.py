@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from SAMMed3DLib import io as sio
-from SAMMed3DLib.errors import ImageError, OutputError, SAMMed3DError
+from SAMMed3DLib.errors import ImageError, OutputError, PromptError, SAMMed3DError
 from SAMMed3DLib.io import image_from_array, read_image, validate_image, write_preview_png, write_segmentation
 
 
@@ -376,6 +376,20 @@ def test_preview_png_shows_three_views_in_radiological_convention(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png"]
 
 
-def test_preview_requires_png_name(tmp_path):
-    with pytest.raises(OutputError, match=".png"):
-        write_preview_png(oblique_image(), None, oblique_image().TransformIndexToPhysicalPoint((5, 5, 3)), tmp_path / "x.jpg")
+def test_preview_of_an_oblique_image_at_its_corner(tmp_path):
+    image = oblique_image(np.float32, shape_zyx=(12, 40, 50))
+    corner = image.TransformIndexToPhysicalPoint((0, 0, 0))
+    path = write_preview_png(image, None, corner, tmp_path / "corner.png")
+    picture = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    green = (picture[..., 1] == 255) & (picture[..., 0] == 0)
+    assert 0 < np.count_nonzero(green) <= 3 * 20  # at most 20 marker pixels per panel, none stray
+
+
+@pytest.mark.parametrize(
+    ("name", "point", "error", "match"),
+    [("x.jpg", (0.0, 0.0, 0.0), OutputError, ".png"), ("x.png", (0.0, np.nan, 0.0), PromptError, "finite"), ("x.png", (1.0, 2.0), PromptError, "finite")],
+)
+def test_preview_rejects_bad_requests(tmp_path, name, point, error, match):
+    with pytest.raises(error, match=match):
+        write_preview_png(oblique_image(), None, point, tmp_path / name)
+    assert not any(tmp_path.iterdir())

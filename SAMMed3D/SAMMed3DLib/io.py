@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ImageError, OutputError
+from .errors import ImageError, OutputError, PromptError
 
 logger = logging.getLogger(__name__)
 
@@ -474,15 +474,18 @@ def write_preview_png(
 
     Raises:
         ImageError: the image or mask is not 3D scalar.
-        OutputError: the file cannot be written.
+        PromptError: ``point_lps`` is not 3 finite numbers.
+        OutputError: the file name does not end with .png, or the file cannot be written.
     """
     path = Path(path)
+    if _suffix(path, (".png",)) is None:
+        raise OutputError(f"cannot write preview {str(path)!r}: the file name must end with .png")
     image = validate_image(image)
     if mask is not None and (not isinstance(mask, sitk.Image) or mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1):
         raise ImageError("the preview mask must be a 3D scalar SimpleITK image or None")
-    point = np.asarray(point_lps, dtype=np.float64).reshape(3)
-    if not image.TransformPhysicalPointToContinuousIndex(point.tolist()):
-        raise ImageError(f"point {point.tolist()} cannot be mapped into the image")
+    point = np.asarray(point_lps, dtype=np.float64)
+    if point.shape != (3,) or not np.all(np.isfinite(point)):
+        raise PromptError(f"point_lps must be 3 finite LPS coordinates in mm, got {point_lps!r}")
     values = sitk.GetArrayViewFromImage(image)
     stride = max(1, int(np.ceil((values.size / 2_000_000) ** (1 / 3))))
     low, high = (float(v) for v in np.percentile(values[::stride, ::stride, ::stride], [1.0, 99.0]))
@@ -507,10 +510,10 @@ def write_preview_png(
         rgb = np.round(rgb).astype(np.uint8)
         centre = reference.TransformPhysicalPointToContinuousIndex(point.tolist())
         col, row = int(round(centre[0])), int(round(centre[1]))
-        if 0 <= row < rgb.shape[0] and 0 <= col < rgb.shape[1]:
-            rgb[row, max(col - 6, 0) : col - 2 + 1] = _MARKER_RGB
+        if 0 <= row < rgb.shape[0] and 0 <= col < rgb.shape[1]:  # a cross with a gap at the point
+            rgb[row, max(col - 6, 0) : max(col - 1, 0)] = _MARKER_RGB
             rgb[row, col + 2 : col + 7] = _MARKER_RGB
-            rgb[max(row - 6, 0) : row - 2 + 1, col] = _MARKER_RGB
+            rgb[max(row - 6, 0) : max(row - 1, 0), col] = _MARKER_RGB
             rgb[row + 2 : row + 7, col] = _MARKER_RGB
         panels.append(rgb)
     height = max(p.shape[0] for p in panels)
@@ -524,6 +527,4 @@ def write_preview_png(
         if index < len(panels) - 1:
             padded.append(gap)
     picture = sitk.GetImageFromArray(np.concatenate(padded, axis=1), isVector=True)
-    if _suffix(path, (".png",)) is None:
-        raise OutputError(f"cannot write preview {str(path)!r}: the file name must end with .png")
     return _atomic_write(path, ".png", lambda temp: sitk.WriteImage(picture, temp))
