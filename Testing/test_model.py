@@ -456,6 +456,24 @@ def test_vit_b_ori_fast_path_equals_reference() -> None:
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_bf16_autocast_stays_close_to_fp32() -> None:
+    # The patch embedding runs in fp32 under CPU autocast (bf16 Conv3d is very slow there); the
+    # rest runs in bf16. The whole click path must work and stay near the fp32 numbers.
+    model = seeded_model(small_config(32, 8, 14))
+    x = torch.randn(1, 1, 32, 32, 32)
+    coords, labels, mask = torch.tensor([[[10.0, 20.0, 5.0]]]), torch.tensor([[1]]), torch.zeros(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        emb32 = model.image_encoder(x)
+        logits32, _ = model.predict_low_res(emb32, coords, labels, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tokens = model.image_encoder.patch_embed(x)
+            emb16 = model.image_encoder(x)
+            logits16, _ = model.predict_low_res(emb16, coords, labels, mask)
+    assert tokens.dtype == torch.float32
+    assert (emb16.float() - emb32).abs().max() < 0.05 * emb32.abs().max()
+    assert (logits16.float() - logits32).abs().max() < 0.05 * logits32.abs().max()
+
+
 # -- prompts and decoder -------------------------------------------------------------------------
 
 

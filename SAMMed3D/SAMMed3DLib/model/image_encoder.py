@@ -294,7 +294,19 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and _cpu_autocast_enabled():
+            # oneDNN's bf16 Conv3d for one input channel and a 16³ kernel is ~14× slower than fp32
+            # on CPU (vit_b_ori: 0.52 s vs 0.037 s on one thread), so keep this layer in fp32.
+            with torch.autocast("cpu", enabled=False):
+                return self.proj(x.float()).permute(0, 2, 3, 4, 1)
         return self.proj(x).permute(0, 2, 3, 4, 1)
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
 
 
 class ImageEncoderViT3D(nn.Module):
