@@ -169,6 +169,44 @@ def test_invalid_options_are_named(kw, match):
         TrainConfig(cache="c", out="o", **kw)
 
 
+def test_swap_closed_position_matrix_makes_click_and_image_encodings_a_permutation():
+    from training.trainer import make_pe_swap_closed
+
+    model = build_sam3d(TINY)
+    pe = model.prompt_encoder
+    grid = pe.image_embedding_size[0]
+    cell = 32 // grid
+    idx = torch.stack(torch.meshgrid(*[torch.arange(grid)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    clicks = (idx * cell + cell / 2 - 0.5).float()[None]  # click at each cell centre (+0.5 inside)
+
+    def sparse_vs_dense():
+        sparse = pe.pe_layer.forward_with_coords(clicks + 0.5, (32, 32, 32))[0]  # (cells, C)
+        dense = pe.get_dense_pe()[0].reshape(pe.get_dense_pe().shape[1], -1).T  # (cells, C)
+        return sparse, dense
+
+    sparse, dense = sparse_vs_dense()
+    assert not torch.allclose(sparse, dense, atol=1e-4)  # the official quirk: x and y disagree
+    make_pe_swap_closed(model)
+    sparse, dense = sparse_vs_dense()
+    n = pe.pe_layer.positional_encoding_gaussian_matrix.shape[1]
+    half = torch.cat([torch.arange(n // 2, n), torch.arange(0, n // 2)])
+    perm = torch.cat([half, half + n, half + 2 * n])
+    torch.testing.assert_close(sparse[:, perm], dense, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("pe_matrix", "paired"), [("auto", True), ("keep", False), ("swap_closed", True)])
+def test_pe_matrix_option(pe_matrix, paired):
+    from training.trainer import initial_model
+
+    torch.manual_seed(0)
+    model = initial_model(TrainConfig(cache="c", out="o", model_config=TINY, pe_matrix=pe_matrix))
+    g = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    n = g.shape[1] // 2
+    assert torch.equal(g[:, :n], g[[1, 0, 2], n:]) is paired
+    with pytest.raises(ConfigError, match="--pe-matrix"):
+        TrainConfig(cache="c", out="o", pe_matrix="sorted")
+
+
 def test_config_json_round_trip(tmp_path):
     cfg = TrainConfig(cache="c", out="o", lr=3e-4, val_cases=["a"], model_config=TINY)
     cfg.save(tmp_path / "c.json")

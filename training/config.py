@@ -51,6 +51,12 @@ DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``--pe-matrix``: "swap_closed" redraws the prompt encoder's random-Fourier matrix so that its
+#: columns come in (u, v, w) / (v, u, w) pairs (see :func:`training.trainer.make_pe_swap_closed`);
+#: "keep" leaves it as built or loaded; "auto" is swap_closed for a fresh model, keep with --init.
+PE_MATRIX_CHOICES: tuple[str, ...] = ("auto", "swap_closed", "keep")
+
+
 @dataclass
 class TrainConfig:
     """All options of a training run (see ``python -m training --help``)."""
@@ -65,6 +71,7 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_MODEL_CONFIG))
     init: str = ""
     freeze_encoder: bool = False
+    pe_matrix: str = "auto"
     # optimisation
     max_steps: int = 20000
     batch_size: int = 2
@@ -121,6 +128,8 @@ class TrainConfig:
             raise ConfigError(
                 f"--mask-only-rounds {self.mask_only_rounds} (+1 for the last round) must leave the first round with a click; rounds = {self.rounds}"
             )
+        if self.pe_matrix not in PE_MATRIX_CHOICES:
+            raise ConfigError(f"--pe-matrix must be one of {', '.join(PE_MATRIX_CHOICES)}, got {self.pe_matrix!r}")
         if self.click_mode not in ("random", "center"):
             raise ConfigError(f"--click-mode must be 'random' or 'center', got {self.click_mode!r}")
         if not 0 <= self.flip_prob <= 1 or not 0 <= self.intensity_prob <= 1:
