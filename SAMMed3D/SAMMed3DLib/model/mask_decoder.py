@@ -159,6 +159,20 @@ class MaskDecoder3D(nn.Module):
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou_pred[:, sl]
 
+    def _upscale(self, image: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` with channels-last inputs to the transposed convolutions.
+
+        oneDNN's ConvTranspose3d is much faster on channels-last input on CPU (96 → 48 channels,
+        16³ → 32³: 4.8 ms vs 16 ms on one thread, a third of a click), and its output then stays
+        channels-last. The numbers are the same up to float32 summation order.
+        """
+        h = image
+        for layer in self.output_upscaling:
+            if isinstance(layer, nn.ConvTranspose3d):
+                h = h.contiguous(memory_format=torch.channels_last_3d)
+            h = layer(h)
+        return h
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -179,8 +193,10 @@ class MaskDecoder3D(nn.Module):
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, x, y, z))
+        upscaled = self._upscale(src.transpose(1, 2).reshape(b, c, x, y, z))
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         b, c, x, y, z = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, x * y * z)).reshape(b, -1, x, y, z)
+        # Channel-last features (a view here): (B, 4X·4Y·4Z, C') @ (B, C', masks).
+        features = upscaled.permute(0, 2, 3, 4, 1).reshape(b, x * y * z, c)
+        masks = (features @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, x, y, z)
         return masks, self.iou_prediction_head(iou_token_out)
