@@ -194,7 +194,7 @@ def test_swap_closed_position_matrix_makes_click_and_image_encodings_a_permutati
     torch.testing.assert_close(sparse[:, perm], dense, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(("pe_matrix", "paired"), [("auto", True), ("keep", False), ("swap_closed", True)])
+@pytest.mark.parametrize(("pe_matrix", "paired"), [("keep", False), ("swap_closed", True)])
 def test_pe_matrix_option(pe_matrix, paired):
     from training.trainer import initial_model
 

@@ -51,10 +51,10 @@ DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
 }
 
 
-#: ``--pe-matrix``: "swap_closed" redraws the prompt encoder's random-Fourier matrix so that its
-#: columns come in (u, v, w) / (v, u, w) pairs (see :func:`training.trainer.make_pe_swap_closed`);
-#: "keep" leaves it as built or loaded; "auto" is swap_closed for a fresh model, keep with --init.
-PE_MATRIX_CHOICES: tuple[str, ...] = ("auto", "swap_closed", "keep")
+#: ``--pe-matrix``: "keep" leaves the prompt encoder's random-Fourier matrix as built (random, as
+#: the official code draws it) or as loaded with --init; "swap_closed" redraws it so that its
+#: columns come in (u, v, w) / (v, u, w) pairs (see :func:`training.trainer.make_pe_swap_closed`).
+PE_MATRIX_CHOICES: tuple[str, ...] = ("keep", "swap_closed")
 
 
 @dataclass
@@ -71,7 +71,7 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_MODEL_CONFIG))
     init: str = ""
     freeze_encoder: bool = False
-    pe_matrix: str = "auto"
+    pe_matrix: str = "keep"
     # optimisation
     max_steps: int = 20000
     batch_size: int = 2
