@@ -272,3 +272,15 @@ def test_real_network_end_to_end_is_deterministic(box_case) -> None:
     rb = b.click(centre)
     assert np.array_equal(sitk.GetArrayFromImage(ra.mask), sitk.GetArrayFromImage(rb.mask))
     assert set(ra.timings) >= {"extract", "encoder", "decoder", "paste", "total"}
+
+
+def test_a_result_keeps_showing_the_mask_of_its_own_click(box_case) -> None:
+    image, _, centre = box_case
+    session = Session(BrightModel(), image)
+    first = session.click(centre)
+    expected = session.mask_array.copy()
+    session.undo()  # changes the session's buffer before `first.mask` was ever read
+    assert session.mask_array.sum() == 0
+    assert np.array_equal(sitk.GetArrayFromImage(first.mask), expected)
+    second = session.redo()
+    assert np.array_equal(second.mask_array, expected)

@@ -604,14 +604,27 @@ def _low_res_image(low: np.ndarray, window: Window) -> sitk.Image:
     return image
 
 
-def _sample_box(low_image: sitk.Image, geometry: ImageGeometry, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> np.ndarray:
-    """Linear interpolation of ``low_image`` at the original voxel centres of an inclusive box; (z, y, x) float32."""
-    size = [int(v) for v in hi_xyz - lo_xyz + 1]
-    reference = sitk.Image(size, sitk.sitkFloat32)
-    reference.SetSpacing(geometry.spacing_xyz_mm.tolist())
-    reference.SetDirection(geometry.direction.ravel().tolist())
-    reference.SetOrigin(geometry.index_to_lps(lo_xyz.astype(np.float64)).tolist())
-    sampled = sitk.Resample(low_image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+def _sample_box(
+    low_image: sitk.Image, geometry: ImageGeometry, lo_xyz: np.ndarray, hi_xyz: np.ndarray, positive_only: bool = False
+) -> np.ndarray:
+    """Linear interpolation of ``low_image`` at the original voxel centres of an inclusive box.
+
+    Returns (z, y, x) float32 values, or with ``positive_only`` the bool array ``values > 0``
+    computed on a view of SimpleITK's buffer (no float copy: 30 ms saved on a CT footprint).
+    """
+    # The output grid is given as parameters, not as a reference image: allocating and zeroing a
+    # reference of a CT footprint (4-9 M voxels) cost 15 ms per click.
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(v) for v in hi_xyz - lo_xyz + 1])
+    resampler.SetOutputSpacing(geometry.spacing_xyz_mm.tolist())
+    resampler.SetOutputDirection(geometry.direction.ravel().tolist())
+    resampler.SetOutputOrigin(geometry.index_to_lps(lo_xyz.astype(np.float64)).tolist())
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    resampler.SetDefaultPixelValue(0.0)
+    sampled = resampler.Execute(low_image)
+    if positive_only:
+        return sitk.GetArrayViewFromImage(sampled) > 0  # the view is used while `sampled` lives
     return sitk.GetArrayFromImage(sampled)
 
 
@@ -757,7 +770,7 @@ def _positive_voxels(
     """
     inside = _inside_mask(fp, lo, hi)
     if not np.isfinite(low).all():  # NaN nodes: only the exact interpolation can tell (NaN is not > 0)
-        return (_sample_box(_low_res_image(low, window), geometry, lo, hi) > 0) & inside
+        return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True) & inside
     block, surely_positive, mixed = _classify_blocks(low, window, geometry, lo, hi)
     region_voxels = int(np.prod(hi - lo + 1))
     if mixed.any():
@@ -769,7 +782,7 @@ def _positive_voxels(
         m_lo = m_hi = None
         mixed_voxels = 0
     if not surely_positive.any() or mixed_voxels > _MIXED_SHARE_LIMIT * region_voxels:
-        return (_sample_box(_low_res_image(low, window), geometry, lo, hi) > 0) & inside
+        return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True) & inside
     nbk, nbj, nbi = surely_positive.shape
     expanded = np.broadcast_to(surely_positive[:, None, :, None, :, None], (nbk, block[2], nbj, block[1], nbi, block[0]))
     positive = expanded.reshape(nbk * block[2], nbj * block[1], nbi * block[0])[: inside.shape[0], : inside.shape[1], : inside.shape[2]].copy()
@@ -779,7 +792,7 @@ def _positive_voxels(
             slice(int(m_lo[1] - lo[1]), int(m_hi[1] - lo[1]) + 1),
             slice(int(m_lo[0] - lo[0]), int(m_hi[0] - lo[0]) + 1),
         )
-        positive[sub] = _sample_box(_low_res_image(low, window), geometry, m_lo, m_hi) > 0
+        positive[sub] = _sample_box(_low_res_image(low, window), geometry, m_lo, m_hi, positive_only=True)
     positive &= inside
     return positive
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -57,22 +58,45 @@ MAX_EXTENSIONS_PER_CLICK = 2
 Slices3 = tuple[slice, slice, slice]
 
 
-@dataclass
 class ClickResult:
     """Outcome of one click (or one replay of several clicks).
 
     Attributes:
-        mask: the whole current mask, SimpleITK uint8 image on the input image's grid.
         changed_zyx: (z, y, x) slices of the region that may have changed (union of the
             footprints of the windows that ran), or None if nothing ran.
         windows: windows that were run for this click.
         timings: seconds spent per step ("extract", "encoder", "decoder", "paste", "total").
+
+    The mask is built on first access (:attr:`mask`): converting a 512×512×200 mask into a
+    SimpleITK image costs ~30 ms, which callers that read ``session.mask_array`` or only
+    ``changed_zyx`` (the Slicer logic, the evaluation loop) should not pay on every click. If
+    the session changes before then, it hands the result a private copy of the mask first
+    (a plain memory copy), so a result always shows the mask as it was after its click.
     """
 
-    mask: sitk.Image
-    changed_zyx: Slices3 | None
-    windows: list[Window]
-    timings: dict[str, float]
+    def __init__(self, mask_zyx: np.ndarray, reference: sitk.Image, changed_zyx: Slices3 | None, windows: list[Window], timings: dict[str, float]) -> None:
+        self._mask_zyx: np.ndarray | None = mask_zyx
+        self._owns_array = False
+        self._reference = reference
+        self._mask: sitk.Image | None = None
+        self.changed_zyx = changed_zyx
+        self.windows = windows
+        self.timings = timings
+
+    def _detach(self) -> None:
+        """Called by the session before it modifies the buffer this result refers to."""
+        if self._mask is None and not self._owns_array and self._mask_zyx is not None:
+            self._mask_zyx = self._mask_zyx.copy()
+            self._owns_array = True
+
+    @property
+    def mask(self) -> sitk.Image:
+        """The whole mask after this step: SimpleITK uint8 image on the input image's grid."""
+        if self._mask is None:
+            image = sitk.GetImageFromArray(self._mask_zyx)
+            image.CopyInformation(self._reference)
+            self._mask, self._mask_zyx = image, None
+        return self._mask
 
     @property
     def mask_array(self) -> np.ndarray:
@@ -156,6 +180,7 @@ class Session:
         self._mask: np.ndarray | None = None
         self._base_mask: np.ndarray | None = None
         self._history = _History()
+        self._results: weakref.WeakSet[ClickResult] = weakref.WeakSet()
         if image is not None:
             self.set_image(image)
 
@@ -295,7 +320,7 @@ class Session:
         self._history.undo.append((self._with_region(before, region, prev), self._snapshot(region)))
         self._history.redo.clear()
         logger.debug("click %s at %s: %s", "+" if positive else "-", np.round(point, 1), {k: round(v, 4) for k, v in timings.items()})
-        return ClickResult(self.mask, region, ran, timings)
+        return self._result(region, ran, timings)
 
     def click_ras(self, point_ras: Sequence[float] | np.ndarray, positive: bool = True) -> ClickResult:
         """:meth:`click` with a point in RAS mm (Slicer's convention)."""
@@ -365,7 +390,7 @@ class Session:
             self._history.undo.append((self._with_region(before, full, previous), self._snapshot(full)))
             self._history.redo.clear()
         timings["total"] = time.perf_counter() - t0
-        return ClickResult(self.mask, region, ran, timings)
+        return self._result(region, ran, timings)
 
     def undo(self) -> ClickResult | None:
         """Undo the last click (or replay); returns None when there is nothing to undo."""
@@ -375,7 +400,7 @@ class Session:
         before, after = self._history.undo.pop()
         self._history.redo.append((before, after))
         self._restore(before)
-        return ClickResult(self.mask, before.region_zyx, [], {})
+        return self._result(before.region_zyx, [], {})
 
     def redo(self) -> ClickResult | None:
         """Redo the last undone step; returns None when there is nothing to redo."""
@@ -385,9 +410,20 @@ class Session:
         before, after = self._history.redo.pop()
         self._history.undo.append((before, after))
         self._restore(after)
-        return ClickResult(self.mask, after.region_zyx, [], {})
+        return self._result(after.region_zyx, [], {})
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _result(self, region: Slices3 | None, ran: list[Window], timings: dict[str, float]) -> ClickResult:
+        result = ClickResult(self._mask, self._image, region, ran, timings)  # type: ignore[arg-type]
+        self._results.add(result)
+        return result
+
+    def _before_mask_change(self) -> None:
+        """Give results that still refer to the mask buffer their own copy before it changes."""
+        for result in list(self._results):
+            result._detach()
+        self._results.clear()
 
     def _full_region(self) -> Slices3:
         return tuple(slice(0, s) for s in self._mask.shape)  # type: ignore[union-attr,return-value]
@@ -407,6 +443,7 @@ class Session:
         for i, w in enumerate(self._windows):
             w.logits = snap.logits[i] if i < len(snap.logits) else None
         if snap.region_zyx is not None and snap.voxels is not None:
+            self._before_mask_change()
             self._mask[snap.region_zyx] = snap.voxels  # type: ignore[index]
 
     def _check_point(self, point_lps: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -495,6 +532,7 @@ class Session:
         region = self._footprint_union([state])
         previous = self._mask[region].copy() if region is not None else None  # type: ignore[index]
         t = time.perf_counter()
+        self._before_mask_change()
         paste_logits(state.logits[0, 0], state.window, self._geometry, self._mask)
         timings["paste"] += time.perf_counter() - t
         ran = [state.window]
@@ -566,6 +604,7 @@ class Session:
             keep_old = self._covered_mask(r, covered)
             block = scratch[r]
             block[keep_old] = prev_block[keep_old]
+            self._before_mask_change()
             self._mask[r] = block  # type: ignore[index]
             timings["paste"] += time.perf_counter() - t
             if region is None:
