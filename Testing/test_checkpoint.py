@@ -488,7 +488,7 @@ def test_save_load_round_trip_preserves_weights_card_and_extra(tmp_path, model, 
     raw = torch.load(path, map_location="cpu", weights_only=True)  # no allow-list needed
     assert raw["format"] == "sammed3d" and raw["format_version"] == 1
     assert raw["model_card"] == card.to_dict() and raw["epoch"] == 4
-    assert json.loads(path.with_suffix(".json").read_text()) == card.to_dict()
+    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == card.to_dict()
 
     loaded = load_model(path, device="cpu")
     _assert_same_weights(model, loaded)
@@ -540,7 +540,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, model) -> None:
     """A write that fails midway (file-size limit, like a full disk) leaves the old file intact."""
     path = tmp_path / "model.pth"
     save_model(model, path)
-    before = path.read_bytes(), path.with_suffix(".json").read_text()
+    before = path.read_bytes(), path.with_suffix(".json").read_text(encoding="utf-8")
     script = textwrap.dedent(
         f"""
         import resource, signal, sys, torch
@@ -561,7 +561,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, model) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "could not write" in result.stdout and "previous file there is unchanged" in result.stdout
-    assert (path.read_bytes(), path.with_suffix(".json").read_text()) == before
+    assert (path.read_bytes(), path.with_suffix(".json").read_text(encoding="utf-8")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pth"]  # no temporary left
     _assert_same_weights(model, load_model(path, device="cpu"))
 

@@ -108,7 +108,7 @@ def test_segment_unreadable_image(tmp_path, small_model_path, capsys) -> None:
 def test_demo_runs_offline_and_writes_its_outputs(tmp_path, small_model_path, capsys) -> None:
     out = tmp_path / "demo"
     assert _run(["demo", "--model", small_model_path, "--out", out, "--clicks", "2", "--threads", "1"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert len(summary["clicks"]) in (1, 2)
     assert all(0.0 <= c["dice"] <= 1.0 for c in summary["clicks"])
     seg = sitk.ReadImage(str(out / f"{summary['structure']}.seg.nrrd"))

@@ -86,7 +86,7 @@ def model():
 
 
 def _rows_without_seconds(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
@@ -109,7 +109,7 @@ def test_evaluate_with_a_small_model_writes_rows_for_every_structure_and_click(d
     assert all(by_structure[(c, v, 2)] >= by_structure[(c, v, 1)] > 0 for c, s in CASES.items() for v in s)
 
     out = result.write_csv(tmp_path / "results.csv")
-    with out.open(newline="") as f:
+    with out.open(newline="", encoding="utf-8") as f:
         assert tuple(next(csv.reader(f))) == CSV_COLUMNS
 
     # Seeded: the same seed gives the same CSV (timings aside).
@@ -178,7 +178,7 @@ def test_evaluate_takes_any_method_with_the_click_interface(data_dir: Path, tmp_
     assert result.method == "OracleOfClicks" and result.structures == 4
     for r in result.rows:  # k one-voxel clicks on an n-voxel sphere: Dice = 2k / (k + n)
         assert r.dice == pytest.approx(2 * r.clicks / (r.clicks + r.voxels))
-    summary = result.write_summary_csv(tmp_path / "summary.csv").read_text().splitlines()
+    summary = result.write_summary_csv(tmp_path / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert summary[0] == "case,clicks,structures,mean_dice,mean_nsd"
     assert summary[1].startswith("ALL,1,4,") and summary[3].startswith("case_a,1,2,")
     per_case = result.per_case()
@@ -195,7 +195,7 @@ def test_evaluate_takes_any_method_with_the_click_interface(data_dir: Path, tmp_
 def test_small_and_absent_structures_are_skipped_and_counted(tmp_path: Path) -> None:
     structures = {1: ("organ", (20, 20, 20), 6, 200.0), 2: ("speck", (5, 5, 5), 1.0, 200.0)}
     write_case(tmp_path / "c1", structures, seed=0)
-    labels = json.loads((tmp_path / "c1" / "labels.json").read_text())
+    labels = json.loads((tmp_path / "c1" / "labels.json").read_text(encoding="utf-8"))
     labels["labels"]["9"] = "missing_organ"
     (tmp_path / "c1" / "labels.json").write_text(json.dumps(labels))
     result = evaluate(tmp_path, method=OracleOfClicks, clicks=[1], min_voxels=10)
@@ -264,7 +264,7 @@ def test_cli_json_csv_summary_and_plot(data_dir: Path, tmp_path: Path, capsys: p
     assert line["structures"] == 4 and line["click_mode"] == "random" and line["model"] == "grow-from-seeds"
     assert set(line["mean_dice"]) == set(line["mean_nsd"]) == {"1", "2"}
     assert all(0.0 <= v <= 1.0 for v in line["mean_dice"].values())
-    with out.open(newline="") as f:
+    with out.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 8
     assert (out.parent / "results_summary.csv").is_file()
@@ -282,7 +282,7 @@ def test_cli_human_summary_and_filters(data_dir: Path, tmp_path: Path, capsys: p
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "mean Dice" in text and "case_b" in text and "1 structure(s) in 1 case(s)" in text
-    assert [(r["case"], r["name"]) for r in csv.DictReader(out.open())] == [("case_b", "tumor")]
+    assert [(r["case"], r["name"]) for r in csv.DictReader(out.open(encoding="utf-8"))] == [("case_b", "tumor")]
 
 
 @pytest.mark.slow

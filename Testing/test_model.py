@@ -205,7 +205,7 @@ def state_dict_spec() -> tuple[dict[str, int], dict[str, tuple[tuple[int, ...], 
         pytest.skip(f"state-dict spec {SPEC_TSV} is absent (only developers and CI have ../shared)")
     counts: dict[str, int] = {}
     rows: dict[str, tuple[tuple[int, ...], str, str]] = {}
-    for line in SPEC_TSV.read_text().splitlines():
+    for line in SPEC_TSV.read_text(encoding="utf-8").splitlines():
         if line.startswith("#"):
             if m := re.match(r"# (\w+): (\d+) trainable parameters", line):
                 counts[m.group(1)] = int(m.group(2))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(MODULE))
 
 
 def _cmake_list(path: Path, name: str) -> list[str]:
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     match = re.search(rf"set\({name}\s+(.*?)\)", text, flags=re.S)
     assert match, f"{name} not found in {path}"
     items = [line.split("#")[0].strip() for line in match.group(1).splitlines()]
@@ -38,14 +38,14 @@ def _cmake_list(path: Path, name: str) -> list[str]:
 
 
 def _cmake_set(path: Path, name: str) -> str:
-    match = re.search(rf'set\({name} "(.*?)"\)', path.read_text())
+    match = re.search(rf'set\({name} "(.*?)"\)', path.read_text(encoding="utf-8"))
     assert match, f"{name} not set in {path}"
     return match.group(1)
 
 
 def _s4ext() -> dict[str, str]:
     fields = {}
-    for line in (ROOT / "SAMMed3D.s4ext").read_text().splitlines():
+    for line in (ROOT / "SAMMed3D.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             fields[key] = value.strip()
@@ -53,7 +53,7 @@ def _s4ext() -> dict[str, str]:
 
 
 def _module_ast() -> ast.Module:
-    return ast.parse(MODULE_SCRIPT.read_text(), filename=str(MODULE_SCRIPT))
+    return ast.parse(MODULE_SCRIPT.read_text(encoding="utf-8"), filename=str(MODULE_SCRIPT))
 
 
 def _class(tree: ast.Module, name: str) -> ast.ClassDef:
@@ -91,7 +91,7 @@ def test_every_python_file_of_the_module_is_packaged() -> None:
 
 def test_every_resource_is_packaged_including_the_shipped_models() -> None:
     listed = set(_cmake_list(MODULE / "CMakeLists.txt", "MODULE_PYTHON_RESOURCES"))
-    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text())
+    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text(encoding="utf-8"))
     shipped = {
         f"SAMMed3DLib/Resources/{entry[key]}"
         for entry in registry["models"].values()
@@ -111,16 +111,16 @@ def test_every_resource_is_packaged_including_the_shipped_models() -> None:
 
 
 def test_module_cmake_registers_the_self_test_and_generic_tests() -> None:
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in text
     assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\).*add_subdirectory\(Testing\)", text, re.S)
-    testing = (MODULE / "Testing" / "CMakeLists.txt").read_text()
+    testing = (MODULE / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest" in testing and "SAMMed3D.py" in testing
 
 
 def test_extension_description_is_consistent_between_cmake_and_s4ext() -> None:
     top = ROOT / "CMakeLists.txt"
-    text = top.read_text()
+    text = top.read_text(encoding="utf-8")
     assert "add_subdirectory(SAMMed3D)" in text
     assert "include(${Slicer_EXTENSION_CPACK})" in text and "find_package(Slicer REQUIRED)" in text
     s4ext = _s4ext()
@@ -146,7 +146,7 @@ def test_icon_is_a_valid_128_pixel_png() -> None:
 def test_requirements_exclude_torch_and_parse() -> None:
     from packaging.requirements import Requirement
 
-    lines = [l.strip() for l in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()]
+    lines = [l.strip() for l in (MODULE / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()]
     requirements = [Requirement(l) for l in lines if l and not l.startswith("#")]
     assert requirements and all(r.name.lower() != "torch" for r in requirements)
 
@@ -205,7 +205,7 @@ def test_every_bound_control_maps_to_a_parameter_node_field_of_a_matching_type()
 
 
 def test_widget_code_only_uses_controls_that_exist_in_the_ui_file() -> None:
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_SCRIPT.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_SCRIPT.read_text(encoding="utf-8")))
     widgets = _ui_widgets()
     assert used, "the widget uses no .ui control"
     missing = sorted(used - set(widgets))
@@ -236,7 +236,7 @@ def test_combo_box_choices_are_values_the_logic_accepts() -> None:
     assert sorted(enums["WriteMode"].values()) == sorted(WRITE_MODES)
     for mode in WRITE_MODES:
         write_options_for_mode(mode)
-    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text())["models"]
+    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text(encoding="utf-8"))["models"]
     assert {v for v in enums["ModelChoice"].values() if v != "file"} <= set(registry)
     assert set(enums["DeviceChoice"].values()) <= set(DEVICE_CHOICES)
 
@@ -250,7 +250,7 @@ def test_module_imports_nothing_heavy_at_import_time() -> None:
         for a in (n.names if isinstance(n, ast.Import) else [n])
     }
     assert not top_level & {"torch", "SAMMed3DLib", "InteractiveSegmentationLogic", "numpy", "PyTorchUtils"}, top_level
-    compile(MODULE_SCRIPT.read_text(), str(MODULE_SCRIPT), "exec")
+    compile(MODULE_SCRIPT.read_text(encoding="utf-8"), str(MODULE_SCRIPT), "exec")
 
 
 def test_the_logic_package_imports_without_torch() -> None:
@@ -270,7 +270,7 @@ def test_self_test_exercises_the_logic_and_can_fail() -> None:
         assert len(asserts) >= 3, f"{name} asserts too little to fail"
         source = ast.unparse(methods[name])
         assert "logic.segment(" in source
-    assert "testLogic = False" not in MODULE_SCRIPT.read_text()
+    assert "testLogic = False" not in MODULE_SCRIPT.read_text(encoding="utf-8")
 
 
 def test_worker_thread_is_persistent_and_documented() -> None:

@@ -271,7 +271,7 @@ def test_resume_continues_bit_for_bit(tiny_cache, tmp_path):
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
     loss = lambda s: [h["loss"] for h in json.loads(s["history"]) if "loss" in h]  # noqa: E731
     assert loss(a) == loss(b) and len(loss(a)) == 4
-    assert (tmp_path / "full" / BEST).is_file() and json.loads((tmp_path / "full" / "config.json").read_text())["max_steps"] == 4
+    assert (tmp_path / "full" / BEST).is_file() and json.loads((tmp_path / "full" / "config.json").read_text(encoding="utf-8"))["max_steps"] == 4
 
 
 def test_resume_without_state_is_a_clear_error(tiny_cache, tmp_path):
@@ -294,7 +294,7 @@ def test_export_loads_with_load_model_and_segments(tiny_cache, tmp_path):
     trainer.close()
     assert set(card.metrics["dice"]) == {"1", "3", "5", "10"}
     assert card.training_data == ["case0", "case1"] and card.metrics["validation_cases"] == ["case2"]
-    assert json.loads((tmp_path / "out" / "tiny.json").read_text())["source"] == "trained by training/ of this repository"
+    assert json.loads((tmp_path / "out" / "tiny.json").read_text(encoding="utf-8"))["source"] == "trained by training/ of this repository"
     model = load_model(tmp_path / "out" / "tiny.pth", device="cpu")
     assert model.card.config == trainer.cfg.model_config and model.card.spacing_mm == 1.5
     reference = load_state(tmp_path / "run" / LAST)["model"]
@@ -364,7 +364,7 @@ def test_cli_trains_resumes_and_exports(tiny_cache, tmp_path, capsys):
     common = ["--cache", str(tiny_cache), "--out", str(run), "--model-config", json.dumps(TINY), "--val-cases", "case2",
               "--samples-per-epoch", "4", "--rounds", "2", "--mask-only-rounds", "0", "--progress", "false", "-q"]
     assert train_main([*common, "--max-steps", "1", "--cycle-steps", "2"]) == 0
-    assert json.loads((run / "config.json").read_text())["rounds"] == 2
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["rounds"] == 2
     assert train_main(["--out", str(run), "--resume", "--max-steps", "2", "--export", str(tmp_path / "m.pth"), "-q"]) == 0
     assert load_state(run / LAST)["step"] == 2 and (tmp_path / "m.pth").is_file() and (tmp_path / "m.json").is_file()
     assert "exported" in capsys.readouterr().out

@@ -294,7 +294,7 @@ def test_cli_prints_summary(tmp_path, capsys):
 
 @pytest.mark.data
 def test_prepare_one_real_case(shared_data, tmp_path):
-    manifest = {c["case"]: c for c in json.loads((shared_data / "manifest.json").read_text())["cases"]}
+    manifest = {c["case"]: c for c in json.loads((shared_data / "manifest.json").read_text(encoding="utf-8"))["cases"]}
     # 15,800 voxels at 1.5 mm = 0.75 % of a 128³ crop: the paper's 0.99 would drop it
     with pytest.raises(DataError, match="no structure survived"):
         prepare([shared_data / "sts002_mr_t1"], tmp_path / "paper")

@@ -103,7 +103,7 @@ class Case:
 
 def _read_labels_json(path: Path) -> dict[int, str]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}; it must be JSON like {{\"labels\": {{\"1\": \"liver\"}}}}") from exc
     labels = data.get("labels") if isinstance(data, dict) else None
@@ -346,7 +346,7 @@ class EvaluationResult:
         """Write the per-structure rows (columns :data:`CSV_COLUMNS`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        with path.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
             for r in self.rows:
@@ -357,7 +357,7 @@ class EvaluationResult:
         """Write means per click count: over all structures (case "ALL"), then per case."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        with path.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(("case", "clicks", "structures", "mean_dice", "mean_nsd"))
             dice_all, nsd_all = self.mean_dice(), self.mean_nsd()
