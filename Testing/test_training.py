@@ -290,9 +290,10 @@ def test_export_loads_with_load_model_and_segments(tiny_cache, tmp_path):
 
     trainer = Trainer(_cfg(tiny_cache, tmp_path / "run", max_steps=2))
     trainer.fit()
-    card = trainer.export(tmp_path / "out" / "tiny.pth")
+    card = trainer.export(tmp_path / "out" / "tiny.pth", eval_data=tiny_cache.parent / "src")
     trainer.close()
-    assert set(card.metrics["dice"]) == {"1", "3", "5", "10"}
+    assert set(card.metrics["dice"]) == set(card.metrics["nsd"]) == set(card.metrics["window_dice"]) == {"1", "3", "5", "10"}
+    assert {(p["case"], p["structure"]) for p in card.metrics["per_structure"]} == {("case2", "ball"), ("case2", "slab")}
     assert card.training_data == ["case0", "case1"] and card.metrics["validation_cases"] == ["case2"]
     assert json.loads((tmp_path / "out" / "tiny.json").read_text(encoding="utf-8"))["source"] == "trained by training/ of this repository"
     model = load_model(tmp_path / "out" / "tiny.pth", device="cpu")

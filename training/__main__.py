@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", help="after training, write the model + card to this .pth path")
     parser.add_argument("--export-weights", default="last.pt", choices=["last.pt", "best.pt"])
     parser.add_argument("--export-only", action="store_true", help="skip training; export the run's weights")
+    parser.add_argument("--eval-data", help="raw case folders of the validation cases: the card's Dice then comes from `sammed3d evaluate`")
     parser.add_argument("-q", "--quiet", action="store_true")
     add_arguments(parser)
     return parser
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 if result:
                     print(f"validation Dice after step {trainer.step}: {result['dice']}")
             if args.export and trainer.info.is_main:
-                card = trainer.export(Path(args.export), weights=args.export_weights)
+                card = trainer.export(Path(args.export), weights=args.export_weights, eval_data=args.eval_data)
                 print(f"exported {args.export} (Dice {card.metrics.get('dice')})")
         finally:
             trainer.close()

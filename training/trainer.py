@@ -554,12 +554,22 @@ class Trainer:
         return last_val
 
     def export(
-        self, path: Path, weights: str = LAST, clicks: Sequence[int] | None = None, name: str = "default", description: str = ""
+        self,
+        path: Path,
+        weights: str = LAST,
+        clicks: Sequence[int] | None = None,
+        name: str = "default",
+        description: str = "",
+        eval_data: str | Path | None = None,
     ) -> ModelCard:
         """Export ``weights`` (``last.pt``/``best.pt`` of this run) with a model card and measured Dice.
 
         Runs the validation protocol with ``clicks`` (default ``export_clicks``: 1, 3, 5, 10) and
-        records it in the card's metrics. Writes ``path`` and the card as ``path`` with ``.json``.
+        records it in the card's metrics. With ``eval_data`` (the raw case folders the cache was
+        prepared from), the card's ``dice``/``nsd`` come from the evaluation harness instead
+        (:func:`SAMMed3DLib.evaluate.evaluate` on the validation cases, original image grids,
+        through the interactive session); the window numbers stay under ``window_dice``.
+        Writes ``path`` and the card as ``path`` with ``.json``.
         """
         state = load_state(self.out / weights)
         model = build_sam3d(self.cfg.model_config)
@@ -567,14 +577,18 @@ class Trainer:
         model.to(self.device).eval()
         clicks = list(clicks or self.cfg.export_clicks)
         metrics: dict[str, Any] = {}
+        self._window_dice: dict[str, float] | None = None
         if self.val_samples:
             result = evaluate_windows(model, self.val_samples, clicks, seed=self.cfg.seed, mode=self.cfg.click_mode, device=self.device)
+            self._window_dice = dict(result["dice"])
             metrics = {
                 "dice": result["dice"],
                 "protocol": f"{self.cfg.click_mode} clicks on the 128³ window centred on each held-out structure, all clicks + previous logits fed back",
                 "validation_cases": list(self.cfg.val_cases),
                 "per_structure": result["per_structure"],
             }
+            if eval_data is not None:
+                metrics.update(self._harness_metrics(model, eval_data, clicks))
         card = ModelCard(
             name=name,
             config=self.cfg.model_config,
@@ -589,6 +603,20 @@ class Trainer:
         )
         export_model(model.cpu(), path, card, extra={"step": int(state["step"])})
         return card
+
+    def _harness_metrics(self, model: Sam3D, eval_data: str | Path, clicks: Sequence[int]) -> dict[str, Any]:
+        from SAMMed3DLib.evaluate import evaluate
+
+        model.card = ModelCard(name="export", config=self.cfg.model_config, spacing_mm=float(self.dataset.cache.spacing_mm))
+        result = evaluate(eval_data, model=model, cases=self.cfg.val_cases, clicks=clicks, click_mode=self.cfg.click_mode, seed=self.cfg.seed)
+        mean = lambda k, attr: float(np.mean([getattr(r, attr) for r in result.rows if r.clicks == k]))  # noqa: E731
+        return {
+            "window_dice": {str(k): v for k, v in (self._window_dice or {}).items()},
+            "dice": {str(k): mean(k, "dice") for k in clicks},
+            "nsd": {str(k): mean(k, "nsd") for k in clicks},
+            "protocol": f"sammed3d evaluate: {self.cfg.click_mode} clicks, seed {self.cfg.seed}, Dice/NSD on the original image grid through the session, mean over the validation structures",
+            "per_structure": [{"case": r.case, "structure": r.name, "clicks": r.clicks, "dice": r.dice, "nsd": r.nsd} for r in result.rows],
+        }
 
     def close(self) -> None:
         if self.writer is not None:
