@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = parser.parse_args(argv)
-    config = json.loads(Path(args.config).read_text()) if args.config else DEFAULT_MODEL_CONFIG
+    config = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else DEFAULT_MODEL_CONFIG
     torch.set_num_threads(args.threads)
     rows = [train_speed(config, torch.device("cpu"), args.steps, args.batch_size, args.rounds)]
     if torch.cuda.is_available() and not args.no_cuda:

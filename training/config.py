@@ -158,7 +158,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read training config {path}: {exc}") from exc
 
@@ -166,7 +166,7 @@ class TrainConfig:
 def _parse_json_or_file(text: str) -> Any:
     path = Path(text)
     if not text.lstrip().startswith(("{", "[")) and path.is_file():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

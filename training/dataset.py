@@ -62,7 +62,7 @@ class TrainingCache:
         index_path = self.root / "index.json"
         if not index_path.is_file():
             raise DataError(f"{self.root} is not a training cache (no index.json); create one with `python -m training.prepare SRC --out {self.root}`")
-        self.index: dict[str, Any] = json.loads(index_path.read_text())
+        self.index: dict[str, Any] = json.loads(index_path.read_text(encoding="utf-8"))
         all_ids = [c["case"] for c in self.index["cases"]]
         wanted = list(cases) if cases is not None else all_ids
         unknown = sorted(set(wanted) - set(all_ids)) + sorted(set(exclude) - set(all_ids))

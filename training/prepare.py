@@ -324,7 +324,7 @@ class SourceCase:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}; check that the file is valid JSON") from exc
 
