@@ -164,7 +164,7 @@ def run(threads: int = 2, repeats: int = 5, clicks: int = 20, warmup: int = 1) -
 
 def _cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
