@@ -284,3 +284,15 @@ def test_a_result_keeps_showing_the_mask_of_its_own_click(box_case) -> None:
     assert np.array_equal(sitk.GetArrayFromImage(first.mask), expected)
     second = session.redo()
     assert np.array_equal(second.mask_array, expected)
+
+
+def test_predict_with_a_bad_point_changes_nothing(box_case) -> None:
+    image, _, centre = box_case
+    session = Session(BrightModel(), image)
+    session.predict(centre[None], [1])
+    mask = session.mask_array.copy()
+    outside = np.array(image.TransformContinuousIndexToPhysicalPoint((-40.0, 10.0, 10.0)))
+    with pytest.raises(PromptError, match="outside the image"):
+        session.predict(np.stack([centre + 2.0, outside]), [1, 0])  # a replay that would fail midway
+    assert np.array_equal(session.mask_array, mask)
+    np.testing.assert_allclose(session.points_lps, centre[None])

@@ -350,6 +350,10 @@ class Session:
             raise PromptError(f"got {len(pts)} points but {len(labs)} labels")
         if any(v not in (0, 1) for v in labs):
             raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {sorted(set(labs))}")
+        # Validate every click before anything changes: a bad point leaves the session as it was.
+        checked = [self._check_point(p) for p in pts]
+        if labs and not labs[0]:
+            raise PromptError("the first click of an object must be positive: click inside the structure first")
         n = len(self._points_lps)
         is_prefix = n <= len(pts) and all(
             np.array_equal(self._points_lps[i], pts[i]) and self._labels[i] == labs[i] for i in range(n)
@@ -357,37 +361,26 @@ class Session:
         t0 = time.perf_counter()
         region: Slices3 | None = None
         ran: list[Window] = []
-        if not is_prefix:
+        timings: dict[str, float] = {"extract": 0.0, "encoder": 0.0, "decoder": 0.0, "paste": 0.0}
+        if is_prefix:
+            for point, label in zip(checked[n:], labs[n:]):
+                result = self.click(point, bool(label))
+                region, ran = _union(region, result.changed_zyx), ran + result.windows
+                for key in timings:
+                    timings[key] += result.timings[key]
+        else:
+            # Replay from the starting mask; one undo entry restores the whole previous mask.
             before = self._snapshot(None)
             previous = self._mask.copy()  # type: ignore[union-attr]
             history = self._history
             self._clear_interaction()
             self._history = history
-            region = self._full_region() if not np.array_equal(previous, self._mask) else None
-            start = 0
-        else:
-            start = n
-        timings: dict[str, float] = {}
-        for i in range(start, len(pts)):
-            result = self.click(pts[i], bool(labs[i])) if is_prefix else None
-            if result is None:
-                # Replay without per-click undo entries; one entry for the whole replay below.
-                point = self._check_point(pts[i])
-                if not self._points_lps and not labs[i]:
-                    raise PromptError("the first click of an object must be positive: click inside the structure first")
+            for point, label in zip(checked, labs):
                 self._points_lps.append(point)
-                self._labels.append(labs[i])
-                step: dict[str, float] = {"extract": 0.0, "encoder": 0.0, "decoder": 0.0, "paste": 0.0}
-                r, w, _ = self._run_click(point, step)
-                region, ran = _union(region, r), ran + w
-                for k, v in step.items():
-                    timings[k] = timings.get(k, 0.0) + v
-            else:
-                region, ran = _union(region, result.changed_zyx), ran + result.windows
-        if not is_prefix:
-            # Undo of a replay restores the whole previous mask.
-            full = self._full_region()
-            self._history.undo.append((self._with_region(before, full, previous), self._snapshot(full)))
+                self._labels.append(label)
+                ran += self._run_click(point, timings)[1]
+            region = self._full_region()
+            self._history.undo.append((self._with_region(before, region, previous), self._snapshot(region)))
             self._history.redo.clear()
         timings["total"] = time.perf_counter() - t0
         return self._result(region, ran, timings)
