@@ -525,6 +525,49 @@ def test_encoder_refuses_wrong_input_shape(tiny: nn.Module) -> None:
         tiny.image_encoder(torch.zeros(1, 1, 32, 32, 16))
 
 
+# -- click maps (this project's extension of the dense prompt) ----------------------------------
+
+
+def test_official_architecture_has_no_click_maps(vit_b_ori_meta: nn.Module) -> None:
+    assert vit_b_ori_meta.config["prompt_encoder"]["click_maps"] is False
+    assert vit_b_ori_meta.prompt_encoder.mask_downscaling[0].weight.shape[1] == 1  # official layout
+
+
+@pytest.fixture(scope="module")
+def tiny_maps() -> nn.Module:
+    return seeded_model(_edit("prompt_encoder", click_maps=True))
+
+
+def test_click_maps_peak_on_the_cell_of_each_click(tiny_maps: nn.Module) -> None:
+    pe = tiny_maps.prompt_encoder  # 32³ input, 16³ low-res grid: voxel v lies in cell v // 2
+    coords = torch.tensor([[[3.0, 30.0, 17.0], [31.0, 0.0, 8.0], [9.0, 9.0, 9.0]]])
+    labels = torch.tensor([[1, 0, -1]])  # the padding label is ignored
+    maps = pe.click_maps_for((coords, labels), 1, torch.device("cpu"))
+    assert maps.shape == (1, 2, 16, 16, 16)
+    for channel, voxel in ((0, (3, 30, 17)), (1, (31, 0, 8))):
+        peak = np.unravel_index(int(maps[0, channel].argmax()), (16, 16, 16))
+        assert tuple(int(i) for i in peak) == tuple(v // 2 for v in voxel)
+        assert 0.9 < float(maps[0, channel].max()) <= 1.0
+    # the cone falls off with distance and reaches zero CLICK_MAP_REACH cells away
+    assert maps[0, 0, 1, 15, 8] > maps[0, 0, 1, 15, 6] > maps[0, 0, 1, 15, 3] and maps[0, 1].min() == 0.0
+    assert maps[0, 0, 15, 0, 8] == 0.0  # 20 cells from the positive click
+    assert not pe.click_maps_for(None, 2, torch.device("cpu")).any()
+
+
+def test_click_maps_move_the_prediction_with_the_click(tiny_maps: nn.Module) -> None:
+    emb = torch.randn(1, 48, 4, 4, 4)
+    zero = torch.zeros(1, 1, 16, 16, 16)
+    lab = torch.tensor([[1]])
+    with torch.inference_mode():
+        here, _ = tiny_maps.predict_low_res(emb, torch.tensor([[[4.0, 4.0, 4.0]]]), lab, zero)
+        there, _ = tiny_maps.predict_low_res(emb, torch.tensor([[[28.0, 28.0, 28.0]]]), lab, zero)
+        negative, _ = tiny_maps.predict_low_res(emb, torch.tensor([[[4.0, 4.0, 4.0]]]), torch.tensor([[0]]), zero)
+        _, dense_none = tiny_maps.prompt_encoder(None, None, None)
+        _, dense_zero = tiny_maps.prompt_encoder(None, None, zero)
+    assert (here - there).abs().max() > 1e-3 and (here - negative).abs().max() > 1e-3
+    torch.testing.assert_close(dense_none, dense_zero)  # no mask means a zero mask here
+
+
 # -- configuration -------------------------------------------------------------------------------
 
 
@@ -547,6 +590,7 @@ def _edit(section: str, **changes: Any) -> dict[str, Any]:
         (_edit("prompt_encoder", image_embedding_size=[4, 4, 2]), r"image_embedding_size \[4, 4, 2\] must be the token grid \[4, 4, 4\]"),
         (_edit("prompt_encoder", input_image_size=64), r"input_image_size \[64, 64, 64\] must be \[32, 32, 32\]"),
         (_edit("prompt_encoder", image_embedding_size=[4, 4]), r"image_embedding_size must have 3 values"),
+        (_edit("prompt_encoder", click_maps="yes"), r"prompt_encoder.click_maps must be true or false, got 'yes'"),
         ("vit_b_or", r"unknown architecture 'vit_b_or'.*Did you mean 'vit_b_ori'\?"),
         ("vit_h", r"unknown architecture 'vit_h'; known: vit_b_ori"),
         ([1, 2], r"model config must be a dict"),
@@ -565,8 +609,9 @@ def test_invalid_configs_are_refused(config: Any, match: str) -> None:
         small_config(64, 8, 4, depth=3, global_idx=(0, 2)),
         small_config(32, 4, 4, depth=2, global_idx=()),
         small_config(48, 16, 7, embed_dim=24, heads=3, prompt_dim=96, mask_in_chans=32),
+        _edit("prompt_encoder", click_maps=True),
     ],
-    ids=["vit_b_ori", "grid4_w14", "grid8_w4_two_global", "grid8_w4_no_global", "grid3_w7_wide_prompt"],
+    ids=["vit_b_ori", "grid4_w14", "grid8_w4_two_global", "grid8_w4_no_global", "grid3_w7_wide_prompt", "click_maps"],
 )
 def test_infer_config_round_trip(config: dict[str, Any]) -> None:
     with torch.device("meta"):

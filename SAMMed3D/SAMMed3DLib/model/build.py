@@ -74,6 +74,9 @@ _ENCODER_DEFAULTS: dict[str, Any] = {
     "global_attn_indexes": [],
 }
 _PROMPT_REQUIRED = ("embed_dim", "image_embedding_size", "input_image_size", "mask_in_chans")
+#: ``click_maps`` is this project's extension (off in the official architecture): see
+#: :class:`SAMMed3DLib.model.prompt_encoder.PromptEncoder3D`.
+_PROMPT_DEFAULTS: dict[str, Any] = {"click_maps": False}
 _DECODER_DEFAULTS: dict[str, Any] = {"num_multimask_outputs": 3, "iou_head_depth": 3, "iou_head_hidden_dim": 256}
 _DECODER_REQUIRED = ("transformer_dim",)
 
@@ -114,7 +117,7 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"model config lacks section(s) {missing}")
     enc_in, pe_in, dec_in = (dict(config[s]) for s in ("image_encoder", "prompt_encoder", "mask_decoder"))
     _check_keys("image_encoder", enc_in, set(_ENCODER_DEFAULTS))
-    _check_keys("prompt_encoder", pe_in, set(_PROMPT_REQUIRED))
+    _check_keys("prompt_encoder", pe_in, set(_PROMPT_REQUIRED) | set(_PROMPT_DEFAULTS))
     _check_keys("mask_decoder", dec_in, set(_DECODER_DEFAULTS) | set(_DECODER_REQUIRED))
     for section, given, required in (("prompt_encoder", pe_in, _PROMPT_REQUIRED), ("mask_decoder", dec_in, _DECODER_REQUIRED)):
         lacking = [k for k in required if k not in given]
@@ -125,7 +128,9 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     enc["mlp_ratio"] = float(enc["mlp_ratio"])
     for key in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "out_chans", "window_size"):
         enc[key] = int(enc[key])
-    pe = dict(pe_in)
+    pe = {**_PROMPT_DEFAULTS, **pe_in}
+    if not isinstance(pe["click_maps"], bool):
+        raise ConfigError(f"prompt_encoder.click_maps must be true or false, got {pe['click_maps']!r}")
     pe["embed_dim"] = int(pe["embed_dim"])
     pe["mask_in_chans"] = int(pe["mask_in_chans"])
     pe["image_embedding_size"] = _triple(pe["image_embedding_size"], "image_embedding_size")
@@ -198,7 +203,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
     Official checkpoints carry no configuration, but every size is visible in the shapes:
     embedding width (patch projection), depth (block count), patch and image size (patch kernel,
     position embedding), global blocks (15-row vs 27-row relative-position tables), heads
-    (relative-position table width = head dim), prompt width, mask channels, IoU head sizes.
+    (relative-position table width = head dim), prompt width, mask channels, click maps (input
+    channels of the mask downscaling), IoU head sizes.
 
     Raises:
         ConfigError: the state dict is not a SAM-Med3D model's.
@@ -215,6 +221,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
         mlp_hidden = int(sd["image_encoder.blocks.0.mlp.lin1.weight"].shape[0])
         out_chans = int(sd["image_encoder.neck.0.weight"].shape[0])
         mask_in_chans = int(sd["prompt_encoder.mask_downscaling.3.weight"].shape[0])
+        click_maps = int(sd["prompt_encoder.mask_downscaling.0.weight"].shape[1]) == 3  # mask + 2 click maps
         transformer_dim = int(sd["mask_decoder.iou_token.weight"].shape[1])
         num_mask_tokens = int(sd["mask_decoder.mask_tokens.weight"].shape[0])
         iou_layers = sorted(
@@ -272,6 +279,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
                 "image_embedding_size": [grid] * 3,
                 "input_image_size": [img_size] * 3,
                 "mask_in_chans": mask_in_chans,
+                "click_maps": click_maps,
             },
             "mask_decoder": {
                 "num_multimask_outputs": num_mask_tokens - 1,
