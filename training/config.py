@@ -23,8 +23,11 @@ from SAMMed3DLib.model.build import normalize_config
 
 #: The shipped default model: 6.05 M parameters (24.2 MB in fp32). Measured on this machine
 #: (2 vCPU, torch 2.13): encoder 0.053 s + first decoder call with upsampling 0.015 s on 2
-#: threads; one training sample with 4 click rounds 0.65 s on 1 thread. 512 tokens make global
-#: attention in every block cheap, so no windows (window_size 0).
+#: threads; one training sample with 10 click rounds 0.69 s on 2 threads. 512 tokens make global
+#: attention in every block cheap, so no windows (window_size 0). ``click_maps`` feeds the clicks
+#: into the dense prompt as well (see :class:`SAMMed3DLib.model.prompt_encoder.PromptEncoder3D`):
+#: without it, 1,550 steps had not taught the model to follow the clicks; with it, the
+#: in-training validation Dice rose with the click count within 1,500 steps.
 DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
     "image_encoder": {
         "img_size": 128,
@@ -46,6 +49,7 @@ DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
         "image_embedding_size": [8, 8, 8],
         "input_image_size": [128, 128, 128],
         "mask_in_chans": 16,
+        "click_maps": True,  # clicks also enter the dense prompt (PromptEncoder3D); learns far faster
     },
     "mask_decoder": {"transformer_dim": 144, "num_multimask_outputs": 3, "iou_head_depth": 3, "iou_head_hidden_dim": 256},
 }
