@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from SAMMed3DLib.card import ModelCard
@@ -68,7 +69,7 @@ def test_default_model_beats_grow_from_seeds_after_one_and_three_clicks(shared_d
     card = _card()
     model = load_model("default", device="cpu")
     result = evaluate(shared_data, model=model, cases=card.metrics["validation_cases"], clicks=[1, 3], click_mode="random", seed=0)
-    mean = {k: sum(r.dice for r in result.rows if r.clicks == k) / len(result.rows) * 2 for k in (1, 3)}
+    mean = {k: float(np.mean([r.dice for r in result.rows if r.clicks == k])) for k in (1, 3)}
     grow = card.metrics["baseline_grow_from_seeds"]["dice"]
     # measured when shipping (step 6,000): 0.37 / 0.40 against Grow from seeds' 0.21 / 0.28
     assert mean[1] > grow["1"] + 0.05 and mean[3] > grow["3"] + 0.05, json.dumps({"model": mean, "grow": grow})
