@@ -290,8 +290,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
+@pytest.mark.parametrize("side", [12, 24], ids=["decoder_grid", "fine_head_grid"])
 @pytest.mark.parametrize(("name", "spacing", "direction"), GRIDS, ids=GRID_IDS)
-def test_paste_lands_on_the_object_and_only_inside_the_window(name, spacing, direction):
+def test_paste_lands_on_the_object_and_only_inside_the_window(name, spacing, direction, side):
     size_xyz = tuple(int(round(100 / s)) for s in spacing)
     image, pts = make_image(size_xyz, spacing, direction, CENTRE, [])
     geom = ImageGeometry.from_image(image)
@@ -300,7 +301,7 @@ def test_paste_lands_on_the_object_and_only_inside_the_window(name, spacing, dir
     # a box off the click, long along R, flat along S: a swapped axis or flipped sign misses it
     obj_centre = click + 6.0 * R + 4.0 * A - 3.0 * S
     half = (16.0, 10.0, 6.0)
-    logits = box_logits(window, obj_centre, half, side=12)
+    logits = box_logits(window, obj_centre, half, side=side)  # size/4 (decoder) or size/2 (fine head)
     d = (pts - obj_centre) * CANON
     truth = np.all(np.abs(d) < np.asarray(half), axis=-1)
     inside = truth_inside_window(pts, window)
@@ -313,8 +314,8 @@ def test_paste_lands_on_the_object_and_only_inside_the_window(name, spacing, dir
     assert np.all(mask[~inside] == 7)  # nothing outside the window changed
     assert set(np.unique(mask[inside]).tolist()) <= {0, 1}
     assert dice(mask == 1, truth) > 0.9
-    # exactly the official interpolant: trilinear in low-res coordinates u = (x + 0.5) / 4 - 0.5, clamped
-    u = (window_index_of(pts[inside], window.origin_lps, 1.5) + 0.5) / 4.0 - 0.5
+    # exactly the official interpolant: trilinear in low-res coordinates u = (x + 0.5) / f - 0.5, clamped
+    u = (window_index_of(pts[inside], window.origin_lps, 1.5) + 0.5) / (48 / side) - 0.5
     expected = map_coordinates(logits, u.T, order=1, mode="nearest")
     got = mask[inside] == 1
     assert np.all((got == (expected > 0)) | (np.abs(expected) < 1e-4))

@@ -1,7 +1,8 @@
 """Training throughput and peak memory of the default model (and its first-click latency).
 
     python benchmarks/train_speed.py [--threads 1] [--steps 5] [--batch-size 2] [--rounds 7]
-                                     [--config model.json] [--out benchmarks/results/train_speed.json]
+                                     [--config model.json] [--train-only-fine-head] [--fine-grad-rounds N]
+                                     [--out benchmarks/results/train_speed.json]
 
 Synthetic 128³ windows (a noisy volume with a bright ball as the structure) go through the real
 training step — :class:`training.trainer.ClickLoop` (encoder once, ``--rounds`` decoder rounds
@@ -9,7 +10,7 @@ with simulated clicks, DiceCE on the upsampled logits), backward, AdamW — on C
 available, CUDA (with bf16 autocast). Reported per device: samples/s (median step after one
 warm-up), peak memory (process peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA),
 and the first-click latency at inference (encoder + one decoder call with the zero mask prompt +
-upsampling to 128³, ``--latency-threads`` threads, median of 5). Prints a table and writes JSON.
+the fine head if the model has one + upsampling to 128³, ``--latency-threads`` threads, median of 5). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -48,11 +49,16 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def train_speed(config: dict, device: torch.device, steps: int, batch_size: int, rounds: int) -> dict:
+def train_speed(
+    config: dict, device: torch.device, steps: int, batch_size: int, rounds: int, only_fine_head: bool = False, fine_grad_rounds: int = 0
+) -> dict:
     torch.manual_seed(0)
     model = build_sam3d(config).to(device).train()
+    if only_fine_head:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("fine_head."))
     loop = ClickLoop(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     size = model.img_size
     images, gts = (t.to(device) for t in _batch(batch_size, size, 0))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
@@ -60,13 +66,15 @@ def train_speed(config: dict, device: torch.device, steps: int, batch_size: int,
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for step in range(steps + 1):
-        plan = mask_only_plan(rounds, 1 if rounds > 2 else 0, rounds > 1, np.random.default_rng(step))
+        plan_rng = np.random.default_rng(step)
+        plan = set() if only_fine_head else mask_only_plan(rounds, 1 if rounds > 2 else 0, rounds > 1, plan_rng)
+        fine_rounds = {int(r) for r in plan_rng.choice(rounds, fine_grad_rounds, replace=False)} if 0 < fine_grad_rounds < rounds else None
         rngs = [np.random.default_rng([step, i]) for i in range(batch_size)]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         with amp if amp is not None else torch.autocast("cpu", enabled=False):
-            loss, _ = loop(images, gts, rngs, plan, rounds)
+            loss, _ = loop(images, gts, rngs, plan, rounds, fine_rounds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -97,6 +105,7 @@ def first_click_latency(config: dict, threads: int) -> dict:
             emb = model.image_encoder(image)
             t1 = time.perf_counter()
             low, _ = model.predict_low_res(emb, coords, labels, zeros)
+            low = model.refine(image, low, coords, labels)  # the fine head, if the model has one
             _ = F.interpolate(low, size=(size,) * 3, mode="trilinear", align_corners=False) > 0
             t2 = time.perf_counter()
             if i:
@@ -117,17 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--config", help="model config JSON file (default: training.config.DEFAULT_MODEL_CONFIG)")
+    parser.add_argument("--train-only-fine-head", action="store_true", help="freeze all but the fine head (every round with clicks)")
+    parser.add_argument("--fine-grad-rounds", type=int, default=0, help="rounds per step whose fine-head output is trained (0 = all)")
     parser.add_argument("--no-cuda", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     args = parser.parse_args(argv)
     config = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else DEFAULT_MODEL_CONFIG
     torch.set_num_threads(args.threads)
-    rows = [train_speed(config, torch.device("cpu"), args.steps, args.batch_size, args.rounds)]
+    head = (args.train_only_fine_head, args.fine_grad_rounds)
+    rows = [train_speed(config, torch.device("cpu"), args.steps, args.batch_size, args.rounds, *head)]
     if torch.cuda.is_available() and not args.no_cuda:
-        rows.append(train_speed(config, torch.device("cuda"), args.steps, args.batch_size, args.rounds))
+        rows.append(train_speed(config, torch.device("cuda"), args.steps, args.batch_size, args.rounds, *head))
     latency = first_click_latency(config, args.latency_threads)
     result = {
         "config": config, "batch_size": args.batch_size, "rounds": args.rounds, "train_threads": args.threads,
+        "train_only_fine_head": args.train_only_fine_head, "fine_grad_rounds": args.fine_grad_rounds,
         "training": rows, "first_click": latency,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
     }

@@ -76,6 +76,9 @@ class TrainConfig:
     init: str = ""
     freeze_encoder: bool = False
     pe_matrix: str = "keep"
+    fine_head: bool = False
+    train_only_fine_head: bool = False
+    fine_grad_rounds: int = 0
     # optimisation
     max_steps: int = 20000
     batch_size: int = 2
@@ -132,6 +135,10 @@ class TrainConfig:
             raise ConfigError(
                 f"--mask-only-rounds {self.mask_only_rounds} (+1 for the last round) must leave the first round with a click; rounds = {self.rounds}"
             )
+        if self.fine_grad_rounds < 0:
+            raise ConfigError(f"--fine-grad-rounds must be ≥ 0 (0 = every round), got {self.fine_grad_rounds}")
+        if self.train_only_fine_head and not (self.fine_head or "fine_head" in self.model_config):
+            raise ConfigError("--train-only-fine-head needs a fine head: add --fine-head true (or a fine_head section in --model-config)")
         if self.pe_matrix not in PE_MATRIX_CHOICES:
             raise ConfigError(f"--pe-matrix must be one of {', '.join(PE_MATRIX_CHOICES)}, got {self.pe_matrix!r}")
         if self.click_mode not in ("random", "center"):

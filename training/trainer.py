@@ -29,6 +29,7 @@ file + ``os.replace``); checkpoints are read back with ``torch.load(weights_only
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -51,6 +52,8 @@ from SAMMed3DLib.clicks import first_click, next_click
 from SAMMed3DLib.errors import CheckpointError, ConfigError
 from SAMMed3DLib.metrics import dice
 from SAMMed3DLib.model import Sam3D, build_sam3d
+from SAMMed3DLib.model.build import normalize_config
+from SAMMed3DLib.model.fine_head import FINE_HEAD_DEFAULTS, FineHead
 
 from . import distributed as D
 from .config import TrainConfig
@@ -95,10 +98,24 @@ class ClickLoop(nn.Module):
         self.all_clicks = all_clicks
         self.loss_fn = DiceCELoss(sigmoid=True)
 
+    def _trainable(self, prefix_in_head: bool) -> bool:
+        """Whether any parameter of the fine head (True) / of the rest of the model (False) trains."""
+        return any(p.requires_grad for n, p in self.model.named_parameters() if n.startswith("fine_head.") == prefix_in_head)
+
     def forward(
-        self, images: torch.Tensor, gts: torch.Tensor, rngs: Sequence[np.random.Generator], mask_only: set[int], rounds: int
+        self,
+        images: torch.Tensor,
+        gts: torch.Tensor,
+        rngs: Sequence[np.random.Generator],
+        mask_only: set[int],
+        rounds: int,
+        fine_rounds: set[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one simulated interaction.
+
+        With a fine head the next clicks come from the head's mask (what the user would see);
+        the loss is the decoder's (if it trains) plus the head's (if it trains, in
+        ``fine_rounds`` only — None = every round: the head's backward is the costly part).
 
         Args:
             images: (B, 1, W, W, W) float32 normalised windows, axes (R, A, S) (or flipped).
@@ -106,13 +123,19 @@ class ClickLoop(nn.Module):
             rngs: one numpy Generator per batch item (click sampling).
             mask_only: rounds that pass no points.
             rounds: number of decoder rounds.
+            fine_rounds: rounds whose fine-head output is trained (None = all).
 
         Returns:
-            Mean loss over rounds (scalar) and the last round's upsampled logits (B, 1, W, W, W).
+            Mean loss over the trained rounds (scalar) and the last round's upsampled logits
+            (B, 1, W, W, W) (the head's, if any).
         """
         b = images.shape[0]
         size = images.shape[-3:]
-        emb = self.model.image_encoder(images)
+        head = self.model.has_fine_head
+        sam_trains = self._trainable(False)
+        head_trains = head and self._trainable(True)
+        with torch.set_grad_enabled(sam_trains and torch.is_grad_enabled()):
+            emb = self.model.image_encoder(images)
         prev = torch.zeros((b, 1, *self.model.low_res_size), dtype=emb.dtype, device=emb.device)
         gt_f = gts.float()
         gt_np = gts[:, 0].bool().cpu().numpy()
@@ -120,6 +143,7 @@ class ClickLoop(nn.Module):
         coords: list[list[tuple[int, ...]]] = [[] for _ in range(b)]
         labels: list[list[int]] = [[] for _ in range(b)]
         total = images.new_zeros(())
+        terms = 0
         up = None
         for r in range(rounds):
             if r in mask_only:
@@ -136,12 +160,23 @@ class ClickLoop(nn.Module):
                 sel = slice(None) if self.all_clicks else slice(-1, None)
                 pts = torch.tensor([c[sel] for c in coords], dtype=torch.float32, device=images.device)
                 lbl = torch.tensor([l[sel] for l in labels], dtype=torch.int64, device=images.device)
-            low, _ = self.model.predict_low_res(emb, pts, lbl, prev)
+            with torch.set_grad_enabled(sam_trains and torch.is_grad_enabled()):
+                low, _ = self.model.predict_low_res(emb, pts, lbl, prev)
             up = F.interpolate(low.float(), size=size, mode="trilinear", align_corners=False)
-            total = total + self.loss_fn(up, gt_f)
+            if sam_trains:
+                total = total + self.loss_fn(up, gt_f)
+                terms += 1
+            if head:
+                grad = head_trains and (fine_rounds is None or r in fine_rounds) and torch.is_grad_enabled()
+                with torch.set_grad_enabled(grad):
+                    fine = self.model.refine(images, low if sam_trains else low.detach(), pts, lbl)
+                    up = F.interpolate(fine.float(), size=size, mode="trilinear", align_corners=False)
+                if grad:
+                    total = total + self.loss_fn(up, gt_f)
+                    terms += 1
             prev = low.detach()
             pred_np = (up.detach() > 0)[:, 0].cpu().numpy()
-        return total / rounds, up  # type: ignore[return-value]  # rounds ≥ 1 (TrainConfig)
+        return total / max(terms, 1), up  # type: ignore[return-value]  # rounds ≥ 1 (TrainConfig)
 
 
 @torch.no_grad()
@@ -196,7 +231,8 @@ def evaluate_windows(
             coords = torch.tensor([pts], dtype=torch.float32, device=device)
             labels = torch.tensor([lbl], dtype=torch.int64, device=device)
             prev, _ = model.predict_low_res(emb, coords, labels, prev)
-            up = F.interpolate(prev.float(), size=gt.shape, mode="trilinear", align_corners=False)
+            shown = model.refine(s["image"][None].to(device), prev, coords, labels)
+            up = F.interpolate(shown.float(), size=gt.shape, mode="trilinear", align_corners=False)
             pred = (up[0, 0] > 0).cpu().numpy()
             if k in clicks:
                 scores[str(k)] = float(dice(pred, gt))
@@ -294,6 +330,10 @@ def initial_model(cfg: TrainConfig) -> Sam3D:
             raise ConfigError("--init needs SAMMed3DLib.checkpoint.load_model, which is missing from this installation") from exc
         model = load_model(cfg.init, device="cpu")
         cfg.model_config = dict(model.config)
+    if cfg.fine_head and not model.has_fine_head:
+        cfg.model_config = normalize_config({**cfg.model_config, "fine_head": dict(FINE_HEAD_DEFAULTS)})
+        model.fine_head = FineHead(model.img_size, **cfg.model_config["fine_head"])
+        model.config = copy.deepcopy(cfg.model_config)
     if cfg.pe_matrix == "swap_closed":
         make_pe_swap_closed(model)
     return model
@@ -341,6 +381,9 @@ class Trainer:
         if cfg.freeze_encoder:
             for p in model.image_encoder.parameters():
                 p.requires_grad_(False)
+        if cfg.train_only_fine_head:
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("fine_head."))
         model.to(self.device).train()
         self.model = model
         loop: nn.Module = ClickLoop(model, cfg.click_mode, cfg.all_clicks)
@@ -463,6 +506,9 @@ class Trainer:
         cfg = self.cfg
         plan_rng = np.random.default_rng([cfg.seed, self.step, 1_000_003])
         mask_only = mask_only_plan(cfg.rounds, cfg.mask_only_rounds, cfg.last_round_mask_only, plan_rng)
+        fine_rounds = None
+        if 0 < cfg.fine_grad_rounds < cfg.rounds:
+            fine_rounds = {int(r) for r in plan_rng.choice(cfg.rounds, size=cfg.fine_grad_rounds, replace=False)}
         self.optimizer.zero_grad(set_to_none=True)
         losses = []
         for m, batch in enumerate(micro_batches):
@@ -473,7 +519,7 @@ class Trainer:
             sync = contextlib.nullcontext() if (last or not self.info.enabled) else self.loop.no_sync()
             with sync:
                 with self._autocast():
-                    loss, _ = self.loop(images, gts, rngs, mask_only, cfg.rounds)
+                    loss, _ = self.loop(images, gts, rngs, mask_only, cfg.rounds, fine_rounds)
                 self.scaler.scale(loss / len(micro_batches)).backward()
             losses.append(float(loss.detach()))
         self.scaler.unscale_(self.optimizer)

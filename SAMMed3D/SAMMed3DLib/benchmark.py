@@ -97,13 +97,13 @@ def format_table(result: dict[str, Any]) -> str:
         ("first click (total)", result["first_click_s"]),
         ("  window extraction", result["extract_s"]),
         ("  image encoder", result["encoder_s"]),
-        ("  prompt enc. + decoder", result["decoder_s"]),
+        ("  prompt enc. + decoder (+ fine head)", result["decoder_s"]),
         ("  paste-back", result["paste_s"]),
         ("follow-up click (median)", result["next_click_s"]),
     ]
-    lines = [f"{'step':<28}{'seconds':>10}"] + [f"{name:<28}{value:>10.4f}" for name, value in rows]
-    lines.append(f"{'first click / encoder':<28}{result['first_click_overhead_ratio']:>10.3f}")
-    lines.append(f"{'peak RSS (MB)':<28}{result['peak_rss_mb']:>10.1f}")
+    lines = [f"{'step':<38}{'seconds':>10}"] + [f"{name:<38}{value:>10.4f}" for name, value in rows]
+    lines.append(f"{'first click / encoder':<38}{result['first_click_overhead_ratio']:>10.3f}")
+    lines.append(f"{'peak RSS (MB)':<38}{result['peak_rss_mb']:>10.1f}")
     return "\n".join(lines)
 
 

@@ -22,8 +22,8 @@ Design:
   crop + ``torch.grid_sample`` path measured 100 ms, so SimpleITK it is). The reference grid's ITK
   axes are the tensor axes (R, A, S) and its array is transposed afterwards: ordering the ITK axes
   (S, A, R) to get tensor order directly made SimpleITK walk across input slices (126 ms).
-- :func:`paste_logits` maps the decoder's low-res logits (``(size/4)``³) back onto the original
-  grid. Official SAM-Med3D upsamples them with ``F.interpolate(trilinear, align_corners=False)``;
+- :func:`paste_logits` maps the decoder's low-res logits (``(size/4)``³, or a fine head's
+  ``(size/2)``³) back onto the original grid. Official SAM-Med3D upsamples them with ``F.interpolate(trilinear, align_corners=False)``;
   that upsampling equals linear interpolation of the low-res grid whose node ``u`` sits at window
   index ``f·(u + 0.5) - 0.5`` (``f = size / L``), clamped at the border. We interpolate that
   continuous function directly at each original voxel centre, which reproduces the official values
@@ -809,7 +809,7 @@ def paste_logits(
 
     Args:
         low_res_logits: (L, L, L) float numpy array or torch tensor in tensor axis order (leading
-            singleton dimensions accepted), usually L = size / 4.
+            singleton dimensions accepted), L = size / 4 (decoder) or size / 2 (fine head).
         window: the window the logits belong to.
         geometry: the original image's grid.
         mask_zyx: uint8 array of shape ``geometry.shape_zyx`` (SimpleITK order), modified in place.

@@ -11,7 +11,10 @@ that clinical volumes require:
   cached; a click inside an existing window costs the prompt encoder and mask decoder only,
   with the window's previous low-resolution logits fed back as the dense prompt (zeros on the
   window's first prediction, as the official inference does) and all of the object's clicks
-  that fall in the window as sparse prompts.
+  that fall in the window as sparse prompts. A model with a fine head (:mod:`.model.fine_head`,
+  this project's default model) also keeps the window's normalised image: the head turns the
+  decoder's logits into the 64³ logits that are pasted, while the decoder keeps getting its own
+  32³ logits back.
 * **Objects larger than one window.** A click outside every window (more than
   ``WINDOW_MARGIN_VOXELS`` from the border of the windows so far) opens a new window centred on
   it. After a prediction whose mask touches a face of its window, the session follows the object
@@ -20,7 +23,7 @@ that clinical volumes require:
   decided — so what the user refined is never overwritten by an automatic step. See the README
   ("Large objects") for the strategy and its limits.
 
-Undo/redo restore the mask voxels, the clicks and every window's feedback logits exactly.
+Undo/redo restore the mask voxels, the clicks and every window's feedback (and shown) logits exactly.
 """
 
 from __future__ import annotations
@@ -110,8 +113,10 @@ class _WindowState:
 
     window: Window
     embedding: torch.Tensor  # (1, C, G, G, G)
-    logits: torch.Tensor | None = None  # (1, 1, L, L, L) raw logits of the last prediction
+    logits: torch.Tensor | None = None  # (1, 1, L, L, L) the decoder's last logits (its next dense prompt)
     automatic: bool = False  # opened by auto-extension, not by a user click
+    image: torch.Tensor | None = None  # (1, 1, S, S, S) normalised window, kept for a fine head only
+    output: torch.Tensor | None = None  # logits of the mask shown: the fine head's, else ``logits``
 
 
 @dataclass
@@ -120,7 +125,7 @@ class _Snapshot:
 
     points_lps: list[np.ndarray]
     labels: list[int]
-    logits: list[torch.Tensor | None]
+    logits: list[tuple[torch.Tensor | None, torch.Tensor | None]]  # (logits, output) per window
     region_zyx: Slices3 | None
     voxels: np.ndarray | None
 
@@ -245,7 +250,7 @@ class Session:
     def _clear_interaction(self) -> None:
         self._points_lps, self._labels = [], []
         for w in self._windows:
-            w.logits = None
+            w.logits = w.output = None
         self._mask = self._base_mask.copy() if self._base_mask is not None else None
         self._history = _History()
 
@@ -423,7 +428,7 @@ class Session:
 
     def _snapshot(self, region: Slices3 | None) -> _Snapshot:
         voxels = self._mask[region].copy() if region is not None else None  # type: ignore[index]
-        return _Snapshot(list(self._points_lps), list(self._labels), [w.logits for w in self._windows], region, voxels)
+        return _Snapshot(list(self._points_lps), list(self._labels), [(w.logits, w.output) for w in self._windows], region, voxels)
 
     @staticmethod
     def _with_region(snapshot: _Snapshot, region: Slices3 | None, previous_voxels: np.ndarray | None) -> _Snapshot:
@@ -434,7 +439,7 @@ class Session:
         self._points_lps = list(snap.points_lps)
         self._labels = list(snap.labels)
         for i, w in enumerate(self._windows):
-            w.logits = snap.logits[i] if i < len(snap.logits) else None
+            w.logits, w.output = snap.logits[i] if i < len(snap.logits) else (None, None)
         if snap.region_zyx is not None and snap.voxels is not None:
             self._before_mask_change()
             self._mask[snap.region_zyx] = snap.voxels  # type: ignore[index]
@@ -473,6 +478,8 @@ class Session:
         embedding = self._encode(array)
         timings["encoder"] += time.perf_counter() - t
         state = _WindowState(window, embedding, automatic=automatic)
+        if self.model.has_fine_head:
+            state.image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(embedding.device)
         self._windows.append(state)
         return state
 
@@ -488,13 +495,16 @@ class Session:
             for w in self._windows:
                 w.embedding = w.embedding.cpu()
                 w.logits = w.logits.cpu() if w.logits is not None else None
+                w.output = w.output.cpu() if w.output is not None else None
+                w.image = w.image.cpu() if w.image is not None else None
             try:
                 with torch.inference_mode():
                     return self.model.image_encoder(x)
             except RuntimeError as exc:  # pragma: no cover - depends on the machine
                 raise DeviceError(f"the image encoder failed on the CPU after a CUDA out-of-memory error: {exc}") from exc
 
-    def _decode(self, state: _WindowState, points: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    def _decode(self, state: _WindowState, points: np.ndarray, labels: np.ndarray) -> None:
+        """Run the decoder (and the fine head, if any) in ``state``'s window; sets logits/output."""
         size = self.card.input_size
         dev = self.device
         idx = state.window.lps_to_index(points) if len(points) else np.zeros((0, 3))
@@ -504,11 +514,11 @@ class Session:
         prev = state.logits
         if prev is None:
             prev = torch.zeros((1, 1, *self.model.low_res_size), dtype=torch.float32, device=dev)
+        coords_in, labs_in = (coords, labs) if coords.shape[1] else (None, None)
         with torch.inference_mode():
-            logits, _ = self.model.predict_low_res(
-                state.embedding, coords if coords.shape[1] else None, labs if coords.shape[1] else None, prev
-            )
-        return logits
+            logits, _ = self.model.predict_low_res(state.embedding, coords_in, labs_in, prev)
+            output = self.model.refine(state.image, logits, coords_in, labs_in)
+        state.logits, state.output = logits, output
 
     def _run_click(self, point: np.ndarray, timings: dict[str, float]) -> tuple[Slices3 | None, list[Window], np.ndarray | None]:
         """Predict in the window of ``point`` (opening one if needed), paste, maybe extend.
@@ -520,13 +530,13 @@ class Session:
             state = self._open_window(point, timings)
         points, labels = self.points_lps, self.labels
         t = time.perf_counter()
-        state.logits = self._decode(state, points, labels)
+        self._decode(state, points, labels)
         timings["decoder"] += time.perf_counter() - t
         region = self._footprint_union([state])
         previous = self._mask[region].copy() if region is not None else None  # type: ignore[index]
         t = time.perf_counter()
         self._before_mask_change()
-        paste_logits(state.logits[0, 0], state.window, self._geometry, self._mask)
+        paste_logits(state.output[0, 0], state.window, self._geometry, self._mask)  # type: ignore[index]
         timings["paste"] += time.perf_counter() - t
         ran = [state.window]
         if self.auto_extend:
@@ -584,7 +594,7 @@ class Session:
             covered = list(self._windows)
             new = self._open_window(seed, timings, automatic=True)
             t = time.perf_counter()
-            new.logits = self._decode(new, seed[None], np.array([1]))
+            self._decode(new, seed[None], np.array([1]))
             timings["decoder"] += time.perf_counter() - t
             r = self._footprint_union([new])
             if r is None:
@@ -592,7 +602,7 @@ class Session:
             prev_block = self._mask[r].copy()  # type: ignore[index]
             t = time.perf_counter()
             scratch = self._mask.copy()  # type: ignore[union-attr]
-            paste_logits(new.logits[0, 0], new.window, self._geometry, scratch)
+            paste_logits(new.output[0, 0], new.window, self._geometry, scratch)  # type: ignore[index]
             # Only voxels no earlier window covers take the automatic prediction.
             keep_old = self._covered_mask(r, covered)
             block = scratch[r]
@@ -624,10 +634,10 @@ class Session:
 
     def _border_seed(self, state: _WindowState) -> np.ndarray | None:
         """LPS point inside the mask where it touches a face of ``state``'s window, or None."""
-        assert state.logits is not None
+        assert state.output is not None
         size = self.card.input_size
         with torch.inference_mode():
-            up = torch.nn.functional.interpolate(state.logits, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
+            up = torch.nn.functional.interpolate(state.output, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
         positive = up > self.model.mask_threshold
         best = None
         for axis in range(3):

@@ -3,7 +3,9 @@
 A configuration is ``{"image_encoder": {...}, "prompt_encoder": {...}, "mask_decoder": {...}}``
 whose inner keys are the official constructor argument names. Omitted keys take the official
 constructors' defaults; unknown keys are an error (a typo would otherwise build a different
-model silently).
+model silently). An optional fourth section, ``"fine_head": {"channels": [8, 16, 32],
+"click_reach": 8.0}``, adds this project's refinement head (:mod:`.fine_head`); official
+architectures have none.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .fine_head import FINE_HEAD_DEFAULTS, FineHead
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -79,6 +82,9 @@ _PROMPT_REQUIRED = ("embed_dim", "image_embedding_size", "input_image_size", "ma
 _PROMPT_DEFAULTS: dict[str, Any] = {"click_maps": False}
 _DECODER_DEFAULTS: dict[str, Any] = {"num_multimask_outputs": 3, "iou_head_depth": 3, "iou_head_hidden_dim": 256}
 _DECODER_REQUIRED = ("transformer_dim",)
+#: Optional top-level section ``fine_head`` (this project's refinement head, absent in the
+#: official architecture): see :mod:`SAMMed3DLib.model.fine_head`.
+_FINE_HEAD_DEFAULTS: dict[str, Any] = dict(FINE_HEAD_DEFAULTS)
 
 
 def _triple(value: Any, name: str) -> list[int]:
@@ -111,7 +117,7 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"model config must be a dict with image_encoder/prompt_encoder/mask_decoder, got {type(config).__name__}")
-    _check_keys("config", config, {"image_encoder", "prompt_encoder", "mask_decoder"})
+    _check_keys("config", config, {"image_encoder", "prompt_encoder", "mask_decoder", "fine_head"})
     missing = [s for s in ("image_encoder", "prompt_encoder", "mask_decoder") if s not in config]
     if missing:
         raise ConfigError(f"model config lacks section(s) {missing}")
@@ -160,9 +166,28 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     bad_idx = [i for i in enc["global_attn_indexes"] if not 0 <= i < enc["depth"]]
     if bad_idx:
         problems.append(f"image_encoder.global_attn_indexes {bad_idx} are outside 0..{enc['depth'] - 1}")
+    out: dict[str, dict[str, Any]] = {"image_encoder": enc, "prompt_encoder": pe, "mask_decoder": dec}
+    if config.get("fine_head") is not None:
+        fine_in = config["fine_head"]
+        if not isinstance(fine_in, Mapping):
+            raise ConfigError(f"fine_head must be a dict like {FINE_HEAD_DEFAULTS} (or absent), got {fine_in!r}")
+        _check_keys("fine_head", fine_in, set(_FINE_HEAD_DEFAULTS))
+        fine = {**_FINE_HEAD_DEFAULTS, **fine_in}
+        try:
+            fine["channels"] = [int(c) for c in fine["channels"]]
+            fine["click_reach"] = float(fine["click_reach"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"fine_head.channels must be 3 ints and click_reach a number, got {dict(fine_in)!r}") from exc
+        if len(fine["channels"]) != 3 or min(fine["channels"]) < 1:
+            problems.append(f"fine_head.channels must be 3 positive ints, got {fine['channels']}")
+        if not fine["click_reach"] > 0:
+            problems.append(f"fine_head.click_reach must be > 0, got {fine['click_reach']}")
+        if enc["img_size"] % 8:
+            problems.append(f"fine_head needs image_encoder.img_size divisible by 8, got {enc['img_size']}")
+        out["fine_head"] = fine
     if problems:
         raise ConfigError("invalid model config: " + "; ".join(problems))
-    return {"image_encoder": enc, "prompt_encoder": pe, "mask_decoder": dec}
+    return out
 
 
 def build_sam3d(config: Mapping[str, Any] | str = "vit_b_ori") -> Sam3D:
@@ -193,6 +218,7 @@ def build_sam3d(config: Mapping[str, Any] | str = "vit_b_ori") -> Sam3D:
         prompt_encoder=PromptEncoder3D(**cfg["prompt_encoder"]),
         mask_decoder=MaskDecoder3D(**cfg["mask_decoder"]),
         config=cfg,
+        fine_head=FineHead(enc["img_size"], **cfg["fine_head"]) if "fine_head" in cfg else None,
     )
     return model.eval()
 
@@ -204,7 +230,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
     embedding width (patch projection), depth (block count), patch and image size (patch kernel,
     position embedding), global blocks (15-row vs 27-row relative-position tables), heads
     (relative-position table width = head dim), prompt width, mask channels, click maps (input
-    channels of the mask downscaling), IoU head sizes.
+    channels of the mask downscaling), IoU head sizes, the refinement head (its widths from the
+    convolution shapes, its click reach from a buffer).
 
     Raises:
         ConfigError: the state dict is not a SAM-Med3D model's.
@@ -228,6 +255,12 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
             int(m.group(1)) for k in sd if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.weight", k))
         )
         iou_hidden = int(sd["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0])
+        fine = None
+        if "fine_head.stem.weight" in sd:
+            fine = {
+                "channels": [int(sd[f"fine_head.{name}.weight"].shape[0]) for name in ("stem", "down1", "down2")],
+                "click_reach": float(sd["fine_head.click_reach"]),
+            }
     except KeyError as exc:
         raise ConfigError(f"not a SAM-Med3D state dict: key {exc.args[0]!r} is missing") from exc
 
@@ -287,6 +320,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
                 "iou_head_depth": len(iou_layers),
                 "iou_head_hidden_dim": iou_hidden,
             },
+            **({"fine_head": fine} if fine is not None else {}),
         }
     )
 

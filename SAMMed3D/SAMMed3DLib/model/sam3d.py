@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .fine_head import FineHead
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -33,11 +34,14 @@ class Sam3D(nn.Module):
         prompt_encoder: PromptEncoder3D,
         mask_decoder: MaskDecoder3D,
         config: dict[str, Any] | None = None,
+        fine_head: FineHead | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        # Registered only when present, so official state dicts keep exactly their keys.
+        self.fine_head = fine_head
         self.config = copy.deepcopy(config) if config is not None else {}
 
     @property
@@ -49,6 +53,28 @@ class Sam3D(nn.Module):
     def low_res_size(self) -> tuple[int, int, int]:
         """Shape of the low-resolution logits the decoder returns (and takes back as a prompt)."""
         return self.prompt_encoder.mask_input_size
+
+    @property
+    def has_fine_head(self) -> bool:
+        """Whether the model refines its low-res logits with the image (:mod:`.fine_head`)."""
+        return self.fine_head is not None
+
+    def refine(
+        self, image: torch.Tensor | None, low_res_logits: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The logits to display: the fine head's (B, 1, S/2, S/2, S/2), or ``low_res_logits`` as is.
+
+        Args:
+            image: (B, 1, S, S, S) the normalised window the embedding was computed from
+                (needed only with a fine head).
+            low_res_logits: (B, 1, L, L, L) from :meth:`predict_low_res`.
+            coords, labels: the clicks passed to :meth:`predict_low_res`.
+        """
+        if self.fine_head is None:
+            return low_res_logits
+        if image is None:
+            raise ValueError("this model has a fine head: pass the normalised window image to refine()")
+        return self.fine_head(image, low_res_logits, coords, labels)
 
     def predict_low_res(
         self,
