@@ -272,6 +272,8 @@ def test_resume_continues_bit_for_bit(tiny_cache, tmp_path):
     loss = lambda s: [h["loss"] for h in json.loads(s["history"]) if "loss" in h]  # noqa: E731
     assert loss(a) == loss(b) and len(loss(a)) == 4
     assert (tmp_path / "full" / BEST).is_file() and json.loads((tmp_path / "full" / "config.json").read_text(encoding="utf-8"))["max_steps"] == 4
+    # the resumed run's config.json records the flags it was resumed with (--max-steps 4, not 2)
+    assert json.loads((tmp_path / "part" / "config.json").read_text(encoding="utf-8"))["max_steps"] == 4
 
 
 def test_resume_without_state_is_a_clear_error(tiny_cache, tmp_path):

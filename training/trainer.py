@@ -20,6 +20,12 @@ One optimizer step (per rank, per micro-batch of ``batch_size`` samples):
    change shape at 32³, and the official ``train.py`` supervises the upsampled masks too; the
    cost is small (a 2 M-voxel loss per round, measured inside the 0.65 s of a sample).
 
+With a fine head (``--fine-head``, :mod:`SAMMed3DLib.model.fine_head`) each round also runs the
+head on the decoder's logits, the next click is drawn from the head's mask (what the user sees)
+and the head's upsampled logits get the same loss; ``--train-only-fine-head`` freezes everything
+else (the encoder and decoder then run without autograd), and ``--fine-grad-rounds N`` trains
+the head's output in N random rounds per step only (its backward on 64³ is the costly part).
+
 Everything random is derived from ``(seed, step, rank, item)`` (see :mod:`training.dataset`), so
 ``--resume`` from ``last.pt`` (model, optimizer, scaler, scheduler, step, torch RNG states)
 continues bit-for-bit. Rank 0 alone logs, validates and writes checkpoints (atomically: temp
@@ -421,7 +427,7 @@ class Trainer:
         )
         if resume:
             self._load(self.out / LAST)
-        elif self.info.is_main:
+        if self.info.is_main:  # on resume too: flags such as --max-steps may have changed
             cfg.save(self.out / "config.json")
         self.writer = None
         if self.info.is_main:
