@@ -21,9 +21,10 @@ from typing import Any, get_type_hints
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model.build import normalize_config
 
-#: The shipped default model: 6.05 M parameters (24.2 MB in fp32). Measured on this machine
-#: (2 vCPU, torch 2.13, benchmarks/train_speed.py): encoder 0.037 s + first decoder call with
-#: upsampling 0.010 s on 2 threads; one training sample with 10 click rounds 0.64 s on 2 threads. 512 tokens make global
+#: The shipped default model: 6.14 M parameters (24.6 MB in fp32). Measured on this machine
+#: (2 vCPU, torch 2.13, benchmarks/train_speed.py): encoder 0.038 s + first decoder call, fine
+#: head and upsampling 0.097 s on 2 threads; one training sample with 10 click rounds 0.64 s on
+#: 2 threads without the head, 3.6 s with it trained in every round. 512 tokens make global
 #: attention in every block cheap, so no windows (window_size 0). ``click_maps`` feeds the clicks
 #: into the dense prompt as well (see :class:`SAMMed3DLib.model.prompt_encoder.PromptEncoder3D`):
 #: without it, 1,550 steps had not taught the model to follow the clicks; with it, the
