@@ -15,7 +15,7 @@ from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.checkpoint import load_model, save_model
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model import VIT_B_ORI, build_sam3d, infer_config, normalize_config
-from SAMMed3DLib.model.fine_head import click_distance_maps
+from SAMMed3DLib.model.common import click_distance_maps
 from SAMMed3DLib.session import Session
 
 #: 32³ input, 2³ tokens, 8³ low-res logits, 16³ fine grid.
@@ -84,14 +84,14 @@ def test_invalid_fine_head_configs_are_refused(fine, match) -> None:
 def test_click_distance_maps_peak_at_each_click_and_ignore_padding() -> None:
     coords = torch.tensor([[[3.0, 30.0, 17.0], [31.0, 0.0, 8.0], [9.0, 9.0, 9.0]]])  # 32³ input → 16³ grid
     labels = torch.tensor([[1, 0, -1]])
-    maps = click_distance_maps(coords, labels, 32, 16, 4.0, 1, torch.device("cpu"))
+    maps = click_distance_maps(coords, labels, (32,) * 3, (16,) * 3, 4.0, 1, torch.device("cpu"))
     assert maps.shape == (1, 2, 16, 16, 16)
     for channel, voxel in ((0, (3, 30, 17)), (1, (31, 0, 8))):
         peak = np.unravel_index(int(maps[0, channel].argmax()), (16, 16, 16))
         assert tuple(int(i) for i in peak) == tuple(v // 2 for v in voxel)
     assert maps[0, 0, 1, 15, 8] > maps[0, 0, 1, 15, 7] > 0 and maps[0, 0, 1, 15, 3] == 0  # 4-cell reach
     assert maps[0, :, 4, 4, 4].sum() == 0  # the padding click (9, 9, 9) draws nothing
-    assert not click_distance_maps(None, None, 32, 16, 4.0, 2, torch.device("cpu")).any()
+    assert not click_distance_maps(None, None, (32,) * 3, (16,) * 3, 4.0, 2, torch.device("cpu")).any()
 
 
 def test_untrained_head_returns_the_upsampled_decoder_logits() -> None:

@@ -24,38 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import click_distance_maps
+
 #: Configuration keys of the head (``config["fine_head"]``) and their defaults.
 FINE_HEAD_DEFAULTS: dict[str, Any] = {"channels": [8, 16, 32], "click_reach": 8.0}
-
-
-def click_distance_maps(
-    coords: torch.Tensor | None, labels: torch.Tensor | None, input_size: int, grid: int, reach: float, batch: int, device: torch.device
-) -> torch.Tensor:
-    """(B, 2, G, G, G) positive/negative maps ``max(0, 1 − d / reach)`` on a ``grid``³ lattice.
-
-    ``d`` is the distance, in grid cells, from a cell centre to the nearest click of that label;
-    click ``c`` (input voxel index, tensor axis order) sits at cell coordinate
-    ``(c + 0.5) / s − 0.5`` with ``s = input_size / grid``. Labels other than 0/1 (padding) are
-    ignored; no clicks give zeros.
-    """
-    maps = torch.zeros((batch, 2, grid, grid, grid), dtype=torch.float32, device=device)
-    if coords is None or labels is None or coords.shape[1] == 0:
-        return maps
-    s = input_size / grid
-    cells = (coords.to(device=device, dtype=torch.float32) + 0.5) / s - 0.5
-    axis = torch.arange(grid, dtype=torch.float32, device=device)
-    for channel, label in ((0, 1), (1, 0)):
-        for b in range(batch):
-            pts = cells[b][labels[b].to(device) == label]
-            if not len(pts):
-                continue
-            d2 = (
-                (axis[None, :, None, None] - pts[:, 0, None, None, None]) ** 2
-                + (axis[None, None, :, None] - pts[:, 1, None, None, None]) ** 2
-                + (axis[None, None, None, :] - pts[:, 2, None, None, None]) ** 2
-            )
-            maps[b, channel] = (1.0 - d2.amin(dim=0).sqrt() / reach).clamp_min(0.0)
-    return maps
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -103,7 +75,7 @@ class FineHead(nn.Module):
         """
         b = image.shape[0]
         up = F.interpolate(logits.float(), size=(self.grid,) * 3, mode="trilinear", align_corners=False)
-        maps = click_distance_maps(coords, labels, self.input_size, self.grid, float(self.click_reach), b, image.device)
+        maps = click_distance_maps(coords, labels, (self.input_size,) * 3, (self.grid,) * 3, float(self.click_reach), b, image.device)
         x = torch.cat([self.stem(image.float()), torch.sigmoid(up), up.clamp(-20, 20) / 20, maps.to(up.dtype)], dim=1)
         e0 = self.enc0(x)
         e1 = self.enc1(self.down1(e0))

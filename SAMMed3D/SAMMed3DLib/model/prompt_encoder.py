@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import PromptError
-from .common import LayerNorm3d
+from .common import LayerNorm3d, click_distance_maps
 
 
 class PositionEmbeddingRandom3D(nn.Module):
@@ -131,10 +131,8 @@ class PromptEncoder3D(nn.Module):
         s = input size / low-res size (4), so a click lands on the cell whose voxels hold it.
         Labels other than 0/1 (padding) are ignored; no points gives all-zero maps.
         """
-        grid = self.mask_input_size
-        maps = torch.zeros((bs, 2, *grid), dtype=torch.float32, device=device)
-        if points is None:
-            return maps
+        coords, labels = points if points is not None else (None, None)
+        return click_distance_maps(coords, labels, self.input_image_size, self.mask_input_size, self.CLICK_MAP_REACH, bs, device)
         coords, labels = points
         scale = torch.tensor([i / g for i, g in zip(self.input_image_size, grid)], dtype=torch.float32, device=device)
         cells = (coords.to(device=device, dtype=torch.float32) + 0.5) / scale - 0.5  # (B, N, 3)
