@@ -133,23 +133,6 @@ class PromptEncoder3D(nn.Module):
         """
         coords, labels = points if points is not None else (None, None)
         return click_distance_maps(coords, labels, self.input_image_size, self.mask_input_size, self.CLICK_MAP_REACH, bs, device)
-        coords, labels = points
-        scale = torch.tensor([i / g for i, g in zip(self.input_image_size, grid)], dtype=torch.float32, device=device)
-        cells = (coords.to(device=device, dtype=torch.float32) + 0.5) / scale - 0.5  # (B, N, 3)
-        axes = [torch.arange(g, dtype=torch.float32, device=device) for g in grid]
-        for channel, label in ((0, 1), (1, 0)):
-            for b in range(bs):
-                pts = cells[b][labels[b].to(device) == label]
-                if not len(pts):
-                    continue
-                d2 = (
-                    (axes[0][None, :, None, None] - pts[:, 0, None, None, None]) ** 2
-                    + (axes[1][None, None, :, None] - pts[:, 1, None, None, None]) ** 2
-                    + (axes[2][None, None, None, :] - pts[:, 2, None, None, None]) ** 2
-                )
-                nearest = d2.amin(dim=0).sqrt()
-                maps[b, channel] = (1.0 - nearest / self.CLICK_MAP_REACH).clamp_min(0.0)
-        return maps
 
     def forward(
         self,
