@@ -56,9 +56,11 @@ def test_official_architecture_has_no_fine_head() -> None:
 
 def test_config_defaults_and_round_trip_through_the_state_dict() -> None:
     filled = normalize_config({**TINY, "fine_head": {}})
-    assert filled["fine_head"] == {"channels": [8, 16, 32], "click_reach": 8.0}
+    # a config without the geodesic keys (written before they existed) means a head without them
+    assert filled["fine_head"] == {"channels": [8, 16, 32], "click_reach": 8.0, "geodesic_reach": 0.0, "geodesic_weight": 20.0}
     model = _model(TINY_FINE)
-    assert model.config["fine_head"] == {"channels": [4, 6, 8], "click_reach": 5.0}
+    assert model.config["fine_head"] == {"channels": [4, 6, 8], "click_reach": 5.0, "geodesic_reach": 0.0, "geodesic_weight": 20.0}
+    assert not model.fine_head.geodesic
     assert infer_config(model.state_dict()) == normalize_config(TINY_FINE) == model.config
     assert infer_config(_model(TINY).state_dict()) == normalize_config(TINY)  # no head inferred from none
 
@@ -70,6 +72,9 @@ def test_config_defaults_and_round_trip_through_the_state_dict() -> None:
         ({"channels": [4, 4]}, r"fine_head.channels must be 3 positive ints"),
         ({"channels": "wide"}, r"fine_head.channels must be 3 ints"),
         ({"click_reach": 0}, r"fine_head.click_reach must be > 0"),
+        ({"geodesic_reach": -1}, r"fine_head.geodesic_reach must be >= 0"),
+        ({"geodesic_weight": -2}, r"fine_head.geodesic_weight must be >= 0"),
+        ({"geodesic_weight": "steep"}, r"geodesic_weight numbers"),
         ([4, 4, 4], r"fine_head must be a dict"),
     ],
 )
@@ -226,8 +231,10 @@ def test_training_only_the_head_leaves_the_rest_of_a_checkpoint_unchanged(tiny_c
     assert all(torch.equal(before[k], after[k]) for k in before)  # every decoder/encoder tensor as loaded
     head = [k for k in after if k.startswith("fine_head.")]
     assert head and not torch.equal(after["fine_head.out.weight"], torch.zeros_like(after["fine_head.out.weight"]))
-    assert card.config["fine_head"] == {"channels": [8, 16, 32], "click_reach": 8.0}
-    assert load_model(tmp_path / "fine.pth", device="cpu").has_fine_head
+    # a new head gets geodesic click maps (NEW_FINE_HEAD)
+    assert card.config["fine_head"] == {"channels": [8, 16, 32], "click_reach": 8.0, "geodesic_reach": 16.0, "geodesic_weight": 20.0}
+    loaded = load_model(tmp_path / "fine.pth", device="cpu")
+    assert loaded.has_fine_head and loaded.fine_head.geodesic
 
 
 def test_train_only_fine_head_without_a_head_is_refused(tiny_cache: Path, tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ class TrainConfig:
     fine_head: bool = False
     train_only_fine_head: bool = False
     fine_grad_rounds: int = 0
+    geodesic: bool = False
     # optimisation
     max_steps: int = 20000
     batch_size: int = 2
@@ -144,6 +145,8 @@ class TrainConfig:
             raise ConfigError(f"--fine-grad-rounds must be ≥ 0 (0 = every round), got {self.fine_grad_rounds}")
         if self.train_only_fine_head and not (self.fine_head or "fine_head" in self.model_config):
             raise ConfigError("--train-only-fine-head needs a fine head: add --fine-head true (or a fine_head section in --model-config)")
+        if self.geodesic and not (self.fine_head or "fine_head" in self.model_config):
+            raise ConfigError("--geodesic adds geodesic click maps to a fine head: add --fine-head true (or a fine_head section in --model-config)")
         if self.pe_matrix not in PE_MATRIX_CHOICES:
             raise ConfigError(f"--pe-matrix must be one of {', '.join(PE_MATRIX_CHOICES)}, got {self.pe_matrix!r}")
         if self.click_mode not in ("random", "center"):

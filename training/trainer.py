@@ -25,6 +25,8 @@ head on the decoder's logits, the next click is drawn from the head's mask (what
 and the head's upsampled logits get the same loss; ``--train-only-fine-head`` freezes everything
 else (the encoder and decoder then run without autograd), and ``--fine-grad-rounds N`` trains
 the head's output in N random rounds per step only (its backward on 64³ is the costly part).
+``--geodesic`` gives an ``--init`` model's head geodesic click maps as two more inputs (weights
+copied, the new inputs' start at zero, so training starts from what the head already does).
 
 Everything random is derived from ``(seed, step, rank, item)`` (see :mod:`training.dataset`), so
 ``--resume`` from ``last.pt`` (model, optimizer, scaler, scheduler, step, torch RNG states)
@@ -59,7 +61,7 @@ from SAMMed3DLib.errors import CheckpointError, ConfigError
 from SAMMed3DLib.metrics import dice
 from SAMMed3DLib.model import Sam3D, build_sam3d
 from SAMMed3DLib.model.build import normalize_config
-from SAMMed3DLib.model.fine_head import FINE_HEAD_DEFAULTS, FineHead
+from SAMMed3DLib.model.fine_head import NEW_FINE_HEAD, FineHead, add_geodesic_inputs
 
 from . import distributed as D
 from .config import TrainConfig
@@ -337,8 +339,14 @@ def initial_model(cfg: TrainConfig) -> Sam3D:
         model = load_model(cfg.init, device="cpu")
         cfg.model_config = dict(model.config)
     if cfg.fine_head and not model.has_fine_head:
-        cfg.model_config = normalize_config({**cfg.model_config, "fine_head": dict(FINE_HEAD_DEFAULTS)})
+        cfg.model_config = normalize_config({**cfg.model_config, "fine_head": dict(NEW_FINE_HEAD)})
         model.fine_head = FineHead(model.img_size, **cfg.model_config["fine_head"])
+        model.config = copy.deepcopy(cfg.model_config)
+    if cfg.geodesic and model.has_fine_head and not model.fine_head.geodesic:
+        # warm start: the head keeps its weights; the new inputs start with zero weights
+        model.fine_head = add_geodesic_inputs(model.fine_head)
+        head_cfg = {**cfg.model_config["fine_head"], "geodesic_reach": NEW_FINE_HEAD["geodesic_reach"], "geodesic_weight": NEW_FINE_HEAD["geodesic_weight"]}
+        cfg.model_config = normalize_config({**cfg.model_config, "fine_head": head_cfg})
         model.config = copy.deepcopy(cfg.model_config)
     if cfg.pe_matrix == "swap_closed":
         make_pe_swap_closed(model)

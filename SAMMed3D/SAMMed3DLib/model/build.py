@@ -4,8 +4,9 @@ A configuration is ``{"image_encoder": {...}, "prompt_encoder": {...}, "mask_dec
 whose inner keys are the official constructor argument names. Omitted keys take the official
 constructors' defaults; unknown keys are an error (a typo would otherwise build a different
 model silently). An optional fourth section, ``"fine_head": {"channels": [8, 16, 32],
-"click_reach": 8.0}``, adds this project's refinement head (:mod:`.fine_head`); official
-architectures have none.
+"click_reach": 8.0, "geodesic_reach": 16.0, "geodesic_weight": 20.0}``, adds this project's
+refinement head (:mod:`.fine_head`; ``geodesic_reach`` 0, the default, means no geodesic click
+maps); official architectures have none.
 """
 
 from __future__ import annotations
@@ -176,12 +177,20 @@ def normalize_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         try:
             fine["channels"] = [int(c) for c in fine["channels"]]
             fine["click_reach"] = float(fine["click_reach"])
+            fine["geodesic_reach"] = float(fine["geodesic_reach"])
+            fine["geodesic_weight"] = float(fine["geodesic_weight"])
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"fine_head.channels must be 3 ints and click_reach a number, got {dict(fine_in)!r}") from exc
+            raise ConfigError(
+                f"fine_head.channels must be 3 ints and click_reach, geodesic_reach, geodesic_weight numbers, got {dict(fine_in)!r}"
+            ) from exc
         if len(fine["channels"]) != 3 or min(fine["channels"]) < 1:
             problems.append(f"fine_head.channels must be 3 positive ints, got {fine['channels']}")
         if not fine["click_reach"] > 0:
             problems.append(f"fine_head.click_reach must be > 0, got {fine['click_reach']}")
+        if not fine["geodesic_reach"] >= 0:
+            problems.append(f"fine_head.geodesic_reach must be >= 0 (0 = no geodesic maps), got {fine['geodesic_reach']}")
+        if not fine["geodesic_weight"] >= 0:
+            problems.append(f"fine_head.geodesic_weight must be >= 0, got {fine['geodesic_weight']}")
         if enc["img_size"] % 8:
             problems.append(f"fine_head needs image_encoder.img_size divisible by 8, got {enc['img_size']}")
         out["fine_head"] = fine
@@ -260,6 +269,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
             fine = {
                 "channels": [int(sd[f"fine_head.{name}.weight"].shape[0]) for name in ("stem", "down1", "down2")],
                 "click_reach": float(sd["fine_head.click_reach"]),
+                "geodesic_reach": float(sd.get("fine_head.geodesic_reach", 0.0)),
+                "geodesic_weight": float(sd.get("fine_head.geodesic_weight", FINE_HEAD_DEFAULTS["geodesic_weight"])),
             }
     except KeyError as exc:
         raise ConfigError(f"not a SAM-Med3D state dict: key {exc.args[0]!r} is missing") from exc
