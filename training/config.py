@@ -22,15 +22,16 @@ from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model.build import normalize_config
 
 #: The shipped default model: 6.14 M parameters (24.6 MB in fp32). Measured on this machine
-#: (2 vCPU, torch 2.13, benchmarks/train_speed.py): encoder 0.038 s + first decoder call, fine
-#: head and upsampling 0.097 s on 2 threads; one training sample with 10 click rounds 0.64 s on
-#: 2 threads without the head, 3.6 s with it trained in every round. 512 tokens make global
+#: (2 vCPU, torch 2.13, benchmarks/train_speed.py): encoder 0.042 s + first decoder call, fine
+#: head (geodesic maps included) and upsampling 0.137 s on 2 threads; one training sample with
+#: 10 click rounds 0.64 s on 2 threads without the head, 2.9 s with it trained in every round. 512 tokens make global
 #: attention in every block cheap, so no windows (window_size 0). ``click_maps`` feeds the clicks
 #: into the dense prompt as well (see :class:`SAMMed3DLib.model.prompt_encoder.PromptEncoder3D`):
 #: without it, 1,550 steps had not taught the model to follow the clicks; with it, the
 #: in-training validation Dice rose with the click count within 1,500 steps. ``fine_head`` adds
 #: 93 k parameters (a 3D U-Net on the 64³ grid, :mod:`SAMMed3DLib.model.fine_head`); the shipped
-#: model got it after the rest had trained, with the rest frozen (``--train-only-fine-head``).
+#: model got it after the rest had trained, with the rest frozen (``--train-only-fine-head``),
+#: then geodesic click maps as two more head inputs (``--geodesic``, warm-started from that head).
 DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
     "image_encoder": {
         "img_size": 128,
@@ -56,7 +57,7 @@ DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
     },
     "mask_decoder": {"transformer_dim": 144, "num_multimask_outputs": 3, "iou_head_depth": 3, "iou_head_hidden_dim": 256},
     # refines the 32³ logits on the 64³ grid from the window image and the clicks (FineHead)
-    "fine_head": {"channels": [8, 16, 32], "click_reach": 8.0},
+    "fine_head": {"channels": [8, 16, 32], "click_reach": 8.0, "geodesic_reach": 16.0, "geodesic_weight": 20.0},
 }
 
 
