@@ -26,7 +26,7 @@ and the head's upsampled logits get the same loss; ``--train-only-fine-head`` fr
 else (the encoder and decoder then run without autograd), and ``--fine-grad-rounds N`` trains
 the head's output in N random rounds per step only (its backward on 64³ is the costly part).
 ``--geodesic`` gives an ``--init`` model's head geodesic click maps as two more inputs (weights
-copied, the new inputs' start at zero, so training starts from what the head already does).
+copied, the new inputs' weights start at zero, so training starts from what the head already does).
 
 Everything random is derived from ``(seed, step, rank, item)`` (see :mod:`training.dataset`), so
 ``--resume`` from ``last.pt`` (model, optimizer, scaler, scheduler, step, torch RNG states)
