@@ -344,9 +344,9 @@ def initial_model(cfg: TrainConfig) -> Sam3D:
         model.config = copy.deepcopy(cfg.model_config)
     if cfg.geodesic and model.has_fine_head and not model.fine_head.geodesic:
         # warm start: the head keeps its weights; the new inputs start with zero weights
-        model.fine_head = add_geodesic_inputs(model.fine_head)
-        head_cfg = {**cfg.model_config["fine_head"], "geodesic_reach": NEW_FINE_HEAD["geodesic_reach"], "geodesic_weight": NEW_FINE_HEAD["geodesic_weight"]}
-        cfg.model_config = normalize_config({**cfg.model_config, "fine_head": head_cfg})
+        head = model.fine_head = add_geodesic_inputs(model.fine_head)
+        geodesic = {"geodesic_reach": float(head.geodesic_reach), "geodesic_weight": float(head.geodesic_weight)}
+        cfg.model_config = normalize_config({**cfg.model_config, "fine_head": {**cfg.model_config["fine_head"], **geodesic}})
         model.config = copy.deepcopy(cfg.model_config)
     if cfg.pe_matrix == "swap_closed":
         make_pe_swap_closed(model)
