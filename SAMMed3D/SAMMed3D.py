@@ -26,6 +26,7 @@ import logging
 import os
 import pathlib
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -44,6 +45,25 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+
+def _addCoreFromSourceCheckout() -> None:
+    """Make ``SAMMed3DLib`` importable when the module runs from a source checkout.
+
+    An installed extension has the core beside this file (the top-level CMakeLists.txt installs it
+    there, and Slicer puts this folder on ``sys.path``). A source checkout added to "additional
+    module paths" has it one folder up, beside ``SAMMed3D/``: put that folder on ``sys.path`` then,
+    and only then (a pip-installed core wins, nothing is shadowed).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isdir(os.path.join(here, "SAMMed3DLib")):
+        return
+    checkout = os.path.dirname(here)
+    if os.path.isfile(os.path.join(checkout, "SAMMed3DLib", "__init__.py")) and checkout not in sys.path:
+        sys.path.append(checkout)
+
+
+_addCoreFromSourceCheckout()
 
 #: Clicks closer together than this (ms) run the model once, with all of them: placing a point
 #: fires several MRML events, and a user's double click should not cost two decoder passes.

@@ -612,7 +612,7 @@ def test_registry_name_loads_the_cached_file(tmp_path, monkeypatch, model) -> No
 
 
 def test_default_model_is_shipped_or_reported_missing() -> None:
-    shipped = ROOT / "SAMMed3D" / "SAMMed3DLib" / "Resources" / "Models" / "default.pth"
+    shipped = ROOT / "SAMMed3DLib" / "Resources" / "Models" / "default.pth"
     if shipped.exists():
         loaded = load_model("default", device="cpu")
         assert loaded.card.name and not loaded.training

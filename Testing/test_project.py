@@ -24,3 +24,39 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = _readme_commands()[1]
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     assert test_command in ci_lines
+
+
+def test_the_built_wheel_carries_the_core_and_the_shipped_model(tmp_path: Path) -> None:
+    """A non-editable install (``pip install .``, a wheel) must hold the default model and its card."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    import pytest
+
+    if shutil.which("git") is None or subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: the wheel is built from the tracked files")
+    pytest.importorskip("setuptools", reason="building the wheel without network needs setuptools in this environment")
+    # Build from a copy of the tracked files, so the checkout gets no build/ or *.egg-info.
+    source = tmp_path / "src"
+    for name in subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    out = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out), str(source)],
+        check=True, capture_output=True, text=True,
+    )
+    (wheel,) = out.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    registry = json.loads((ROOT / "SAMMed3DLib" / "Resources" / "models.json").read_text(encoding="utf-8"))
+    shipped = {f"SAMMed3DLib/Resources/{e[k]}" for e in registry["models"].values() for k in ("file", "card") if e.get(k)}
+    assert shipped and shipped <= names, sorted(shipped - names)
+    assert "SAMMed3DLib/Resources/models.json" in names and "SAMMed3DLib/session.py" in names
+    assert "training/trainer.py" in names
+    assert not any(n.startswith(("SAMMed3D/", "Testing/")) for n in names), "the wheel holds the core and training only"
+    size = zipfile.ZipFile(wheel).getinfo("SAMMed3DLib/Resources/Models/default.pth").file_size
+    assert size == (ROOT / "SAMMed3DLib" / "Resources" / "Models" / "default.pth").stat().st_size

@@ -24,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "SAMMed3D"
+CORE = ROOT / "SAMMed3DLib"
 UI_FILE = MODULE / "Resources" / "UI" / "SAMMed3D.ui"
 MODULE_SCRIPT = MODULE / "SAMMed3D.py"
 sys.path.insert(0, str(MODULE))
@@ -89,25 +90,58 @@ def test_every_python_file_of_the_module_is_packaged() -> None:
     assert not stale, f"MODULE_PYTHON_SCRIPTS lists files that do not exist: {stale}"
 
 
-def test_every_resource_is_packaged_including_the_shipped_models() -> None:
+def test_every_resource_of_the_module_is_packaged() -> None:
     listed = set(_cmake_list(MODULE / "CMakeLists.txt", "MODULE_PYTHON_RESOURCES"))
-    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text(encoding="utf-8"))
-    shipped = {
-        f"SAMMed3DLib/Resources/{entry[key]}"
-        for entry in registry["models"].values()
-        for key in ("file", "card")
-        if entry.get(key)
-    }
+    on_disk = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    assert on_disk == listed, f"MODULE_PYTHON_RESOURCES and SAMMed3D/Resources differ: {sorted(on_disk ^ listed)}"
+
+
+def test_every_file_of_the_core_is_installed_beside_the_module() -> None:
+    top = ROOT / "CMakeLists.txt"
+    scripts = _cmake_list(top, "CORE_PYTHON_SCRIPTS")
+    on_disk = sorted(str(p.relative_to(ROOT)) for p in CORE.rglob("*.py") if "__pycache__" not in p.parts)
+    assert len(scripts) == len(set(scripts)), "duplicates in CORE_PYTHON_SCRIPTS"
+    assert sorted(scripts) == on_disk, f"CORE_PYTHON_SCRIPTS and SAMMed3DLib/ differ: {sorted(set(scripts) ^ set(on_disk))}"
+    resources = set(_cmake_list(top, "CORE_PYTHON_RESOURCES"))
+    registry = json.loads((CORE / "Resources" / "models.json").read_text(encoding="utf-8"))
+    shipped = {f"SAMMed3DLib/Resources/{entry[key]}" for entry in registry["models"].values() for key in ("file", "card") if entry.get(key)}
     assert shipped, "models.json names no shipped model file"
-    on_disk = {
-        str(p.relative_to(MODULE))
-        for folder in (MODULE / "Resources", MODULE / "SAMMed3DLib" / "Resources")
-        for p in folder.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-    assert on_disk - listed == set(), f"add to MODULE_PYTHON_RESOURCES: {sorted(on_disk - listed)}"
-    assert shipped <= listed, f"the shipped model files must be packaged: {sorted(shipped - listed)}"
-    assert listed - on_disk <= shipped, f"listed but neither on disk nor a shipped model: {sorted(listed - on_disk - shipped)}"
+    assert shipped <= resources, f"the shipped model files must be installed: {sorted(shipped - resources)}"
+    res_on_disk = {str(p.relative_to(ROOT)) for p in (CORE / "Resources").rglob("*") if p.is_file()}
+    assert res_on_disk == resources, f"CORE_PYTHON_RESOURCES and SAMMed3DLib/Resources differ: {sorted(res_on_disk ^ resources)}"
+    # Into the folder that holds SAMMed3D.py (on sys.path in Slicer), keeping the SAMMed3DLib/ prefix.
+    call = re.search(r"ctkMacroCompilePythonScript\((.*?)\)\n", top.read_text(encoding="utf-8"), re.S)
+    assert call, "the top-level CMakeLists.txt must install the core with ctkMacroCompilePythonScript"
+    args = call.group(1)
+    assert "${CORE_PYTHON_SCRIPTS}" in args and "${CORE_PYTHON_RESOURCES}" in args
+    assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in args
+    assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in args and "NO_INSTALL_SUBDIR" in args
+
+
+def test_the_top_level_is_the_design_cards() -> None:
+    expected = {"SAMMed3D", "SAMMed3DLib", "Resources", "Testing", "training", "CMakeLists.txt", "SAMMed3D.s4ext", "README.md"}
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    top_level = {line.split("/")[0] for line in tracked.stdout.splitlines()}
+    assert expected <= top_level, sorted(expected - top_level)
+    assert not (MODULE / "SAMMed3DLib").exists(), "the core lives at the top, not inside the module folder"
+
+
+def test_the_module_finds_the_core_of_a_source_checkout() -> None:
+    """Slicer with SAMMed3D/ in "additional module paths": the core one folder up becomes importable."""
+    tree = _module_ast()
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_addCoreFromSourceCheckout")
+    assert any(isinstance(n, ast.Expr) and isinstance(n.value, ast.Call) and getattr(n.value.func, "id", "") == function.name for n in tree.body)
+    namespace: dict = {"os": __import__("os"), "sys": sys, "__file__": str(MODULE_SCRIPT)}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), str(MODULE_SCRIPT), "exec"), namespace)
+    saved = list(sys.path)
+    try:
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+        namespace[function.name]()
+        assert str(ROOT) in sys.path
+    finally:
+        sys.path[:] = saved
 
 
 def test_module_cmake_registers_the_self_test_and_generic_tests() -> None:
@@ -129,12 +163,13 @@ def test_extension_description_is_consistent_between_cmake_and_s4ext() -> None:
     for cmake_name, key in (("EXTENSION_HOMEPAGE", "homepage"), ("EXTENSION_DESCRIPTION", "description"),
                             ("EXTENSION_CONTRIBUTORS", "contributors"), ("EXTENSION_ICONURL", "iconurl")):
         assert _cmake_set(top, cmake_name) == s4ext[key], cmake_name
-    assert _cmake_set(top, "EXTENSION_ICONURL").endswith("SAMMed3D/Resources/Icons/SAMMed3D.png")
+    assert _cmake_set(top, "EXTENSION_ICONURL").endswith("/Resources/SAMMed3D.png")
     assert "SCREENSHOTURLS" in text
 
 
-def test_icon_is_a_valid_128_pixel_png() -> None:
-    data = (MODULE / "Resources" / "Icons" / "SAMMed3D.png").read_bytes()
+@pytest.mark.parametrize("icon", [ROOT / "Resources" / "SAMMed3D.png", MODULE / "Resources" / "Icons" / "SAMMed3D.png"], ids=["extension", "module"])
+def test_icon_is_a_valid_128_pixel_png(icon: Path) -> None:
+    data = icon.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height, depth, color = struct.unpack(">IIBB", data[16:26])
     assert (width, height, depth) == (128, 128, 8)
@@ -236,7 +271,7 @@ def test_combo_box_choices_are_values_the_logic_accepts() -> None:
     assert sorted(enums["WriteMode"].values()) == sorted(WRITE_MODES)
     for mode in WRITE_MODES:
         write_options_for_mode(mode)
-    registry = json.loads((MODULE / "SAMMed3DLib" / "Resources" / "models.json").read_text(encoding="utf-8"))["models"]
+    registry = json.loads((CORE / "Resources" / "models.json").read_text(encoding="utf-8"))["models"]
     assert {v for v in enums["ModelChoice"].values() if v != "file"} <= set(registry)
     assert set(enums["DeviceChoice"].values()) <= set(DEVICE_CHOICES)
 

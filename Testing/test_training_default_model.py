@@ -13,7 +13,7 @@ from SAMMed3DLib.checkpoint import load_model
 from SAMMed3DLib.model import normalize_config
 from training.config import DEFAULT_MODEL_CONFIG
 
-MODELS = Path(__file__).resolve().parents[1] / "SAMMed3D" / "SAMMed3DLib" / "Resources" / "Models"
+MODELS = Path(__file__).resolve().parents[1] / "SAMMed3DLib" / "Resources" / "Models"
 #: Shipped with the package: fp32 weights of the 6.14 M-parameter model must stay under this.
 MAX_BYTES = 25_000_000
 
