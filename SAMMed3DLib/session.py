@@ -23,7 +23,13 @@ that clinical volumes require:
   decided — so what the user refined is never overwritten by an automatic step. See the README
   ("Large objects") for the strategy and its limits.
 
-Undo/redo restore the mask voxels, the clicks and every window's feedback (and shown) logits exactly.
+State and history: :meth:`Session.state` is the session's state apart from the mask (the clicks
+and every window's feedback and shown logits; cheap: tensors are shared, never modified), every
+result carries the :class:`MaskChange` it made (region, voxels before and after), and
+:meth:`Session.restore` puts a state (and voxels) back exactly. A standalone session keeps its
+own :class:`~SAMMed3DLib.history.History` of those steps for :meth:`~Session.undo` and
+:meth:`~Session.redo`; a caller that owns the history (the Slicer logic) passes
+``keep_history=False`` and restores states itself. The windows live in :mod:`.windows`.
 """
 
 from __future__ import annotations
@@ -32,59 +38,101 @@ import logging
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from .card import ModelCard, official_card
-from .errors import DeviceError, PromptError, SessionStateError
-from .geometry import ImageGeometry, Window, extract_window, lps_to_ras, paste_logits, ras_to_lps
+from .errors import PromptError, SessionStateError
+from .geometry import ImageGeometry, Window, lps_to_ras, paste_logits, ras_to_lps
+from .history import History
 from .io import image_from_array, validate_image
 from .model.sam3d import Sam3D
-from .preprocessing import normalize_window
+from .prompts import order_clicks
+from .windows import BORDER_TOUCH_VOXELS, WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
+
+__all__ = ["BORDER_TOUCH_VOXELS", "WINDOW_MARGIN_VOXELS", "MAX_WINDOWS", "MAX_EXTENSIONS_PER_CLICK", "ClickResult", "MaskChange", "Session", "SessionState"]
 
 logger = logging.getLogger(__name__)
 
-#: A click closer than this to a window face (in window voxels, 12 mm at 1.5 mm) opens a new
-#: window centred on it instead: the model sees too little context around a click at the border.
-WINDOW_MARGIN_VOXELS = 8
-#: A mask touching a window face on at least this many window voxels counts as cut off there.
-BORDER_TOUCH_VOXELS = 16
 #: Automatic extension stops once a session holds this many windows (each costs one encoder
 #: pass and ~1 MB of cache); windows opened by user clicks are not limited.
 MAX_WINDOWS = 12
 #: Automatic extensions after one click (bounds the latency of a single click).
 MAX_EXTENSIONS_PER_CLICK = 2
 
-Slices3 = tuple[slice, slice, slice]
+_NO_TIMINGS = ("extract", "encoder", "decoder", "paste")
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """Everything of a session but its mask: the clicks and every window's logits.
+
+    Attributes:
+        points_lps: (N, 3) float64 clicks, LPS mm, in order.
+        labels: (N,) int64, 1 positive / 0 negative.
+        window_logits: per window opened when the state was taken, (decoder logits, shown
+            logits); windows opened later start from no logits when the state is restored.
+    """
+
+    points_lps: np.ndarray
+    labels: np.ndarray
+    window_logits: tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...]
+
+
+@dataclass(frozen=True)
+class MaskChange:
+    """The voxels one step changed: ``before`` and ``after`` (z, y, x) uint8 blocks of ``region``.
+
+    Voxels outside ``region`` did not change; inside it, ``before != after`` marks those that did.
+    """
+
+    region: Slices3
+    before: np.ndarray
+    after: np.ndarray
+
+    def reversed(self) -> MaskChange:
+        return MaskChange(self.region, self.after, self.before)
+
+
+@dataclass(frozen=True)
+class _Step:
+    before: SessionState
+    after: SessionState
+    change: MaskChange | None
 
 
 class ClickResult:
-    """Outcome of one click (or one replay of several clicks).
+    """Outcome of one click (or one replay of several clicks, or one undo/redo).
 
     Attributes:
-        changed_zyx: (z, y, x) slices of the region that may have changed (union of the
-            footprints of the windows that ran), or None if nothing ran.
+        change: the :class:`MaskChange` this step made (region, voxels before and after), or
+            None if nothing ran.
         windows: windows that were run for this click.
         timings: seconds spent per step ("extract", "encoder", "decoder", "paste", "total").
 
     The mask is built on first access (:attr:`mask`): converting a 512×512×200 mask into a
-    SimpleITK image costs ~30 ms, which callers that read ``session.mask_array`` or only
-    ``changed_zyx`` (the Slicer logic, the evaluation loop) should not pay on every click. If
-    the session changes before then, it hands the result a private copy of the mask first
-    (a plain memory copy), so a result always shows the mask as it was after its click.
+    SimpleITK image costs ~30 ms, which callers that only need the change (the Slicer logic,
+    the evaluation loop) should not pay on every click. If the session changes before then, it
+    hands the result a private copy of the mask first (a plain memory copy), so a result always
+    shows the mask as it was after its click.
     """
 
-    def __init__(self, mask_zyx: np.ndarray, reference: sitk.Image, changed_zyx: Slices3 | None, windows: list[Window], timings: dict[str, float]) -> None:
+    def __init__(self, mask_zyx: np.ndarray, reference: sitk.Image, change: MaskChange | None, windows: list[Window], timings: dict[str, float]) -> None:
         self._mask_zyx: np.ndarray | None = mask_zyx
         self._owns_array = False
         self._reference = reference
         self._mask: sitk.Image | None = None
-        self.changed_zyx = changed_zyx
+        self.change = change
         self.windows = windows
         self.timings = timings
+
+    @property
+    def changed_zyx(self) -> Slices3 | None:
+        """(z, y, x) slices of the region that may have changed, or None if nothing ran."""
+        return self.change.region if self.change is not None else None
 
     def _detach(self) -> None:
         """Called by the session before it modifies the buffer this result refers to."""
@@ -107,43 +155,6 @@ class ClickResult:
         return sitk.GetArrayFromImage(self.mask)
 
 
-@dataclass
-class _WindowState:
-    """A window with its cached image embedding and its latest low-res logits."""
-
-    window: Window
-    embedding: torch.Tensor  # (1, C, G, G, G)
-    logits: torch.Tensor | None = None  # (1, 1, L, L, L) the decoder's last logits (its next dense prompt)
-    automatic: bool = False  # opened by auto-extension, not by a user click
-    image: torch.Tensor | None = None  # (1, 1, S, S, S) normalised window, kept for a fine head only
-    output: torch.Tensor | None = None  # logits of the mask shown: the fine head's, else ``logits``
-
-
-@dataclass
-class _Snapshot:
-    """State needed to undo or redo one step."""
-
-    points_lps: list[np.ndarray]
-    labels: list[int]
-    logits: list[tuple[torch.Tensor | None, torch.Tensor | None]]  # (logits, output) per window
-    region_zyx: Slices3 | None
-    voxels: np.ndarray | None
-
-
-@dataclass
-class _History:
-    undo: list[tuple[_Snapshot, _Snapshot]] = field(default_factory=list)
-    redo: list[tuple[_Snapshot, _Snapshot]] = field(default_factory=list)
-
-
-def _union(a: Slices3 | None, b: Slices3 | None) -> Slices3 | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
-
-
 class Session:
     """Interactive promptable segmentation of one object in one 3D image.
 
@@ -153,6 +164,8 @@ class Session:
         image: optional image to set right away (see :meth:`set_image`).
         card: overrides ``model.card``.
         auto_extend: follow objects that leave the window (see module docstring).
+        keep_history: keep an undo/redo history (:meth:`undo`, :meth:`redo`); a caller that
+            owns the history itself (with :meth:`state` and :meth:`restore`) passes False.
 
     Example:
         >>> session = Session(load_model("default"), sitk.ReadImage("ct.nii.gz"))
@@ -167,6 +180,7 @@ class Session:
         *,
         card: ModelCard | None = None,
         auto_extend: bool = True,
+        keep_history: bool = True,
     ) -> None:
         if not isinstance(model, Sam3D):
             raise TypeError(f"model must be a SAMMed3DLib Sam3D (from load_model or build_sam3d), got {type(model).__name__}")
@@ -177,14 +191,15 @@ class Session:
                 f"model card {self.card.name!r} says input size {self.card.input_size} but the model takes {model.img_size}"
             )
         self.auto_extend = auto_extend
+        self.keep_history = keep_history
         self._image: sitk.Image | None = None
         self._geometry: ImageGeometry | None = None
-        self._windows: list[_WindowState] = []
+        self._windows: WindowStack | None = None
         self._points_lps: list[np.ndarray] = []
         self._labels: list[int] = []
         self._mask: np.ndarray | None = None
         self._base_mask: np.ndarray | None = None
-        self._history = _History()
+        self._history: History[_Step] = History()
         self._results: weakref.WeakSet[ClickResult] = weakref.WeakSet()
         if image is not None:
             self.set_image(image)
@@ -234,7 +249,7 @@ class Session:
             image = sitk.Cast(image, sitk.sitkFloat32)
         self._image = image
         self._geometry = ImageGeometry.from_image(image)
-        self._windows = []
+        self._windows = WindowStack(self.model, self.card, image, self._geometry)
         self._base_mask = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
         self._clear_interaction()
 
@@ -249,10 +264,10 @@ class Session:
 
     def _clear_interaction(self) -> None:
         self._points_lps, self._labels = [], []
-        for w in self._windows:
-            w.logits = w.output = None
+        if self._windows is not None:
+            self._windows.set_logits(())
         self._mask = self._base_mask.copy() if self._base_mask is not None else None
-        self._history = _History()
+        self._history.clear()
 
     def _require_image(self) -> None:
         if self._image is None:
@@ -287,7 +302,28 @@ class Session:
     @property
     def windows(self) -> list[Window]:
         """Windows opened so far (their embeddings are cached)."""
-        return [w.window for w in self._windows]
+        return [w.window for w in self._windows] if self._windows is not None else []
+
+    def state(self) -> SessionState:
+        """The clicks and every window's logits (not the mask: see :class:`MaskChange`)."""
+        self._require_image()
+        return SessionState(self.points_lps, self.labels, self._windows.logits())  # type: ignore[union-attr]
+
+    def restore(self, state: SessionState, region_zyx: Slices3 | None = None, voxels: np.ndarray | None = None) -> None:
+        """Put the session back to ``state`` and, if given, write ``voxels`` into ``region_zyx`` of the mask.
+
+        With the ``before`` (undo) or ``after`` (redo) of the :class:`MaskChange` of the steps
+        between, this returns the session exactly to where it was; the next click in a window
+        stays decoder-only. Windows opened after ``state`` keep their embeddings and start from
+        no logits. The history of a ``keep_history`` session is not changed.
+        """
+        self._require_image()
+        self._points_lps = [np.array(p, dtype=np.float64) for p in state.points_lps]
+        self._labels = [int(v) for v in state.labels]
+        self._windows.set_logits(state.window_logits)  # type: ignore[union-attr]
+        if region_zyx is not None and voxels is not None:
+            self._before_mask_change()
+            self._mask[region_zyx] = voxels  # type: ignore[index]
 
     def reset(self) -> None:
         """Forget all clicks and return to the starting mask; cached embeddings are kept."""
@@ -304,7 +340,7 @@ class Session:
             positive: True for "object here", False for "not object here".
 
         Returns:
-            The updated mask and the region that may have changed.
+            The updated mask and what changed.
 
         Raises:
             SessionStateError: no image set.
@@ -315,17 +351,17 @@ class Session:
         point = self._check_point(point_lps)
         if not self._points_lps and not positive:
             raise PromptError("the first click of an object must be positive: click inside the structure first")
-        before = self._snapshot(None)
+        before = self.state()
         self._points_lps.append(point)
         self._labels.append(1 if positive else 0)
         t0 = time.perf_counter()
-        timings: dict[str, float] = {"extract": 0.0, "encoder": 0.0, "decoder": 0.0, "paste": 0.0}
-        region, ran, prev = self._run_click(point, timings)
+        timings = dict.fromkeys(_NO_TIMINGS, 0.0)
+        region, ran, previous = self._run_click(point, timings)
         timings["total"] = time.perf_counter() - t0
-        self._history.undo.append((self._with_region(before, region, prev), self._snapshot(region)))
-        self._history.redo.clear()
+        change = self._change(region, previous)
+        self._record(before, change)
         logger.debug("click %s at %s: %s", "+" if positive else "-", np.round(point, 1), {k: round(v, 4) for k, v in timings.items()})
-        return self._result(region, ran, timings)
+        return self._result(change, ran, timings)
 
     def click_ras(self, point_ras: Sequence[float] | np.ndarray, positive: bool = True) -> ClickResult:
         """:meth:`click` with a point in RAS mm (Slicer's convention)."""
@@ -336,13 +372,29 @@ class Session:
         self._require_image()
         return self.click(self.geometry.index_to_lps(np.asarray(index_xyz, dtype=np.float64)), positive)
 
+    def set_points(self, positive_lps: np.ndarray, negative_lps: np.ndarray) -> ClickResult:
+        """Bring the session to exactly these positive and negative points, in any order.
+
+        For an editor that keeps the object's points as two sets (Slicer's markups nodes): the
+        clicks the session already has keep their order and the new ones follow, positives
+        first (:func:`~SAMMed3DLib.prompts.order_clicks`), so an added point costs one decoder
+        pass and only a moved or deleted one replays. See :meth:`predict`.
+
+        Args:
+            positive_lps: (P, 3) LPS mm, P ≥ 1.
+            negative_lps: (Q, 3) LPS mm.
+        """
+        self._require_image()
+        points, labels = order_clicks(self.points_lps, self.labels, positive_lps, negative_lps)
+        return self.predict(points, labels)
+
     def predict(self, points_lps: np.ndarray | Sequence[Sequence[float]], labels: Sequence[int] | np.ndarray) -> ClickResult:
         """Bring the session to exactly these clicks (in order) and return the mask.
 
         If the current clicks are a prefix of ``points_lps``, only the new clicks run (decoder
         only when they fall in existing windows). Otherwise (a click moved or was removed) the
         object is recomputed from the starting mask by replaying the clicks, reusing cached
-        embeddings. This is what an editor that keeps a list of points needs.
+        embeddings. One history step either way.
 
         Args:
             points_lps: (N, 3) LPS mm.
@@ -364,56 +416,75 @@ class Session:
             np.array_equal(self._points_lps[i], pts[i]) and self._labels[i] == labs[i] for i in range(n)
         )
         t0 = time.perf_counter()
-        region: Slices3 | None = None
+        before = self.state()
+        timings = dict.fromkeys(_NO_TIMINGS, 0.0)
         ran: list[Window] = []
-        timings: dict[str, float] = {"extract": 0.0, "encoder": 0.0, "decoder": 0.0, "paste": 0.0}
         if is_prefix:
+            region: Slices3 | None = None
+            previous: np.ndarray | None = None
             for point, label in zip(checked[n:], labs[n:]):
-                result = self.click(point, bool(label))
-                region, ran = _union(region, result.changed_zyx), ran + result.windows
-                for key in timings:
-                    timings[key] += result.timings[key]
+                self._points_lps.append(point)
+                self._labels.append(label)
+                r, w, p = self._run_click(point, timings)
+                if r is not None:
+                    union = union_region(region, r)
+                    previous = self._merge_previous(union, region, previous, r, p)  # type: ignore[arg-type]
+                    region = union
+                ran += w
         else:
-            # Replay from the starting mask; one undo entry restores the whole previous mask.
-            before = self._snapshot(None)
+            # Replay from the starting mask; one step restores the whole previous mask.
             previous = self._mask.copy()  # type: ignore[union-attr]
-            history = self._history
-            self._clear_interaction()
-            self._history = history
+            self._points_lps, self._labels = [], []
+            self._windows.set_logits(())  # type: ignore[union-attr]
+            self._before_mask_change()
+            self._mask[...] = self._base_mask  # type: ignore[index]
             for point, label in zip(checked, labs):
                 self._points_lps.append(point)
                 self._labels.append(label)
                 ran += self._run_click(point, timings)[1]
-            region = self._full_region()
-            self._history.undo.append((self._with_region(before, region, previous), self._snapshot(region)))
-            self._history.redo.clear()
+            region = tuple(slice(0, s) for s in self._mask.shape)  # type: ignore[union-attr,assignment]
         timings["total"] = time.perf_counter() - t0
-        return self._result(region, ran, timings)
+        change = self._change(region, previous)
+        if len(pts) != n or not is_prefix:
+            self._record(before, change)
+        return self._result(change, ran, timings)
 
     def undo(self) -> ClickResult | None:
         """Undo the last click (or replay); returns None when there is nothing to undo."""
         self._require_image()
-        if not self._history.undo:
+        step = self._history.undo()
+        if step is None:
             return None
-        before, after = self._history.undo.pop()
-        self._history.redo.append((before, after))
-        self._restore(before)
-        return self._result(before.region_zyx, [], {})
+        return self._move(step.before, step.change.reversed() if step.change is not None else None)
 
     def redo(self) -> ClickResult | None:
         """Redo the last undone step; returns None when there is nothing to redo."""
         self._require_image()
-        if not self._history.redo:
+        step = self._history.redo()
+        if step is None:
             return None
-        before, after = self._history.redo.pop()
-        self._history.undo.append((before, after))
-        self._restore(after)
-        return self._result(after.region_zyx, [], {})
+        return self._move(step.after, step.change)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _result(self, region: Slices3 | None, ran: list[Window], timings: dict[str, float]) -> ClickResult:
-        result = ClickResult(self._mask, self._image, region, ran, timings)  # type: ignore[arg-type]
+    def _move(self, state: SessionState, change: MaskChange | None) -> ClickResult:
+        if change is None:
+            self.restore(state)
+        else:
+            self.restore(state, change.region, change.after)
+        return self._result(change, [], {})
+
+    def _change(self, region: Slices3 | None, previous: np.ndarray | None) -> MaskChange | None:
+        if region is None or previous is None:
+            return None
+        return MaskChange(region, previous, self._mask[region].copy())  # type: ignore[index]
+
+    def _record(self, before: SessionState, change: MaskChange | None) -> None:
+        if self.keep_history:
+            self._history.push(_Step(before, self.state(), change))
+
+    def _result(self, change: MaskChange | None, ran: list[Window], timings: dict[str, float]) -> ClickResult:
+        result = ClickResult(self._mask, self._image, change, ran, timings)  # type: ignore[arg-type]
         self._results.add(result)
         return result
 
@@ -422,27 +493,6 @@ class Session:
         for result in list(self._results):
             result._detach()
         self._results.clear()
-
-    def _full_region(self) -> Slices3:
-        return tuple(slice(0, s) for s in self._mask.shape)  # type: ignore[union-attr,return-value]
-
-    def _snapshot(self, region: Slices3 | None) -> _Snapshot:
-        voxels = self._mask[region].copy() if region is not None else None  # type: ignore[index]
-        return _Snapshot(list(self._points_lps), list(self._labels), [(w.logits, w.output) for w in self._windows], region, voxels)
-
-    @staticmethod
-    def _with_region(snapshot: _Snapshot, region: Slices3 | None, previous_voxels: np.ndarray | None) -> _Snapshot:
-        snapshot.region_zyx, snapshot.voxels = region, previous_voxels
-        return snapshot
-
-    def _restore(self, snap: _Snapshot) -> None:
-        self._points_lps = list(snap.points_lps)
-        self._labels = list(snap.labels)
-        for i, w in enumerate(self._windows):
-            w.logits, w.output = snap.logits[i] if i < len(snap.logits) else (None, None)
-        if snap.region_zyx is not None and snap.voxels is not None:
-            self._before_mask_change()
-            self._mask[snap.region_zyx] = snap.voxels  # type: ignore[index]
 
     def _check_point(self, point_lps: Sequence[float] | np.ndarray) -> np.ndarray:
         try:
@@ -460,79 +510,20 @@ class Session:
             )
         return point
 
-    def _window_for(self, point: np.ndarray) -> _WindowState | None:
-        """The most recent window holding ``point`` at least WINDOW_MARGIN_VOXELS from its faces."""
-        size = self.card.input_size
-        for state in reversed(self._windows):
-            idx = state.window.lps_to_index(point[None])[0]
-            if np.all(idx >= WINDOW_MARGIN_VOXELS) and np.all(idx <= size - 1 - WINDOW_MARGIN_VOXELS):
-                return state
-        return None
-
-    def _open_window(self, center_lps: np.ndarray, timings: dict[str, float], automatic: bool = False) -> _WindowState:
-        window = Window.centred_at(center_lps, self.card.input_size, self.card.spacing_mm)
-        t = time.perf_counter()
-        array = normalize_window(extract_window(self._image, window), self.card)
-        timings["extract"] += time.perf_counter() - t
-        t = time.perf_counter()
-        embedding = self._encode(array)
-        timings["encoder"] += time.perf_counter() - t
-        state = _WindowState(window, embedding, automatic=automatic)
-        if self.model.has_fine_head:
-            state.image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(embedding.device)
-        self._windows.append(state)
-        return state
-
-    def _encode(self, array: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-        try:
-            with torch.inference_mode():
-                return self.model.image_encoder(x.to(self.device))
-        except torch.cuda.OutOfMemoryError:
-            logger.warning("CUDA ran out of memory for the image encoder; moving the model to the CPU and retrying")
-            torch.cuda.empty_cache()
-            self.model.to("cpu")
-            for w in self._windows:
-                w.embedding = w.embedding.cpu()
-                w.logits = w.logits.cpu() if w.logits is not None else None
-                w.output = w.output.cpu() if w.output is not None else None
-                w.image = w.image.cpu() if w.image is not None else None
-            try:
-                with torch.inference_mode():
-                    return self.model.image_encoder(x)
-            except RuntimeError as exc:  # pragma: no cover - depends on the machine
-                raise DeviceError(f"the image encoder failed on the CPU after a CUDA out-of-memory error: {exc}") from exc
-
-    def _decode(self, state: _WindowState, points: np.ndarray, labels: np.ndarray) -> None:
-        """Run the decoder (and the fine head, if any) in ``state``'s window; sets logits/output."""
-        size = self.card.input_size
-        dev = self.device
-        idx = state.window.lps_to_index(points) if len(points) else np.zeros((0, 3))
-        inside = np.all((idx >= 0) & (idx <= size - 1), axis=1)
-        coords = torch.as_tensor(idx[inside], dtype=torch.float32, device=dev)[None]
-        labs = torch.as_tensor(labels[inside], dtype=torch.int64, device=dev)[None]
-        prev = state.logits
-        if prev is None:
-            prev = torch.zeros((1, 1, *self.model.low_res_size), dtype=torch.float32, device=dev)
-        coords_in, labs_in = (coords, labs) if coords.shape[1] else (None, None)
-        with torch.inference_mode():
-            logits, _ = self.model.predict_low_res(state.embedding, coords_in, labs_in, prev)
-            output = self.model.refine(state.image, logits, coords_in, labs_in)
-        state.logits, state.output = logits, output
-
     def _run_click(self, point: np.ndarray, timings: dict[str, float]) -> tuple[Slices3 | None, list[Window], np.ndarray | None]:
         """Predict in the window of ``point`` (opening one if needed), paste, maybe extend.
 
         Returns the changed region, the windows that ran and the region's voxels before.
         """
-        state = self._window_for(point)
+        windows = self._windows
+        assert windows is not None
+        state = windows.containing(point)
         if state is None:
-            state = self._open_window(point, timings)
-        points, labels = self.points_lps, self.labels
+            state = windows.open(point, timings)
         t = time.perf_counter()
-        self._decode(state, points, labels)
+        windows.decode(state, self.points_lps, self.labels)
         timings["decoder"] += time.perf_counter() - t
-        region = self._footprint_union([state])
+        region = windows.footprint([state])
         previous = self._mask[region].copy() if region is not None else None  # type: ignore[index]
         t = time.perf_counter()
         self._before_mask_change()
@@ -542,8 +533,8 @@ class Session:
         if self.auto_extend:
             extra_region, extra_prev, extra_ran = self._extend(state, timings)
             if extra_region is not None:
-                union = _union(region, extra_region)
-                previous = self._merge_previous(union, region, previous, extra_region, extra_prev)
+                union = union_region(region, extra_region)
+                previous = self._merge_previous(union, region, previous, extra_region, extra_prev)  # type: ignore[arg-type]
                 region = union
                 ran += extra_ran
         return region, ran, previous
@@ -568,35 +559,29 @@ class Session:
             out[local] = prev
         return out
 
-    def _footprint_union(self, states: Sequence[_WindowState]) -> Slices3 | None:
-        from .geometry import window_footprint
-
-        region: Slices3 | None = None
-        for s in states:
-            region = _union(region, window_footprint(s.window, self._geometry))
-        return region
-
-    def _extend(self, state: _WindowState, timings: dict[str, float]) -> tuple[Slices3 | None, np.ndarray | None, list[Window]]:
+    def _extend(self, state: WindowState, timings: dict[str, float]) -> tuple[Slices3 | None, np.ndarray | None, list[Window]]:
         """Open neighbour windows where the mask of ``state`` is cut off by a window face."""
+        windows = self._windows
+        assert windows is not None
         region: Slices3 | None = None
         previous: np.ndarray | None = None
         ran: list[Window] = []
         frontier = [state]
         for _ in range(MAX_EXTENSIONS_PER_CLICK):
-            if not frontier or len(self._windows) >= MAX_WINDOWS:
+            if not frontier or len(windows) >= MAX_WINDOWS:
                 break
             source = frontier.pop(0)
-            seed = self._border_seed(source)
+            seed = windows.border_seed(source)
             if seed is None:
                 continue
-            if self._window_for(seed) is not None:
+            if windows.containing(seed) is not None:
                 continue  # an existing window already covers the continuation
-            covered = list(self._windows)
-            new = self._open_window(seed, timings, automatic=True)
+            covered = list(windows)
+            new = windows.open(seed, timings, automatic=True)
             t = time.perf_counter()
-            self._decode(new, seed[None], np.array([1]))
+            windows.decode(new, seed[None], np.array([1]))
             timings["decoder"] += time.perf_counter() - t
-            r = self._footprint_union([new])
+            r = windows.footprint([new])
             if r is None:
                 continue
             prev_block = self._mask[r].copy()  # type: ignore[index]
@@ -604,7 +589,7 @@ class Session:
             scratch = self._mask.copy()  # type: ignore[union-attr]
             paste_logits(new.output[0, 0], new.window, self._geometry, scratch)  # type: ignore[index]
             # Only voxels no earlier window covers take the automatic prediction.
-            keep_old = self._covered_mask(r, covered)
+            keep_old = windows.covered(r, covered)
             block = scratch[r]
             block[keep_old] = prev_block[keep_old]
             self._before_mask_change()
@@ -613,50 +598,9 @@ class Session:
             if region is None:
                 region, previous = r, prev_block
             else:
-                union = _union(region, r)
-                previous = self._merge_previous(union, region, previous, r, prev_block)  # type: ignore[arg-type]
+                union = union_region(region, r)
+                previous = self._merge_previous(union, region, previous, r, prev_block)
                 region = union
             ran.append(new.window)
             frontier.append(new)
         return region, previous, ran
-
-    def _covered_mask(self, region: Slices3, states: Sequence[_WindowState]) -> np.ndarray:
-        """Boolean (z, y, x) block of ``region``: voxel centre inside any of ``states``' windows."""
-        zz, yy, xx = np.meshgrid(*(np.arange(s.start, s.stop) for s in region), indexing="ij")
-        index_xyz = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1).astype(np.float64)
-        points = self._geometry.index_to_lps(index_xyz)
-        covered = np.zeros(len(points), dtype=bool)
-        size = self.card.input_size
-        for s in states:
-            idx = s.window.lps_to_index(points)
-            covered |= np.all((idx >= -0.5) & (idx <= size - 0.5), axis=1)
-        return covered.reshape(zz.shape)
-
-    def _border_seed(self, state: _WindowState) -> np.ndarray | None:
-        """LPS point inside the mask where it touches a face of ``state``'s window, or None."""
-        assert state.output is not None
-        size = self.card.input_size
-        with torch.inference_mode():
-            up = torch.nn.functional.interpolate(state.output, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
-        positive = up > self.model.mask_threshold
-        best = None
-        for axis in range(3):
-            for side in (0, size - 1):
-                face = positive.select(axis, side)
-                count = int(face.sum())
-                if count >= BORDER_TOUCH_VOXELS and (best is None or count > best[0]):
-                    best = (count, axis, side, face)
-        if best is None:
-            return None
-        _, axis, side, face = best
-        coords = torch.nonzero(face).double()
-        centre = coords.mean(0)
-        nearest = coords[torch.argmin(((coords - centre) ** 2).sum(1))]
-        index = [0.0, 0.0, 0.0]
-        other = [a for a in range(3) if a != axis]
-        index[axis] = float(side)
-        index[other[0]], index[other[1]] = float(nearest[0]), float(nearest[1])
-        point = state.window.index_to_lps(np.array([index]))[0]
-        if not self._geometry.contains_lps(point[None])[0]:
-            return None  # the object leaves the image there: nothing to follow
-        return point

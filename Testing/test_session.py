@@ -20,7 +20,9 @@ from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.errors import ImageError, PromptError, SessionStateError
 from SAMMed3DLib.geometry import lps_to_ras
 from SAMMed3DLib.model.sam3d import Sam3D
-from SAMMed3DLib.session import Session
+from SAMMed3DLib.history import History
+from SAMMed3DLib.prompts import order_clicks
+from SAMMed3DLib.session import MaskChange, Session
 
 TINY = {
     "image_encoder": {
@@ -296,3 +298,122 @@ def test_predict_with_a_bad_point_changes_nothing(box_case) -> None:
         session.predict(np.stack([centre + 2.0, outside]), [1, 0])  # a replay that would fail midway
     assert np.array_equal(session.mask_array, mask)
     np.testing.assert_allclose(session.points_lps, centre[None])
+
+
+# -- click order (Session.set_points) ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("previous", "labels", "positive", "negative", "expected_points", "expected_labels"),
+    [
+        # a new click is appended after the session's clicks
+        ([[0, 0, 0], [5, 0, 0]], [1, 0], [[0, 0, 0], [9, 9, 9]], [[5, 0, 0]], [[0, 0, 0], [5, 0, 0], [9, 9, 9]], [1, 0, 1]),
+        # a removed click keeps the others in order
+        ([[0, 0, 0], [5, 0, 0], [7, 0, 0]], [1, 0, 1], [[0, 0, 0], [7, 0, 0]], [], [[0, 0, 0], [7, 0, 0]], [1, 1]),
+        # first point negative: the first positive moves to the front
+        ([[5, 0, 0], [1, 1, 1]], [0, 1], [[2, 2, 2]], [[5, 0, 0]], [[2, 2, 2], [5, 0, 0]], [1, 0]),
+        # fresh session: positives first
+        ([], [], [[1, 0, 0]], [[2, 0, 0]], [[1, 0, 0], [2, 0, 0]], [1, 0]),
+    ],
+)
+def test_order_clicks(previous, labels, positive, negative, expected_points, expected_labels) -> None:
+    points, got_labels = order_clicks(
+        np.array(previous, float).reshape(-1, 3), np.array(labels), np.array(positive, float).reshape(-1, 3), np.array(negative, float).reshape(-1, 3)
+    )
+    assert points.tolist() == expected_points and got_labels.tolist() == expected_labels
+
+
+def test_order_clicks_needs_a_positive_point() -> None:
+    with pytest.raises(PromptError, match="no positive"):
+        order_clicks(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)), np.ones((1, 3)))
+
+
+def test_set_points_keeps_the_session_order_so_an_added_point_costs_one_decoder_pass(box_case) -> None:
+    image, _, centre = box_case
+    model = BrightModel()
+    session = Session(model, image)
+    a, b, c = centre, centre + np.array([4.0, 0.0, 0.0]), centre + np.array([0.0, 3.0, 0.0])
+    session.set_points(np.array([a]), np.zeros((0, 3)))
+    session.set_points(np.array([a]), np.array([b]))
+    # the caller lists the positives in another order and adds one: nothing replays
+    session.set_points(np.array([c, a]), np.array([b]))
+    assert model.decoder_calls == 3
+    np.testing.assert_array_equal(session.points_lps, [a, b, c])
+    assert session.labels.tolist() == [1, 0, 1]
+
+
+# -- one history: state, restore, and the change each step reports ------------------------------------
+
+
+def test_history_stack_semantics() -> None:
+    history: History[str] = History(limit=2)
+    assert not history.can_undo and history.undo() is None and history.redo() is None
+    for step in ("a", "b", "c"):
+        history.push(step)
+    assert len(history) == 2 and history.last() == "c"  # "a" fell off the limit
+    assert history.undo() == "c" and history.can_redo and history.last() == "b"
+    assert history.redo() == "c" and not history.can_redo
+    history.undo()
+    history.push("d")  # a new step forgets what could be redone
+    assert not history.can_redo and history.last() == "d"
+    history.discard("b")
+    assert history.undo() == "d" and history.undo() is None
+    history.clear()
+    assert not history.can_redo
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5])
+def test_history_rejects_a_bad_limit(limit) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        History(limit=limit)
+
+
+def test_every_step_reports_exactly_the_voxels_it_changed(box_case) -> None:
+    image, _, centre = box_case
+    session = Session(BrightModel(), image)
+    steps = [lambda: session.click(centre), lambda: session.click(centre + np.array([6.0, 0.0, 0.0]), positive=False),
+             lambda: session.predict(np.stack([centre + np.array([2.0, 1.0, 0.0])]), [1]), session.undo, session.redo]
+    for step in steps:
+        before = session.mask_array.copy()
+        result = step()
+        after = session.mask_array.copy()
+        change = result.change
+        assert isinstance(change, MaskChange) and result.changed_zyx == change.region
+        np.testing.assert_array_equal(change.before, before[change.region])
+        np.testing.assert_array_equal(change.after, after[change.region])
+        outside = np.ones(before.shape, dtype=bool)
+        outside[change.region] = False
+        np.testing.assert_array_equal(before[outside], after[outside])
+
+
+def test_restore_returns_the_session_exactly_and_keeps_the_next_click_decoder_only(box_case) -> None:
+    image, _, centre = box_case
+    model = BrightModel()
+    session = Session(model, image, keep_history=False)
+    session.click(centre)
+    state, mask_one = session.state(), session.mask_array.copy()
+    far = np.array(image.TransformContinuousIndexToPhysicalPoint((5.0, 5.0, 2.0)))
+    second = session.click(far, positive=True)  # may open a second window
+    encoder_calls = model.image_encoder.calls
+    assert session.undo() is None, "a session without history leaves undo to its owner"
+    session.restore(state, second.change.region, second.change.before)
+    np.testing.assert_array_equal(session.mask_array, mask_one)
+    np.testing.assert_array_equal(session.points_lps, [centre])
+    for (logits, output), (kept_logits, kept_output) in zip(session.state().window_logits, state.window_logits):
+        assert logits is kept_logits and output is kept_output
+    session.click(centre + np.array([1.0, 0.0, 0.0]))
+    assert model.image_encoder.calls == encoder_calls, "cached embeddings survive a restore"
+    # and forward again
+    session.restore(state, second.change.region, second.change.before)
+    after = session.click(far)
+    np.testing.assert_array_equal(after.change.after, second.change.after)
+
+
+def test_predict_with_several_new_clicks_is_one_undo_step(box_case) -> None:
+    image, _, centre = box_case
+    session = Session(BrightModel(), image)
+    empty = session.mask_array.copy()
+    session.predict(np.stack([centre, centre + np.array([3.0, 0.0, 0.0])]), [1, 0])
+    assert session.undo() is not None and session.undo() is None
+    np.testing.assert_array_equal(session.mask_array, empty)
+    assert len(session.points_lps) == 0

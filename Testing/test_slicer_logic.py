@@ -247,6 +247,28 @@ def test_undo_keeps_the_session_in_step_so_the_next_click_is_decoder_only(case) 
     assert not result.newSession and logic.model.image_encoder.calls == 1
 
 
+def test_one_history_moves_segment_points_and_session_together(case) -> None:
+    """The logic owns the only history: the session keeps none, and every undo/redo leaves the
+    segment, the points and the session's mask agreeing, with the cached window still in use."""
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    minus.AddControlPoint(*(centres[0] + np.array([6.0, 0.0, 0.0])))
+    logic.segment(volume, segmentation, a, plus, minus)
+    session = logic.session
+    assert session.undo() is None, "the session must not keep a second history"
+    for step in (logic.undo, logic.redo, logic.undo, logic.undo, logic.redo):
+        step()
+        assert logic.session is session
+        assert np.array_equal(segment_on_volume(segmentation, a, volume), session.mask_array)
+        assert len(session.points_lps) == plus.GetNumberOfControlPoints() + minus.GetNumberOfControlPoints()
+    plus.AddControlPoint(*(centres[0] - 2.0))
+    result = logic.segment(volume, segmentation, a, plus, minus)
+    assert not result.newSession and logic.model.image_encoder.calls == 1
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), session.mask_array)
+
+
 def test_other_segments_and_voxels_outside_the_window_are_untouched(case) -> None:
     scene, volume, centres, segmentation, a, b, logic = case
     shape = slicer.util.arrayFromVolume(volume).shape

@@ -18,9 +18,8 @@ from InteractiveSegmentationLogic import WriteOptions, points_role, write_option
 from InteractiveSegmentationLogic.labelmaps import integer_shift, map_extent, resample_block  # noqa: E402
 from InteractiveSegmentationLogic.masking import CODE_BACKGROUND, CODE_OBJECT, CODE_UNDECIDED, compose_update  # noqa: E402
 from InteractiveSegmentationLogic.mrml_geometry import control_points_world_lps, volume_geometry, volume_to_image  # noqa: E402
-from InteractiveSegmentationLogic.points import order_points  # noqa: E402
 from InteractiveSegmentationLogic.testing import add_sphere_volume, ijk_to_ras_matrix, rotation_matrix  # noqa: E402
-from SAMMed3DLib.errors import ConfigError, ImageError, PromptError  # noqa: E402
+from SAMMed3DLib.errors import ConfigError, ImageError  # noqa: E402
 
 # -- masking ----------------------------------------------------------------------------------------
 # One row of 6 voxels: the model decides voxels 0-4 (object at 0-2, background at 3-4), not voxel 5.
@@ -90,34 +89,6 @@ def test_write_modes_of_the_module(mode, expected) -> None:
 def test_unknown_write_mode() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'overwrite_all'"):
         write_options_for_mode("overwrite_al")
-
-
-# -- click order ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("previous", "labels", "positive", "negative", "expected_points", "expected_labels"),
-    [
-        # a new click is appended after the session's clicks
-        ([[0, 0, 0], [5, 0, 0]], [1, 0], [[0, 0, 0], [9, 9, 9]], [[5, 0, 0]], [[0, 0, 0], [5, 0, 0], [9, 9, 9]], [1, 0, 1]),
-        # a removed click keeps the others in order
-        ([[0, 0, 0], [5, 0, 0], [7, 0, 0]], [1, 0, 1], [[0, 0, 0], [7, 0, 0]], [], [[0, 0, 0], [7, 0, 0]], [1, 1]),
-        # first point negative: the first positive moves to the front
-        ([[5, 0, 0], [1, 1, 1]], [0, 1], [[2, 2, 2]], [[5, 0, 0]], [[2, 2, 2], [5, 0, 0]], [1, 0]),
-        # fresh session: positives first
-        ([], [], [[1, 0, 0]], [[2, 0, 0]], [[1, 0, 0], [2, 0, 0]], [1, 0]),
-    ],
-)
-def test_order_points(previous, labels, positive, negative, expected_points, expected_labels) -> None:
-    points, got_labels = order_points(
-        np.array(previous, float).reshape(-1, 3), np.array(labels), np.array(positive, float).reshape(-1, 3), np.array(negative, float).reshape(-1, 3)
-    )
-    assert points.tolist() == expected_points and got_labels.tolist() == expected_labels
-
-
-def test_order_points_needs_a_positive_point() -> None:
-    with pytest.raises(PromptError, match="no positive"):
-        order_points(np.zeros((0, 3)), np.zeros(0), np.zeros((0, 3)), np.ones((1, 3)))
 
 
 @pytest.mark.parametrize(("segment_id", "role"), [("Segment_1", "SAMMed3DPositivePoints_Segment_1"), ("liver left;x:y", "SAMMed3DPositivePoints_liver%20left%3Bx%3Ay")])

@@ -9,8 +9,11 @@ keep them before the user agreed to install PyTorch.
 - :mod:`.mrml_geometry`: volume → SimpleITK image in world LPS, control points → LPS.
 - :mod:`.labelmaps`: segment voxels read/written block by block on the segmentation's lattice.
 - :mod:`.masking`: editable area and overwrite rules (the Segment Editor's masking settings).
-- :mod:`.points`: the clicks stored with each segment, their order, snapshots for undo.
-- :mod:`.logic`: :class:`InteractiveSegmentationLogic` (prepare / compute / apply, undo, redo).
+- :mod:`.points`: the clicks stored with each segment, snapshots for undo.
+- :mod:`.changes`: the segment blocks an update writes (masking applied), written with rollback.
+- :mod:`.model_holder`: which model runs, loaded (and downloaded) on first use.
+- :mod:`.logic`: :class:`InteractiveSegmentationLogic` (prepare / compute / apply, the one
+  undo/redo history of the editing session).
 - :mod:`.testing`: a predictable stand-in model and synthetic scenes for pytest and the self-test.
 
 Example:

@@ -22,17 +22,22 @@ Design:
 - **A session per (volume, segment).** Switching volume, segment, segmentation, model, or
   editing the volume's voxels or geometry starts a fresh session, seeded with the segment's
   current voxels; clicks on the same segment reuse the cached image embeddings.
-- **Writing only what the model decided.** The logic keeps a copy of the session's mask as of
-  its last write ("shadow"); an update writes the voxels where the new mask differs from it. So
-  only voxels inside the footprint of the windows that ran can change, and an edit the user made
-  with another tool survives unless the model changes its mind about that very voxel.
-- **Undo.** Every update pushes a record of (segment ID, block extent on the segmentation
-  lattice, voxels before, voxels after) for each segment it changed, plus the clicks before and
-  after. Undo/redo write those blocks back (bit-exact: same lattice), restore the clicks and step
-  the session back/forward so the next click stays decoder-only. The Segment Editor's own undo
-  (``saveStateForUndo``) needs the application; headless, this stack is the only undo, and in
-  Slicer the widget hooks :attr:`~InteractiveSegmentationLogic.beforeWriteCallback` to also save
-  a Segment Editor undo state.
+- **Writing only what the model decided.** Every session step reports the voxels it changed
+  (:class:`~SAMMed3DLib.session.MaskChange`: region, before, after); an update writes exactly the
+  voxels whose value changed. So only voxels inside the footprint of the windows that ran can
+  change, and an edit the user made with another tool survives unless the model changes its mind
+  about that very voxel. The session orders the points itself (:meth:`Session.set_points
+  <SAMMed3DLib.session.Session.set_points>`).
+- **One history.** The session runs with ``keep_history=False``; this logic owns the history
+  (a :class:`~SAMMed3DLib.history.History` of records). Every update pushes a record of (segment
+  ID, block extent on the segmentation lattice, voxels before, voxels after) for each segment it
+  changed, the clicks before and after, and the session's states before and after with its mask
+  change. Undo/redo write those blocks back (bit-exact: same lattice), restore the clicks and put
+  the session back with :meth:`Session.restore <SAMMed3DLib.session.Session.restore>`, so the next
+  click stays decoder-only. The Segment Editor's own undo (``saveStateForUndo``) needs the
+  application; headless, this history is the only undo, and in Slicer the widget hooks
+  :attr:`~InteractiveSegmentationLogic.beforeWriteCallback` to also save a Segment Editor undo
+  state.
 - Names are camelCase here, like Slicer's API (this package lives in the Slicer module folder).
 """
 
@@ -48,12 +53,16 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from SAMMed3DLib.errors import ConfigError, SessionStateError
+from SAMMed3DLib.errors import SessionStateError
 from SAMMed3DLib.geometry import ImageGeometry
+from SAMMed3DLib.history import History
+from SAMMed3DLib.prompts import require_positive
 
 from . import labelmaps
 from .labelmaps import Extent, Lattice
-from .masking import CODE_UNDECIDED, WriteOptions, compose_update
+from .changes import SegmentChange, bbox_extent, compose_changes, sub_block, union_extent, write_changes
+from .masking import CODE_UNDECIDED, WriteOptions
+from .model_holder import ModelHolder, ProgressCallback
 from .mrml_geometry import (
     control_points_world_lps,
     node_label,
@@ -63,14 +72,12 @@ from .mrml_geometry import (
     volume_ijk_to_world_ras,
     volume_to_image,
 )
-from .points import PointsSnapshot, clear_points, ensure_points_nodes, get_points_nodes, order_points, require_positive_point
+from .points import PointsSnapshot, clear_points, ensure_points_nodes, get_points_nodes
 
 logger = logging.getLogger(__name__)
 
 #: Undo records kept (each holds only the changed blocks: typically < 1 MB).
 MAX_UNDO = 50
-
-ProgressCallback = Callable[[float, float, str], None]
 
 
 @dataclass
@@ -135,24 +142,18 @@ class ModelUpdate:
     Attributes:
         region: (z, y, x) slices of the volume array holding every decided voxel, or None.
         code: (k, j, i) uint8 on ``region``: 0 not decided, 1 background, 2 object (see masking).
-        sessionBefore / sessionAfter: (points (N, 3) LPS, labels (N,)) of the session around the update.
+        sessionBefore / sessionAfter: the session's :class:`~SAMMed3DLib.session.SessionState`
+            around the update; maskChange: the session's mask change (None when nothing ran).
     """
 
     session: Any
     region: tuple[slice, slice, slice] | None
     code: np.ndarray | None
-    sessionBefore: tuple[np.ndarray, np.ndarray]
-    sessionAfter: tuple[np.ndarray, np.ndarray]
+    sessionBefore: Any
+    sessionAfter: Any
+    maskChange: Any
     modelSeconds: float
     timings: dict[str, float]
-
-
-@dataclass
-class _SegmentChange:
-    segmentId: str
-    extent: Extent
-    before: np.ndarray
-    after: np.ndarray
 
 
 @dataclass
@@ -160,45 +161,14 @@ class _UndoRecord:
     segmentationNode: Any
     segmentId: str
     lattice: Lattice
-    changes: list[_SegmentChange]
+    changes: list[SegmentChange]
     pointsBefore: PointsSnapshot
     pointsAfter: PointsSnapshot
     session: Any = None
-    sessionBefore: tuple[np.ndarray, np.ndarray] | None = None
-    sessionAfter: tuple[np.ndarray, np.ndarray] | None = None
+    sessionBefore: Any = None  # SessionState
+    sessionAfter: Any = None
+    maskChange: Any = None  # the session's MaskChange
     key: tuple | None = None
-
-
-def _bbox_extent(changed: np.ndarray, extent: Extent) -> Extent | None:
-    """Inclusive extent of the True voxels of a (k, j, i) block lying on ``extent``."""
-    if not changed.any():
-        return None
-    bounds = []
-    for axis in (2, 1, 0):  # i, j, k
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(changed.any(axis=other))
-        bounds += [int(idx[0]), int(idx[-1])]
-    return (
-        extent[0] + bounds[0], extent[0] + bounds[1],
-        extent[2] + bounds[2], extent[2] + bounds[3],
-        extent[4] + bounds[4], extent[4] + bounds[5],
-    )
-
-
-def _sub_block(block: np.ndarray, extent: Extent, sub: Extent) -> np.ndarray:
-    return block[
-        sub[4] - extent[4] : sub[5] - extent[4] + 1,
-        sub[2] - extent[2] : sub[3] - extent[2] + 1,
-        sub[0] - extent[0] : sub[1] - extent[0] + 1,
-    ]
-
-
-def _union_extent(a: Extent | None, b: Extent | None) -> Extent | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]), min(a[4], b[4]), max(a[5], b[5]))
 
 
 class InteractiveSegmentationLogic:
@@ -231,76 +201,45 @@ class InteractiveSegmentationLogic:
         autoExtend: bool = True,
         writeOptions: WriteOptions | None = None,
     ) -> None:
-        self._modelSpec = model
-        self._device = device
-        self._model: Any = None
-        self._modelGeneration = 0  # part of the session key: a new model means new embeddings
-        self._modelLock = threading.Lock()
+        self._models = ModelHolder(model, device)
         self.autoExtend = autoExtend
         self.writeOptions = writeOptions or WriteOptions()
         #: Called with the segmentation node just before any voxel is written (Slicer: save a
         #: Segment Editor undo state). None headless.
         self.beforeWriteCallback: Callable[[Any], None] | None = None
         self._session: Any = None
-        self._shadow: np.ndarray | None = None
         self._key: tuple | None = None
-        self._undo: list[_UndoRecord] = []
-        self._redo: list[_UndoRecord] = []
+        self._history: History[_UndoRecord] = History(limit=MAX_UNDO)
         self._pointsState: dict[tuple[int, int], PointsSnapshot] = {}
-        if not isinstance(model, str):
-            self._model = self._placeModel(model)
 
-    # -- model --------------------------------------------------------------------------------
+    # -- model (see ModelHolder) ------------------------------------------------------------------
 
     @property
     def device(self) -> str:
-        return self._device
+        return self._models.device
 
     @property
     def modelSpec(self) -> Any:
         """What :meth:`loadModel` loads: a registry name, a checkpoint path, or the Sam3D given."""
-        return self._modelSpec
+        return self._models.spec
 
     @property
     def modelLoaded(self) -> bool:
-        return self._model is not None
+        return self._models.model is not None
 
     @property
     def model(self) -> Any:
         """The loaded model, or None before :meth:`loadModel`."""
-        return self._model
+        return self._models.model
 
     def setModel(self, model: Any, device: str | None = None) -> None:
         """Use another model (name, path or Sam3D) or device; the next click starts a new session."""
-        with self._modelLock:
-            self._modelSpec = model
-            if device is not None:
-                self._device = device
-            self._model = None if isinstance(model, str) else self._placeModel(model)
-            self._modelGeneration += 1
+        self._models.choose(model, device)
         self.endSession()
-
-    def _placeModel(self, model: Any) -> Any:
-        import torch
-
-        from SAMMed3DLib.devices import resolve_device
-        from SAMMed3DLib.model import Sam3D
-
-        if not isinstance(model, Sam3D):
-            raise ConfigError(f"model must be a registry name, a checkpoint path or a Sam3D, got {type(model).__name__}")
-        with torch.no_grad():
-            return model.to(resolve_device(self._device)).eval()
 
     def modelNeedsDownload(self) -> bool:
         """Whether loading the model will download it first (a registry model not cached yet)."""
-        if self._model is not None or not isinstance(self._modelSpec, str):
-            return False
-        from SAMMed3DLib.models import default_registry, is_registered
-
-        if not is_registered(self._modelSpec):
-            return False
-        registry = default_registry()
-        return registry.entry(self._modelSpec).kind != "shipped" and not registry.model_path(self._modelSpec).is_file()
+        return self._models.needs_download()
 
     def loadModel(
         self,
@@ -308,35 +247,8 @@ class InteractiveSegmentationLogic:
         cancelEvent: threading.Event | None = None,
         allowDownload: bool = True,
     ) -> Any:
-        """Load the model if needed and return it; a registry model is downloaded on first use.
-
-        Args:
-            progressCallback: ``progress(done, total, message)`` (bytes while downloading).
-            cancelEvent: set it from another thread to abort a download.
-            allowDownload: False refuses to download (the user declined).
-
-        Raises:
-            UnknownModelError, CheckpointError, DownloadError, DeviceError: from the core loader.
-        """
-        with self._modelLock:
-            if self._model is None:
-                from SAMMed3DLib.checkpoint import load_model
-                from SAMMed3DLib.models import ensure_model, is_registered
-
-                started = time.perf_counter()
-                spec = self._modelSpec
-                if is_registered(spec):
-
-                    def bytesProgress(done: int, total: int | None) -> None:
-                        if progressCallback is not None:
-                            progressCallback(float(done), float(total or 0), f"Downloading model {spec}")
-
-                    ensure_model(spec, download=allowDownload, progress=bytesProgress, cancel=cancelEvent)
-                if progressCallback is not None:
-                    progressCallback(0.0, 0.0, f"Loading model {spec}")
-                self._model = load_model(spec, device=self._device)
-                logger.info("model %s loaded on %s in %.2f s", spec, self._device, time.perf_counter() - started)
-            return self._model
+        """Load the model if needed and return it (see :meth:`.model_holder.ModelHolder.load`)."""
+        return self._models.load(progressCallback, cancelEvent, allowDownload)
 
     # -- points ---------------------------------------------------------------------------------
 
@@ -380,7 +292,6 @@ class InteractiveSegmentationLogic:
     def endSession(self) -> None:
         """Forget the current session (cached embeddings included); the next click starts afresh."""
         self._session = None
-        self._shadow = None
         self._key = None
 
     def _sessionKey(self, volumeNode: Any, geometry: ImageGeometry, segmentationNode: Any, segmentId: str) -> tuple:
@@ -392,7 +303,7 @@ class InteractiveSegmentationLogic:
             id(segmentationNode),
             segmentationNode.GetID(),
             segmentId,
-            self._modelGeneration,
+            self._models.generation,
         )
 
     # -- one update: prepare / compute / apply ----------------------------------------------------
@@ -421,7 +332,7 @@ class InteractiveSegmentationLogic:
         geometry = volume_geometry(volumeNode)
         positive = control_points_world_lps(positivePointsNode, "positive points")
         negative = control_points_world_lps(negativePointsNode, "negative points")
-        require_positive_point(positive)
+        require_positive(positive)
         world_to_local = np.linalg.inv(node_to_world_matrix(segmentationNode, "segmentation"))
         volume_ijk_to_local = world_to_local @ volume_ijk_to_world_ras(volumeNode)
         lattice = labelmaps.segmentation_lattice(segmentationNode, volumeNode)
@@ -468,38 +379,32 @@ class InteractiveSegmentationLogic:
 
         model = self.loadModel(progressCallback, cancelEvent)
         if request.newSession:
-            session = Session(model, request.image, auto_extend=self.autoExtend)
+            session = Session(model, request.image, auto_extend=self.autoExtend, keep_history=False)
             if request.startMask is not None and request.startMask.any():
                 session.set_mask(request.startMask)
-            self._session, self._shadow, self._key = session, session.mask_array.copy(), request.key
+            self._session, self._key = session, request.key
             logger.info("new session for segment %r on a %s volume", request.segmentId, "x".join(map(str, request.geometry.size_xyz)))
         session = self._session
-        before = (session.points_lps.copy(), session.labels.copy())
-        points, labels = order_points(before[0], before[1], request.positiveLps, request.negativeLps)
+        before = session.state()
         started = time.perf_counter()
         try:
-            result = session.predict(points, labels)
+            result = session.set_points(request.positiveLps, request.negativeLps)
         except Exception:
             # the session may hold a partial replay: start over next time rather than guess
             self.endSession()
             raise
         modelSeconds = time.perf_counter() - started
-        after = (session.points_lps.copy(), session.labels.copy())
         region, code = None, None
-        if result.changed_zyx is not None:
-            new = session.mask_array[result.changed_zyx]
-            old = self._shadow[result.changed_zyx]  # type: ignore[index]
-            changed = new != old
-            self._shadow[result.changed_zyx] = new  # type: ignore[index]
-            if changed.any():
-                extent = labelmaps.region_to_extent(result.changed_zyx)
-                tight = _bbox_extent(changed, extent)
-                assert tight is not None
+        change = result.change
+        if change is not None:
+            changed = change.before != change.after
+            extent = labelmaps.region_to_extent(change.region)
+            tight = bbox_extent(changed, extent)
+            if tight is not None:
                 region = labelmaps.extent_to_region(tight)
-                sub_changed = _sub_block(changed, extent, tight)
-                sub_new = _sub_block(new, extent, tight)
-                code = np.where(sub_changed, sub_new + 1, CODE_UNDECIDED).astype(np.uint8)
-        return ModelUpdate(session, region, code, before, after, modelSeconds, dict(result.timings))
+                sub_new = sub_block(change.after, extent, tight)
+                code = np.where(sub_block(changed, extent, tight), sub_new + 1, CODE_UNDECIDED).astype(np.uint8)
+        return ModelUpdate(session, region, code, before, session.state(), change, modelSeconds, dict(result.timings))
 
     def apply(self, request: SegmentRequest, update: ModelUpdate) -> SegmentResult:
         """Write a computed update into the segment (main thread) and push an undo record.
@@ -515,7 +420,7 @@ class InteractiveSegmentationLogic:
         except SessionStateError:
             self.endSession()
             raise
-        changes = self._composeChanges(request, update)
+        changes = compose_changes(request, update)
         record = _UndoRecord(
             segmentationNode=request.segmentationNode,
             segmentId=request.segmentId,
@@ -526,16 +431,15 @@ class InteractiveSegmentationLogic:
             session=update.session,
             sessionBefore=update.sessionBefore,
             sessionAfter=update.sessionAfter,
+            maskChange=update.maskChange,
             key=request.key,
         )
         self._writeChanges(request.segmentationNode, request.lattice, changes, after=True)
-        self._undo.append(record)
-        del self._undo[:-MAX_UNDO]
-        self._redo.clear()
+        self._history.push(record)
         self._pointsState[self._pointsKey(request.positiveNode, request.negativeNode)] = request.pointsAfter
         changedExtent = None
         for change in changes:
-            changedExtent = _union_extent(changedExtent, change.extent)
+            changedExtent = union_extent(changedExtent, change.extent)
         target = next((c for c in changes if c.segmentId == request.segmentId), None)
         changedVoxels = int(np.count_nonzero(target.before != target.after)) if target is not None else 0
         latency = time.perf_counter() - request.startTime if request.startTime else 0.0
@@ -574,89 +478,20 @@ class InteractiveSegmentationLogic:
         update = self.compute(request)
         return self.apply(request, update)
 
-    # -- writing ----------------------------------------------------------------------------------
-
-    def _composeChanges(self, request: SegmentRequest, update: ModelUpdate) -> list[_SegmentChange]:
-        if update.region is None or update.code is None:
-            return []
-        lattice = request.lattice
-        src_extent = labelmaps.region_to_extent(update.region)
-        block_extent = labelmaps.intersect_extents(
-            labelmaps.map_extent(src_extent, request.volumeIjkToLocal, lattice.ijk_to_local), lattice.extent
-        )
-        if labelmaps.extent_is_empty(block_extent):
-            logger.warning("the model's update lies outside the segmentation's reference geometry %s: nothing written", lattice.extent)
-            return []
-        code = labelmaps.resample_block(update.code, request.volumeIjkToLocal, src_extent, lattice.ijk_to_local, block_extent)
-        segmentation = request.segmentationNode.GetSegmentation()
-        segment_ids = list(segmentation.GetSegmentIDs())
-        visible = self._visibleSegmentIds(request.segmentationNode, segment_ids)
-        options = request.options
-        others = {
-            s: labelmaps.read_segment(request.segmentationNode, s, lattice.ijk_to_local, block_extent)
-            for s in options.segments_to_read(request.segmentId, segment_ids, visible)
-        }
-        intensity = None
-        if options.intensityRange is not None:
-            import slicer.util
-
-            volume = slicer.util.arrayFromVolume(request.volumeNode)[update.region]
-            intensity = labelmaps.resample_block(
-                np.ascontiguousarray(volume, dtype=np.float32), request.volumeIjkToLocal, src_extent, lattice.ijk_to_local, block_extent
-            )
-        target_before = labelmaps.read_segment(request.segmentationNode, request.segmentId, lattice.ijk_to_local, block_extent)
-        target_after, others_after = compose_update(code, target_before, others, options, request.segmentId, visible, intensity)
-        changes = []
-        for segment_id, before, after in [(request.segmentId, target_before, target_after)] + [
-            (s, others[s], a) for s, a in others_after.items()
-        ]:
-            sub = _bbox_extent(before != after, block_extent)
-            if sub is not None:
-                changes.append(_SegmentChange(segment_id, sub, _sub_block(before, block_extent, sub).copy(), _sub_block(after, block_extent, sub).copy()))
-        # other segments lose voxels first, then the target gains them (no transient overlap)
-        changes.sort(key=lambda c: c.segmentId == request.segmentId)
-        return changes
-
-    @staticmethod
-    def _visibleSegmentIds(segmentationNode: Any, segmentIds: list[str]) -> list[str]:
-        display = segmentationNode.GetDisplayNode()
-        if display is None:
-            return list(segmentIds)
-        if not display.GetVisibility():
-            return []
-        return [s for s in segmentIds if display.GetSegmentVisibility(s)]
-
-    def _writeChanges(self, segmentationNode: Any, lattice: Lattice, changes: list[_SegmentChange], after: bool) -> None:
-        """Write each change's after (or before) block; on failure put back what was written."""
-        if not changes:
-            return
-        if self.beforeWriteCallback is not None:
+    def _writeChanges(self, segmentationNode: Any, lattice: Lattice, changes: list[SegmentChange], after: bool) -> None:
+        if changes and self.beforeWriteCallback is not None:
             self.beforeWriteCallback(segmentationNode)
-        order = changes if after else list(reversed(changes))
-        written: list[_SegmentChange] = []
-        try:
-            for change in order:
-                labelmaps.write_segment_block(segmentationNode, change.segmentId, lattice, change.extent, change.after if after else change.before)
-                written.append(change)
-        except Exception:
-            for change in reversed(written):
-                try:
-                    labelmaps.write_segment_block(
-                        segmentationNode, change.segmentId, lattice, change.extent, change.before if after else change.after
-                    )
-                except Exception:  # already failing: report the first error, log this one
-                    logger.exception("could not roll back segment %r after a failed write", change.segmentId)
-            raise
+        write_changes(segmentationNode, lattice, changes, after)
 
     # -- undo / redo ----------------------------------------------------------------------------
 
     @property
     def canUndo(self) -> bool:
-        return bool(self._undo)
+        return self._history.can_undo
 
     @property
     def canRedo(self) -> bool:
-        return bool(self._redo)
+        return self._history.can_redo
 
     def undo(self) -> str | None:
         """Undo the last update: voxels, clicks and session step. Returns the segment ID, or None.
@@ -665,11 +500,10 @@ class InteractiveSegmentationLogic:
             SessionStateError: the segmentation of that update was removed from the scene (the
                 record is dropped).
         """
-        if not self._undo:
+        record = self._history.undo()
+        if record is None:
             return None
-        record = self._undo.pop()
-        self._step(record, forward=False)
-        self._redo.append(record)
+        self._stepOrDiscard(record, forward=False)
         return record.segmentId
 
     def redo(self) -> str | None:
@@ -678,12 +512,18 @@ class InteractiveSegmentationLogic:
         Raises:
             SessionStateError: the segmentation of that update was removed from the scene.
         """
-        if not self._redo:
+        record = self._history.redo()
+        if record is None:
             return None
-        record = self._redo.pop()
-        self._step(record, forward=True)
-        self._undo.append(record)
+        self._stepOrDiscard(record, forward=True)
         return record.segmentId
+
+    def _stepOrDiscard(self, record: _UndoRecord, forward: bool) -> None:
+        try:
+            self._step(record, forward)
+        except SessionStateError:
+            self._history.discard(record)  # its segmentation is gone: the step cannot come back
+            raise
 
     def _step(self, record: _UndoRecord, forward: bool) -> None:
         node = record.segmentationNode
@@ -696,27 +536,20 @@ class InteractiveSegmentationLogic:
         snapshot = record.pointsAfter if forward else record.pointsBefore
         snapshot.restore()
         self.rememberPoints(snapshot)
-        self._syncSession(record, forward)
+        self._moveSession(record, forward)
 
-    def _syncSession(self, record: _UndoRecord, forward: bool) -> None:
-        """Step the session to the record's before/after clicks, or drop it if it cannot follow."""
+    def _moveSession(self, record: _UndoRecord, forward: bool) -> None:
+        """Put the session where the record's step left it (before or after), or drop it."""
         if record.session is None or record.session is not self._session:
             if record.key is not None and record.key == self._key:
                 self.endSession()  # same segment, other session: rebuild it from the voxels
             return
-        target = record.sessionAfter if forward else record.sessionBefore
-        session = self._session
-        step = session.redo if forward else session.undo
-        for _ in range(len(self._undo) + len(self._redo) + 64):
-            if target is not None and np.array_equal(session.points_lps, target[0]) and np.array_equal(session.labels, target[1]):
-                return
-            result = step()
-            if result is None:
-                break
-            if result.changed_zyx is not None:
-                self._shadow[result.changed_zyx] = session.mask_array[result.changed_zyx]  # type: ignore[index]
-        logger.info("the session could not follow this undo/redo step; the next click starts a new session")
-        self.endSession()
+        change = record.maskChange
+        state = record.sessionAfter if forward else record.sessionBefore
+        if change is None:
+            self._session.restore(state)
+        else:
+            self._session.restore(state, change.region, change.after if forward else change.before)
 
     # -- buttons ----------------------------------------------------------------------------------
 
@@ -729,8 +562,7 @@ class InteractiveSegmentationLogic:
         after = PointsSnapshot.take([positive, negative])
         self._pointsState[self._pointsKey(positive, negative)] = after
         self.endSession()
-        self._undo.append(_UndoRecord(segmentationNode, segmentId, Lattice(np.eye(4), (0, -1, 0, -1, 0, -1)), [], before, after))
-        self._redo.clear()
+        self._history.push(_UndoRecord(segmentationNode, segmentId, Lattice(np.eye(4), (0, -1, 0, -1, 0, -1)), [], before, after))
 
     def resetSegment(self, segmentationNode: Any, segmentId: str) -> int:
         """Undo every update of the current session on this segment, then clear its clicks.
@@ -739,9 +571,12 @@ class InteractiveSegmentationLogic:
             The number of updates undone (each can be redone).
         """
         count = 0
-        while self._undo and self._undo[-1].session is not None and self._undo[-1].session is self._session and (
-            self._undo[-1].segmentationNode is segmentationNode and self._undo[-1].segmentId == segmentId
-        ):
+        while True:
+            last = self._history.last()
+            if last is None or last.session is None or last.session is not self._session:
+                break
+            if last.segmentationNode is not segmentationNode or last.segmentId != segmentId:
+                break
             self.undo()
             count += 1
         positive, negative = get_points_nodes(segmentationNode, segmentId)

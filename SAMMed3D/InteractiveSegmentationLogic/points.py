@@ -1,4 +1,4 @@
-"""The clicks of a segment: two markups nodes stored with the segmentation, and their order.
+"""The clicks of a segment: two markups nodes stored with the segmentation.
 
 Design:
 
@@ -9,9 +9,8 @@ Design:
   are saved with the scene and remapped when a scene is imported, so saving the scene (.mrml +
   .seg.nrrd + .mrk.json) and reloading it keeps every segment's clicks, ready to resume.
   Each points node also carries the attributes ``SAMMed3D.SegmentID`` and ``SAMMed3D.Sign``.
-- :func:`order_points` gives the model the clicks in a stable order: clicks the session already
-  has keep their order, new ones follow (positives first). A moved or deleted click therefore
-  makes the session replay, an added one costs one decoder pass.
+- The order the model sees them in is the session's business
+  (:meth:`SAMMed3DLib.session.Session.set_points`): the nodes hold two sets of points.
 - :class:`PointsSnapshot` copies control points (node frame, so parent transforms are left alone)
   so undo/redo can put the clicks back together with the voxels.
 """
@@ -25,7 +24,6 @@ from urllib.parse import quote
 
 import numpy as np
 
-from SAMMed3DLib.errors import PromptError
 
 logger = logging.getLogger(__name__)
 
@@ -125,49 +123,3 @@ def clear_points(nodes: list[Any | None]) -> None:
     for node in nodes:
         if node is not None and node.GetScene() is not None:
             node.RemoveAllControlPoints()
-
-
-def require_positive_point(positive_lps: np.ndarray) -> None:
-    """Raise PromptError when there is no positive point (the model needs one to start)."""
-    if len(positive_lps) == 0:
-        raise PromptError("no positive (+) point: place a + point inside the structure to segment it")
-
-
-def order_points(
-    previous_lps: np.ndarray,
-    previous_labels: np.ndarray,
-    positive_lps: np.ndarray,
-    negative_lps: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """All current clicks in the order the session should see them.
-
-    Clicks equal (same position, same sign) to one the session already has keep the session's
-    order; the others follow, positives first. The first click is always positive.
-
-    Args:
-        previous_lps: (M, 3) the session's clicks, LPS mm, in order.
-        previous_labels: (M,) their labels, 1 positive / 0 negative.
-        positive_lps: (P, 3) current positive points, LPS mm.
-        negative_lps: (Q, 3) current negative points, LPS mm.
-
-    Returns:
-        (P + Q, 3) float64 points and (P + Q,) int64 labels.
-
-    Raises:
-        PromptError: there is no positive point.
-    """
-    require_positive_point(positive_lps)
-    remaining = [(np.asarray(p, dtype=np.float64), 1) for p in positive_lps] + [(np.asarray(p, dtype=np.float64), 0) for p in negative_lps]
-    ordered: list[tuple[np.ndarray, int]] = []
-    for point, label in zip(np.asarray(previous_lps).reshape(-1, 3), np.asarray(previous_labels).reshape(-1)):
-        for i, (candidate, cand_label) in enumerate(remaining):
-            if cand_label == int(label) and np.array_equal(candidate, point):
-                ordered.append(remaining.pop(i))
-                break
-    ordered += remaining
-    if ordered[0][1] == 0:
-        first_positive = next(i for i, (_, label) in enumerate(ordered) if label == 1)
-        ordered.insert(0, ordered.pop(first_positive))
-    points = np.array([p for p, _ in ordered], dtype=np.float64).reshape(-1, 3)
-    labels = np.array([label for _, label in ordered], dtype=np.int64)
-    return points, labels

@@ -1,0 +1,113 @@
+"""Which model the logic runs, and loading it on first use (download included).
+
+The widget lets the user pick a model (registry name, checkpoint file) and a device at any time,
+while the worker thread may be loading or running the current one. :class:`ModelHolder` keeps
+the choice and the loaded network behind one lock, and a generation number that changes with
+every choice: it is part of the logic's session key, so a new model never reuses embeddings
+computed by the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from SAMMed3DLib.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, float, str], None]
+
+
+class ModelHolder:
+    """A model choice and, once loaded, the model.
+
+    Args:
+        spec: a registry name (``"default"``, ``"sam_med3d_turbo"``), a checkpoint path, or an
+            already built :class:`~SAMMed3DLib.model.Sam3D` (placed on ``device`` at once).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    def __init__(self, spec: Any, device: str) -> None:
+        self.spec = spec
+        self.device = device
+        self.generation = 0
+        self._model: Any = None
+        self._lock = threading.Lock()
+        if not isinstance(spec, str):
+            self._model = self._place(spec)
+
+    @property
+    def model(self) -> Any:
+        """The loaded model, or None before :meth:`load`."""
+        return self._model
+
+    def choose(self, spec: Any, device: str | None = None) -> None:
+        """Use another model (name, path or Sam3D) and/or device from now on."""
+        with self._lock:
+            self.spec = spec
+            if device is not None:
+                self.device = device
+            self._model = None if isinstance(spec, str) else self._place(spec)
+            self.generation += 1
+
+    def _place(self, model: Any) -> Any:
+        import torch
+
+        from SAMMed3DLib.devices import resolve_device
+        from SAMMed3DLib.model import Sam3D
+
+        if not isinstance(model, Sam3D):
+            raise ConfigError(f"model must be a registry name, a checkpoint path or a Sam3D, got {type(model).__name__}")
+        with torch.no_grad():
+            return model.to(resolve_device(self.device)).eval()
+
+    def needs_download(self) -> bool:
+        """Whether :meth:`load` will download first (a registry model not cached yet)."""
+        if self._model is not None or not isinstance(self.spec, str):
+            return False
+        from SAMMed3DLib.models import default_registry, is_registered
+
+        if not is_registered(self.spec):
+            return False
+        registry = default_registry()
+        return registry.entry(self.spec).kind != "shipped" and not registry.model_path(self.spec).is_file()
+
+    def load(
+        self,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        allow_download: bool = True,
+    ) -> Any:
+        """Load the model if needed and return it; a registry model is downloaded on first use.
+
+        Args:
+            progress: ``progress(done, total, message)`` (bytes while downloading).
+            cancel: set it from another thread to abort a download.
+            allow_download: False refuses to download (the user declined).
+
+        Raises:
+            UnknownModelError, CheckpointError, DownloadError, DeviceError: from the core loader.
+        """
+        with self._lock:
+            if self._model is None:
+                from SAMMed3DLib.checkpoint import load_model
+                from SAMMed3DLib.models import ensure_model, is_registered
+
+                started = time.perf_counter()
+                spec = self.spec
+                if is_registered(spec):
+
+                    def bytes_progress(done: int, total: int | None) -> None:
+                        if progress is not None:
+                            progress(float(done), float(total or 0), f"Downloading model {spec}")
+
+                    ensure_model(spec, download=allow_download, progress=bytes_progress, cancel=cancel)
+                if progress is not None:
+                    progress(0.0, 0.0, f"Loading model {spec}")
+                self._model = load_model(spec, device=self.device)
+                logger.info("model %s loaded on %s in %.2f s", spec, self.device, time.perf_counter() - started)
+            return self._model

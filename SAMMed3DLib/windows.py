@@ -1,0 +1,220 @@
+"""The windows of one object: where the model looks, what it has seen, and where the object goes on.
+
+A :class:`WindowStack` belongs to one :class:`~SAMMed3DLib.session.Session` (one image, one
+object). Each :class:`WindowState` is a ``card.input_size``³ window of ``card.spacing_mm`` voxels
+(axes toward R, A, S; :class:`~SAMMed3DLib.geometry.Window`) with
+
+* its image embedding, computed once when the window opens (the only encoder pass it costs),
+* the decoder's latest low-resolution logits, fed back as the next dense prompt, and the logits of
+  the mask shown (a fine head's 64³ output when the model has one, else the decoder's own),
+* the normalised window image when the model has a fine head (the head reads it on every click).
+
+The stack answers the questions the session asks on every click: which window a click belongs
+to (:meth:`WindowStack.containing`), which voxels of the original grid a window decides
+(:meth:`footprint`, :meth:`covered`), and where the object leaves a window
+(:meth:`border_seed`, the start of the next automatic window). It never touches the mask: that
+is the session's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .card import ModelCard
+from .errors import DeviceError
+from .geometry import ImageGeometry, Window, extract_window, window_footprint
+from .model.sam3d import Sam3D
+from .preprocessing import normalize_window
+
+logger = logging.getLogger(__name__)
+
+#: A click closer than this to a window face (in window voxels, 12 mm at 1.5 mm) opens a new
+#: window centred on it instead: the model sees too little context around a click at the border.
+WINDOW_MARGIN_VOXELS = 8
+#: A mask touching a window face on at least this many window voxels counts as cut off there.
+BORDER_TOUCH_VOXELS = 16
+
+Slices3 = tuple[slice, slice, slice]
+
+
+def union_region(a: Slices3 | None, b: Slices3 | None) -> Slices3 | None:
+    """Smallest (z, y, x) box holding both boxes (None is the empty box)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+@dataclass
+class WindowState:
+    """A window with its cached image embedding and its latest low-res logits."""
+
+    window: Window
+    embedding: torch.Tensor  # (1, C, G, G, G)
+    logits: torch.Tensor | None = None  # (1, 1, L, L, L) the decoder's last logits (its next dense prompt)
+    automatic: bool = False  # opened by auto-extension, not by a user click
+    image: torch.Tensor | None = None  # (1, 1, S, S, S) normalised window, kept for a fine head only
+    output: torch.Tensor | None = None  # logits of the mask shown: the fine head's, else ``logits``
+
+
+class WindowStack:
+    """The windows opened so far for one object in one image, oldest first.
+
+    Args:
+        model: the network (its device is where embeddings live).
+        card: the model card (window size and spacing, normalisation).
+        image: the float32 SimpleITK image being segmented.
+        geometry: its :class:`ImageGeometry`.
+    """
+
+    def __init__(self, model: Sam3D, card: ModelCard, image: sitk.Image, geometry: ImageGeometry) -> None:
+        self.model = model
+        self.card = card
+        self.image = image
+        self.geometry = geometry
+        self.states: list[WindowState] = []
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __iter__(self) -> Iterator[WindowState]:
+        return iter(self.states)
+
+    def __getitem__(self, index: int) -> WindowState:
+        return self.states[index]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def logits(self) -> tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...]:
+        """(decoder logits, shown logits) of every window; tensors are replaced, never modified."""
+        return tuple((w.logits, w.output) for w in self.states)
+
+    def set_logits(self, logits: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+        """Put back :meth:`logits`; windows opened since then get none (they start afresh)."""
+        for i, w in enumerate(self.states):
+            w.logits, w.output = logits[i] if i < len(logits) else (None, None)
+
+    def containing(self, point_lps: np.ndarray) -> WindowState | None:
+        """The most recent window holding ``point_lps`` at least WINDOW_MARGIN_VOXELS from its faces."""
+        size = self.card.input_size
+        for state in reversed(self.states):
+            idx = state.window.lps_to_index(point_lps[None])[0]
+            if np.all(idx >= WINDOW_MARGIN_VOXELS) and np.all(idx <= size - 1 - WINDOW_MARGIN_VOXELS):
+                return state
+        return None
+
+    def open(self, center_lps: np.ndarray, timings: dict[str, float], automatic: bool = False) -> WindowState:
+        """Open a window centred on ``center_lps``: resample, normalise, encode (adds to ``timings``)."""
+        window = Window.centred_at(center_lps, self.card.input_size, self.card.spacing_mm)
+        t = time.perf_counter()
+        array = normalize_window(extract_window(self.image, window), self.card)
+        timings["extract"] += time.perf_counter() - t
+        t = time.perf_counter()
+        embedding = self._encode(array)
+        timings["encoder"] += time.perf_counter() - t
+        state = WindowState(window, embedding, automatic=automatic)
+        if self.model.has_fine_head:
+            state.image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(embedding.device)
+        self.states.append(state)
+        return state
+
+    def _encode(self, array: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+        try:
+            with torch.inference_mode():
+                return self.model.image_encoder(x.to(self.device))
+        except torch.cuda.OutOfMemoryError:
+            logger.warning("CUDA ran out of memory for the image encoder; moving the model to the CPU and retrying")
+            torch.cuda.empty_cache()
+            self.model.to("cpu")
+            for w in self.states:
+                w.embedding = w.embedding.cpu()
+                w.logits = w.logits.cpu() if w.logits is not None else None
+                w.output = w.output.cpu() if w.output is not None else None
+                w.image = w.image.cpu() if w.image is not None else None
+            try:
+                with torch.inference_mode():
+                    return self.model.image_encoder(x)
+            except RuntimeError as exc:  # pragma: no cover - depends on the machine
+                raise DeviceError(f"the image encoder failed on the CPU after a CUDA out-of-memory error: {exc}") from exc
+
+    def decode(self, state: WindowState, points_lps: np.ndarray, labels: np.ndarray) -> None:
+        """Run the decoder (and the fine head, if any) in ``state``'s window; sets its logits/output.
+
+        Args:
+            points_lps: (N, 3) the object's clicks, LPS mm; those outside the window are left out.
+            labels: (N,) 1 positive / 0 negative.
+        """
+        size = self.card.input_size
+        dev = self.device
+        idx = state.window.lps_to_index(points_lps) if len(points_lps) else np.zeros((0, 3))
+        inside = np.all((idx >= 0) & (idx <= size - 1), axis=1)
+        coords = torch.as_tensor(idx[inside], dtype=torch.float32, device=dev)[None]
+        labs = torch.as_tensor(labels[inside], dtype=torch.int64, device=dev)[None]
+        prev = state.logits
+        if prev is None:
+            prev = torch.zeros((1, 1, *self.model.low_res_size), dtype=torch.float32, device=dev)
+        coords_in, labs_in = (coords, labs) if coords.shape[1] else (None, None)
+        with torch.inference_mode():
+            logits, _ = self.model.predict_low_res(state.embedding, coords_in, labs_in, prev)
+            output = self.model.refine(state.image, logits, coords_in, labs_in)
+        state.logits, state.output = logits, output
+
+    def footprint(self, states: Sequence[WindowState]) -> Slices3 | None:
+        """(z, y, x) box of the original grid holding the footprints of ``states``' windows."""
+        region: Slices3 | None = None
+        for s in states:
+            region = union_region(region, window_footprint(s.window, self.geometry))
+        return region
+
+    def covered(self, region: Slices3, states: Sequence[WindowState]) -> np.ndarray:
+        """Boolean (z, y, x) block of ``region``: voxel centre inside any of ``states``' windows."""
+        zz, yy, xx = np.meshgrid(*(np.arange(s.start, s.stop) for s in region), indexing="ij")
+        index_xyz = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1).astype(np.float64)
+        points = self.geometry.index_to_lps(index_xyz)
+        covered = np.zeros(len(points), dtype=bool)
+        size = self.card.input_size
+        for s in states:
+            idx = s.window.lps_to_index(points)
+            covered |= np.all((idx >= -0.5) & (idx <= size - 0.5), axis=1)
+        return covered.reshape(zz.shape)
+
+    def border_seed(self, state: WindowState) -> np.ndarray | None:
+        """LPS point inside the mask where it touches a face of ``state``'s window, or None."""
+        if state.output is None:
+            return None
+        size = self.card.input_size
+        with torch.inference_mode():
+            up = torch.nn.functional.interpolate(state.output, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
+        positive = up > self.model.mask_threshold
+        best = None
+        for axis in range(3):
+            for side in (0, size - 1):
+                face = positive.select(axis, side)
+                count = int(face.sum())
+                if count >= BORDER_TOUCH_VOXELS and (best is None or count > best[0]):
+                    best = (count, axis, side, face)
+        if best is None:
+            return None
+        _, axis, side, face = best
+        coords = torch.nonzero(face).double()
+        centre = coords.mean(0)
+        nearest = coords[torch.argmin(((coords - centre) ** 2).sum(1))]
+        index = [0.0, 0.0, 0.0]
+        other = [a for a in range(3) if a != axis]
+        index[axis] = float(side)
+        index[other[0]], index[other[1]] = float(nearest[0]), float(nearest[1])
+        point = state.window.index_to_lps(np.array([index]))[0]
+        if not self.geometry.contains_lps(point[None])[0]:
+            return None  # the object leaves the image there: nothing to follow
+        return point
