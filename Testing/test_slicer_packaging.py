@@ -161,10 +161,14 @@ def test_extension_description_is_consistent_between_cmake_and_s4ext() -> None:
     assert _cmake_set(top, "EXTENSION_CATEGORY") == s4ext["category"] == "Segmentation"
     assert _cmake_set(top, "EXTENSION_DEPENDS") == s4ext["depends"] == "PyTorch"
     for cmake_name, key in (("EXTENSION_HOMEPAGE", "homepage"), ("EXTENSION_DESCRIPTION", "description"),
-                            ("EXTENSION_CONTRIBUTORS", "contributors"), ("EXTENSION_ICONURL", "iconurl")):
+                            ("EXTENSION_CONTRIBUTORS", "contributors"), ("EXTENSION_ICONURL", "iconurl"),
+                            ("EXTENSION_SCREENSHOTURLS", "screenshoturls")):
         assert _cmake_set(top, cmake_name) == s4ext[key], cmake_name
     assert _cmake_set(top, "EXTENSION_ICONURL").endswith("/Resources/SAMMed3D.png")
-    assert "SCREENSHOTURLS" in text
+    for url in _cmake_set(top, "EXTENSION_SCREENSHOTURLS").split():
+        local = ROOT / url.split("/main/", 1)[1]
+        assert local.is_file() and local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot {url} is not a PNG of this repository"
+    assert _cmake_set(top, "EXTENSION_SCREENSHOTURLS"), "the catalogue needs at least one screenshot (Resources/Screenshots)"
 
 
 @pytest.mark.parametrize("icon", [ROOT / "Resources" / "SAMMed3D.png", MODULE / "Resources" / "Icons" / "SAMMed3D.png"], ids=["extension", "module"])
