@@ -6,7 +6,7 @@ that clinical volumes require:
 * **Windows, never the whole volume.** The model sees a cubic window (``card.input_size``³
   voxels of ``card.spacing_mm``, axes toward R, A, S) resampled from the original image around
   the clicks. Only the window is resampled; the prediction is pasted back onto the original grid
-  inside the window's footprint only (:mod:`SAMMed3DLib.geometry`).
+  inside the window's footprint only (:mod:`SAMMed3DLib.paste`).
 * **Follow-up clicks are decoder-only.** Each window's image embedding is computed once and
   cached; a click inside an existing window costs the prompt encoder and mask decoder only,
   with the window's previous low-resolution logits fed back as the dense prompt (zeros on the
@@ -40,9 +40,10 @@ import torch
 
 from .card import ModelCard, official_card
 from .errors import DeviceError, PromptError, SessionStateError
-from .geometry import ImageGeometry, Window, extract_window, lps_to_ras, paste_logits, ras_to_lps
+from .geometry import ImageGeometry, Window, extract_window, lps_to_ras, ras_to_lps
 from .io import image_from_array, validate_image
 from .model.sam3d import Sam3D
+from .paste import paste_logits, window_footprint
 from .preprocessing import normalize_window
 
 logger = logging.getLogger(__name__)
@@ -569,8 +570,6 @@ class Session:
         return out
 
     def _footprint_union(self, states: Sequence[_WindowState]) -> Slices3 | None:
-        from .geometry import window_footprint
-
         region: Slices3 | None = None
         for s in states:
             region = _union(region, window_footprint(s.window, self._geometry))

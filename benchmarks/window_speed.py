@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from SAMMed3DLib.card import official_card
-from SAMMed3DLib.geometry import ImageGeometry, Window, extract_window, paste_logits, resample_logits_to_grid, window_footprint
+from SAMMed3DLib.geometry import ImageGeometry, Window, extract_window
+from SAMMed3DLib.paste import paste_logits, resample_logits_to_grid, window_footprint
 from SAMMed3DLib.preprocessing import normalize_window
 
 TARGET_S = 0.1
