@@ -59,7 +59,7 @@ from typing import Any, BinaryIO, Literal
 import torch
 from torch import nn
 
-from . import models as registry
+from . import registry
 from .card import ModelCard, official_card
 from .devices import resolve_device
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, ModelCardError, SAMMed3DError, UnsafeCheckpointError

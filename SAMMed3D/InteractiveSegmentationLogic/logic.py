@@ -295,7 +295,7 @@ class InteractiveSegmentationLogic:
         """Whether loading the model will download it first (a registry model not cached yet)."""
         if self._model is not None or not isinstance(self._modelSpec, str):
             return False
-        from SAMMed3DLib.models import default_registry, is_registered
+        from SAMMed3DLib.registry import default_registry, is_registered
 
         if not is_registered(self._modelSpec):
             return False
@@ -321,7 +321,7 @@ class InteractiveSegmentationLogic:
         with self._modelLock:
             if self._model is None:
                 from SAMMed3DLib.checkpoint import load_model
-                from SAMMed3DLib.models import ensure_model, is_registered
+                from SAMMed3DLib.registry import ensure_model, is_registered
 
                 started = time.perf_counter()
                 spec = self._modelSpec
