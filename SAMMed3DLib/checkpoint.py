@@ -25,8 +25,8 @@ Design:
   "model_state_dict": ..., "model_card": card.to_dict(), **extra}`` — only tensors, dicts,
   lists, strings and numbers, so it loads with plain ``weights_only=True``. A copy of the card
   is written beside it as ``<stem>.json`` (readable without torch, e.g. by the registry). Writes
-  are atomic: temporary file in the same folder, fsync, ``os.replace``; a failed save leaves no
-  partial file and any previous file untouched.
+  are atomic (:mod:`SAMMed3DLib.atomic`: temporary file in the same folder, fsync,
+  ``os.replace``); a failed save leaves no partial file and any previous file untouched.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from . import registry
+from .atomic import atomic_open
 from .card import ModelCard, official_card
 from .checkpoint_formats import FORMAT_NAME, FORMAT_VERSION, _RESERVED_KEYS, Checkpoint, _first_sentence, _list_keys, read_checkpoint
 from .devices import resolve_device
@@ -315,43 +315,22 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":  # Windows cannot open a folder for fsync; os.replace is durable enough there
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, fsync, then ``os.replace``."""
+    """Write ``path`` all-or-nothing (:func:`~SAMMed3DLib.atomic.atomic_open`); failures become CheckpointError."""
     folder = path.parent
     if not folder.is_dir():
         raise CheckpointError(f"cannot save {path}: folder {folder} does not exist; create it first")
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:  # O_EXCL: never clobber; 0o666 lets the umask decide the final permissions
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as exc:
-        raise CheckpointError(f"cannot save {path}: {exc.strerror or exc}; check that {folder} is writable") from exc
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_open(path, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # also KeyboardInterrupt: never leave a half-written temporary file
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, Exception) and not isinstance(exc, SAMMed3DError):
-            reason = _first_sentence(str(exc)) if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(
-                f"could not write {path}: {reason}. Nothing was written and any previous file there is unchanged; "
-                "check free disk space and write permission"
-            ) from exc
-        raise
-    _fsync_folder(folder)
+    except Exception as exc:
+        if isinstance(exc, SAMMed3DError):
+            raise
+        reason = _first_sentence(str(exc)) if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"could not write {path}: {reason}. Nothing was written and any previous file there is unchanged; "
+            "check free disk space and write permission"
+        ) from exc
 
 
 def _unwrap(model: nn.Module) -> Sam3D:

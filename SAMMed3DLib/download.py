@@ -12,8 +12,9 @@ Design:
 - **Verified**: when the transfer is complete, size and SHA-256 are checked when known, and a
   ``verify`` callback may reject the file (the registry checks that it loads as a checkpoint
   when the SHA-256 is unknown); a bad file is deleted and :class:`IntegrityError` says expected
-  vs got. Only then is the file moved into place with ``os.replace``, so the destination never
-  holds a partial or unverified file.
+  vs got. Only then is the file moved into place (``os.replace`` and a folder fsync,
+  :func:`~SAMMed3DLib.atomic.move_into_place`), so the destination never holds a partial or
+  unverified file.
 - **Progress and cancel**: ``progress(done_bytes, total_bytes_or_None)`` is called as bytes
   arrive (tqdm in the CLI, a dialog in Slicer); a ``threading.Event`` cancels between chunks,
   keeping the ``.part`` for a later resume.
@@ -37,6 +38,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from .atomic import move_into_place
 from .errors import DownloadError, IntegrityError, OperationCancelledError
 
 __all__ = [
@@ -300,6 +302,6 @@ def download_file(
         except Exception as exc:  # any rejection, from checkpoint errors to torch's own
             part.unlink(missing_ok=True)
             raise IntegrityError(f"downloaded file from {url} is not a usable checkpoint ({exc}); it was deleted. Run the command again") from exc
-    os.replace(part, target)
+    move_into_place(part, target)
     logger.info("downloaded %s (%s) in %.1f s", target, format_bytes(got_size), time.perf_counter() - started)
     return target
