@@ -696,7 +696,7 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def cacheFolder() -> str:
-        from SAMMed3DLib.models import cache_dir
+        from SAMMed3DLib.registry import cache_dir
 
         return str(cache_dir())
 

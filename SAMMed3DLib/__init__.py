@@ -5,7 +5,7 @@ interactive :class:`Session`, geometry, click simulation, metrics and the ``samm
 Nothing here imports ``slicer``, ``qt`` or ``vtk``.
 
 Torch-using names are imported lazily (PEP 562 ``__getattr__``), so that torch-free modules
-such as :mod:`SAMMed3DLib.models` (the model registry, used by ``sammed3d models`` and by Slicer
+such as :mod:`SAMMed3DLib.registry` (the model registry, used by ``sammed3d models`` and by Slicer
 before torch may be installed) can be imported without importing torch.
 """
 

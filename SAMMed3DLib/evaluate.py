@@ -46,6 +46,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_open
 from .clicks import ClickMode, check_click_mode, first_click, next_click
 from .errors import ConfigError, DataError
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice, normalized_surface_distance
@@ -346,7 +347,7 @@ class EvaluationResult:
         """Write the per-structure rows (columns :data:`CSV_COLUMNS`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as f:
+        with atomic_open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
             for r in self.rows:
@@ -357,7 +358,7 @@ class EvaluationResult:
         """Write means per click count: over all structures (case "ALL"), then per case."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as f:
+        with atomic_open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(("case", "clicks", "structures", "mean_dice", "mean_nsd"))
             dice_all, nsd_all = self.mean_dice(), self.mean_nsd()

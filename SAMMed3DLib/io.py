@@ -9,9 +9,9 @@ Design:
   what SAM-Med3D cannot segment (2D, 4D, multi-component, non-finite voxels) with an
   :class:`~SAMMed3DLib.errors.ImageError` that says what was seen and what to do, and returns a
   float32 scalar 3D image.
-- Writers are atomic: they write a temporary file in the destination folder and ``os.replace``
-  it into place, so an error (full disk, permission, crash) never leaves a half-written file and
-  never destroys an existing one.
+- Writers are atomic (:mod:`SAMMed3DLib.atomic`): they write a temporary file in the destination
+  folder, fsync it and ``os.replace`` it into place, so an error (full disk, permission, crash)
+  never leaves a half-written file and never destroys an existing one.
 - ``.seg.nrrd`` files carry the custom fields 3D Slicer's segmentation storage node reads
   (``Segmentation_*`` and ``Segment0_*``; Slicer developer guide, "Segmentation labelmap file
   format"), so they open in Slicer as a named, coloured segment.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_path
 from .errors import ImageError, OutputError, PromptError
 
 logger = logging.getLogger(__name__)
@@ -313,23 +313,22 @@ def image_from_array(
 
 
 def _atomic_write(path: Path, temp_extension: str, write: Callable[[str], None]) -> Path:
-    """Run ``write(temp_path)`` then move the file into place; remove the temporary file on error."""
-    folder = path.parent if str(path.parent) else Path(".")
+    """Run ``write(temp_path)`` all-or-nothing (:func:`~SAMMed3DLib.atomic.atomic_path`); failures become OutputError.
+
+    ``temp_extension`` ends the temporary file's name: SimpleITK picks its writer from it.
+    """
+    folder = path.parent
     if not folder.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist; create it first")
-    temp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}{temp_extension}"
     try:
-        write(str(temp))
-        os.replace(temp, path)
+        with atomic_path(path, suffix=temp_extension) as temp:
+            write(str(temp))
     except (OSError, RuntimeError) as exc:
         message = _first_line(exc) if isinstance(exc, RuntimeError) else str(exc)
         raise OutputError(
             f"cannot write {str(path)!r}: {message}; check free disk space and write permission "
             "(any existing file there was left unchanged)"
         ) from exc
-    finally:
-        if temp.exists():
-            temp.unlink()
     return path
 
 

@@ -6,7 +6,7 @@ that clinical volumes require:
 * **Windows, never the whole volume.** The model sees a cubic window (``card.input_size``³
   voxels of ``card.spacing_mm``, axes toward R, A, S) resampled from the original image around
   the clicks. Only the window is resampled; the prediction is pasted back onto the original grid
-  inside the window's footprint only (:mod:`SAMMed3DLib.geometry`).
+  inside the window's footprint only (:mod:`SAMMed3DLib.paste`).
 * **Follow-up clicks are decoder-only.** Each window's image embedding is computed once and
   cached; a click inside an existing window costs the prompt encoder and mask decoder only,
   with the window's previous low-resolution logits fed back as the dense prompt (zeros on the
@@ -46,10 +46,11 @@ import torch
 
 from .card import ModelCard, official_card
 from .errors import PromptError, SessionStateError
-from .geometry import ImageGeometry, Window, lps_to_ras, paste_logits, ras_to_lps
+from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
 from .history import History
 from .io import image_from_array, validate_image
 from .model.sam3d import Sam3D
+from .paste import paste_logits
 from .prompts import order_clicks
 from .windows import BORDER_TOUCH_VOXELS, WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
 

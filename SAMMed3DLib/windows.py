@@ -29,8 +29,9 @@ import torch
 
 from .card import ModelCard
 from .errors import DeviceError
-from .geometry import ImageGeometry, Window, extract_window, window_footprint
+from .geometry import ImageGeometry, Window, extract_window
 from .model.sam3d import Sam3D
+from .paste import window_footprint
 from .preprocessing import normalize_window
 
 logger = logging.getLogger(__name__)

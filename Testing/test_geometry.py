@@ -16,15 +16,10 @@ from scipy.ndimage import map_coordinates
 
 from SAMMed3DLib.card import official_card
 from SAMMed3DLib.errors import ConfigError, ImageError, ModelCardError, PromptError
-from SAMMed3DLib.geometry import (
-    CANONICAL_DIRECTION_LPS,
-    ImageGeometry,
-    Window,
+from SAMMed3DLib.geometry import CANONICAL_DIRECTION_LPS, ImageGeometry, Window, extract_window, lps_to_ras, ras_to_lps
+from SAMMed3DLib.paste import (
     _classify_blocks,  # the block classification of paste_logits' fast path
-    extract_window,
-    lps_to_ras,
     paste_logits,
-    ras_to_lps,
     resample_logits_to_grid,
     window_footprint,
 )

@@ -25,7 +25,8 @@ import torch
 
 from SAMMed3DLib import build_sam3d, load_model, save_model
 from SAMMed3DLib import cli as sammed3d_cli
-from SAMMed3DLib import models
+from SAMMed3DLib import download
+from SAMMed3DLib import registry as reg
 from SAMMed3DLib.errors import (
     CheckpointError,
     ConfigError,
@@ -56,8 +57,8 @@ def _one_thread() -> None:
 def _isolated_cache(tmp_path, monkeypatch) -> Path:
     """Every test gets its own cache folder and no URL overrides from the developer's shell."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv(models.CACHE_ENV, str(cache))
-    monkeypatch.delenv(models.URL_ENV_PREFIX + "SAM_MED3D_TURBO", raising=False)
+    monkeypatch.setenv(reg.CACHE_ENV, str(cache))
+    monkeypatch.delenv(reg.URL_ENV_PREFIX + "SAM_MED3D_TURBO", raising=False)
     return cache
 
 
@@ -181,9 +182,9 @@ def turbo_shaped_checkpoint(tmp_path_factory, vit_b_ori_on_meta) -> bytes:
     return path.read_bytes()
 
 
-def _registry(cache: Path, **entry: object) -> models.ModelRegistry:
+def _registry(cache: Path, **entry: object) -> reg.ModelRegistry:
     base = {"description": "test model", "license": "Apache-2.0", "source": "tests", "filename": "tiny.pth"}
-    return models.ModelRegistry(models.parse_registry({"schema_version": 1, "models": {"tiny": {**base, **entry}}}), cache=cache)
+    return reg.ModelRegistry(reg.parse_registry({"schema_version": 1, "models": {"tiny": {**base, **entry}}}), cache=cache)
 
 
 class _Progress:
@@ -198,9 +199,9 @@ class _Progress:
 # The shipped registry
 
 
-def test_models_module_does_not_import_torch() -> None:
+def test_registry_module_does_not_import_torch() -> None:
     code = (
-        "import sys, SAMMed3DLib.models as m, SAMMed3DLib.cli.models\n"
+        "import sys, SAMMed3DLib.registry as m, SAMMed3DLib.cli.models\n"
         "infos = m.list_models()\n"
         "assert [i.name for i in infos] == ['default', 'sam_med3d_turbo'], infos\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -211,7 +212,7 @@ def test_models_module_does_not_import_torch() -> None:
 
 
 def test_shipped_registry_entries() -> None:
-    registry = models.default_registry()
+    registry = reg.default_registry()
     assert registry.names() == ["default", "sam_med3d_turbo"]
     turbo = registry.entry("sam_med3d_turbo")
     assert turbo.kind == "download" and turbo.url == "https://huggingface.co/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth"
@@ -224,30 +225,30 @@ def test_shipped_registry_entries() -> None:
 
 
 def test_vit_b_ori_parameter_count_matches_the_registry(vit_b_ori_on_meta) -> None:
-    assert sum(p.numel() for p in vit_b_ori_on_meta.parameters()) == models.get_entry("sam_med3d_turbo").parameters
+    assert sum(p.numel() for p in vit_b_ori_on_meta.parameters()) == reg.get_entry("sam_med3d_turbo").parameters
 
 
 def test_default_model_status() -> None:
-    info = models.default_registry().info("default")
-    assert info.path == models.RESOURCES_DIR / "Models" / "default.pth"
+    info = reg.default_registry().info("default")
+    assert info.path == reg.RESOURCES_DIR / "Models" / "default.pth"
     assert (info.status, info.available) == (("shipped", True) if info.path.is_file() else ("not shipped yet", False))
 
 
 def test_cache_folder_follows_the_environment(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "elsewhere"))
-    assert models.model_path("sam_med3d_turbo") == tmp_path / "elsewhere" / "sam_med3d_turbo.pth"
-    monkeypatch.delenv(models.CACHE_ENV)
+    monkeypatch.setenv(reg.CACHE_ENV, str(tmp_path / "elsewhere"))
+    assert reg.model_path("sam_med3d_turbo") == tmp_path / "elsewhere" / "sam_med3d_turbo.pth"
+    monkeypatch.delenv(reg.CACHE_ENV)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert models.cache_dir() == tmp_path / "home" / ".cache" / "sammed3d" / "models"
+    assert reg.cache_dir() == tmp_path / "home" / ".cache" / "sammed3d" / "models"
 
 
 def test_url_override_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("SAMMED3D_MODEL_URL_SAM_MED3D_TURBO", "http://mirror.example/turbo.pth")
-    assert models.default_registry().url("sam_med3d_turbo") == "http://mirror.example/turbo.pth"
+    assert reg.default_registry().url("sam_med3d_turbo") == "http://mirror.example/turbo.pth"
 
 
 def test_status_follows_the_cache(_isolated_cache) -> None:
-    registry = models.default_registry()
+    registry = reg.default_registry()
     assert registry.info("sam_med3d_turbo").status == "not downloaded"
     _isolated_cache.mkdir(parents=True)
     (_isolated_cache / "sam_med3d_turbo.pth.part").write_bytes(b"x" * 1500)
@@ -259,12 +260,12 @@ def test_status_follows_the_cache(_isolated_cache) -> None:
 
 def test_unknown_name_lists_the_known_ones() -> None:
     with pytest.raises(UnknownModelError, match=r"unknown model 'turbo'; known models: default, sam_med3d_turbo"):
-        models.get_entry("turbo")
+        reg.get_entry("turbo")
 
 
 def test_not_downloaded_model_says_which_command_to_run() -> None:
     with pytest.raises(CheckpointError, match=r"run `sammed3d models download sam_med3d_turbo` first"):
-        models.ensure_model("sam_med3d_turbo")
+        reg.ensure_model("sam_med3d_turbo")
 
 
 _VALID_ENTRY = {"description": "d", "license": "MIT", "source": "s", "url": "https://x.org/m.pth", "filename": "m.pth"}
@@ -289,10 +290,10 @@ _VALID_ENTRY = {"description": "d", "license": "MIT", "source": "s", "url": "htt
 )
 def test_invalid_registry_documents(change, match) -> None:
     doc = {"schema_version": 1, "models": {"m": copy.deepcopy(_VALID_ENTRY)}}
-    assert models.parse_registry(copy.deepcopy(doc))["m"].url == "https://x.org/m.pth"
+    assert reg.parse_registry(copy.deepcopy(doc))["m"].url == "https://x.org/m.pth"
     change(doc)
     with pytest.raises(ConfigError, match=match):
-        models.parse_registry(doc, "test.json")
+        reg.parse_registry(doc, "test.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,13 +439,13 @@ def test_cancel_keeps_the_partial_file_for_a_resume(server, tmp_path, small_chec
     cancel = threading.Event()
 
     def progress(done: int, total: int | None) -> None:
-        if done >= models.CHUNK_BYTES:
+        if done >= download.CHUNK_BYTES:
             cancel.set()
 
     with pytest.raises(OperationCancelledError, match=r"cancelled; \d+ bytes kept .* the next download resumes"):
         registry.download_model("tiny", progress, cancel)
     kept = (tmp_path / "c" / "tiny.pth.part").stat().st_size
-    assert models.CHUNK_BYTES <= kept < len(small_checkpoint)
+    assert download.CHUNK_BYTES <= kept < len(small_checkpoint)
 
     path = registry.download_model("tiny")
     assert server.ranges("/tiny.pth") == [None, f"bytes={kept}-"]
@@ -454,9 +455,9 @@ def test_cancel_keeps_the_partial_file_for_a_resume(server, tmp_path, small_chec
 def test_download_into_the_environment_cache(server, _isolated_cache, turbo_shaped_checkpoint, monkeypatch) -> None:
     """The shipped turbo entry, pointed at the local server through the environment."""
     monkeypatch.setenv("SAMMED3D_MODEL_URL_SAM_MED3D_TURBO", server.serve("/turbo.pth", turbo_shaped_checkpoint))
-    path = models.download_model("sam_med3d_turbo")
+    path = reg.download_model("sam_med3d_turbo")
     assert path == _isolated_cache / "sam_med3d_turbo.pth" and path.read_bytes() == turbo_shaped_checkpoint
-    assert models.ensure_model("sam_med3d_turbo") == path
+    assert reg.ensure_model("sam_med3d_turbo") == path
 
 
 def test_load_model_downloads_only_when_asked(server, small_checkpoint, monkeypatch) -> None:

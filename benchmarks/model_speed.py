@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from SAMMed3DLib.atomic import atomic_write_text
 from SAMMed3DLib.model import build_sam3d
 
 #: bf16 logits must stay this close (max abs) to fp32 to count as a usable mode.
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.threads, args.repeats, args.clicks)
     print(format_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

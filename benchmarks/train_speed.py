@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from SAMMed3DLib.atomic import atomic_write_json
 from SAMMed3DLib.model import build_sam3d
 from training.config import DEFAULT_MODEL_CONFIG
 from training.trainer import ClickLoop, mask_only_plan
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first click ({latency['threads']} threads): encoder {latency['encoder_s']:.3f} s + decoder/upsample {latency['decoder_upsample_s']:.3f} s = {latency['first_click_s']:.3f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write_json(out, result, indent=2)
     print(json.dumps({k: result[k] for k in ("training", "first_click")}))
     return 0
 

@@ -26,8 +26,10 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from SAMMed3DLib.atomic import atomic_write_text
 from SAMMed3DLib.card import official_card
-from SAMMed3DLib.geometry import ImageGeometry, Window, extract_window, paste_logits, resample_logits_to_grid, window_footprint
+from SAMMed3DLib.geometry import ImageGeometry, Window, extract_window
+from SAMMed3DLib.paste import paste_logits, resample_logits_to_grid, window_footprint
 from SAMMed3DLib.preprocessing import normalize_window
 
 TARGET_S = 0.1
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{1000 * summary['extract_normalize_paste_s']:.1f} ms (target {1000 * TARGET_S:.0f} ms)"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from SAMMed3DLib.atomic import atomic_write_json
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model.build import normalize_config
 
@@ -165,7 +166,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        atomic_write_json(path, self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

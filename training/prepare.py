@@ -57,7 +57,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -68,6 +67,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from SAMMed3DLib.atomic import atomic_open, atomic_write_json
 from SAMMed3DLib.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -535,14 +535,8 @@ def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], opts: PrepareOptions | None = None) -> dict[str, Any]:
@@ -592,9 +586,7 @@ def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLik
         "dropped_by_step": by_step,
         "n_structures": sum(len(e.structures) for e in entries),
     }
-    tmp = out / ".index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / "index.json")
+    atomic_write_json(out / "index.json", index, indent=1)
     logger.info("cache %s: %d case(s), %d structure(s); dropped per step: %s", out, len(entries), index["n_structures"], by_step)
     return index
 

@@ -40,9 +40,7 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import pickle
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +53,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from SAMMed3DLib.atomic import atomic_path, atomic_write_json
 from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.clicks import first_click, next_click
 from SAMMed3DLib.errors import CheckpointError, ConfigError
@@ -265,14 +264,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -605,7 +598,7 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
                 self.save(LAST)
                 if self.info.is_main:
-                    (self.out / "history.json").write_text(json.dumps(self.history, indent=1))
+                    atomic_write_json(self.out / "history.json", self.history, indent=1)
                 D.barrier()
         if bar is not None:
             bar.close()

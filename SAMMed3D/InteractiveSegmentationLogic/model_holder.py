@@ -69,7 +69,7 @@ class ModelHolder:
         """Whether :meth:`load` will download first (a registry model not cached yet)."""
         if self._model is not None or not isinstance(self.spec, str):
             return False
-        from SAMMed3DLib.models import default_registry, is_registered
+        from SAMMed3DLib.registry import default_registry, is_registered
 
         if not is_registered(self.spec):
             return False
@@ -95,7 +95,7 @@ class ModelHolder:
         with self._lock:
             if self._model is None:
                 from SAMMed3DLib.checkpoint import load_model
-                from SAMMed3DLib.models import ensure_model, is_registered
+                from SAMMed3DLib.registry import ensure_model, is_registered
 
                 started = time.perf_counter()
                 spec = self.spec

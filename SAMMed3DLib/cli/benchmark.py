@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic import atomic_write_text
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("benchmark", help="measure click latency on a synthetic 512×512×200 CT")
@@ -24,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
     text = to_json(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")
     print(text if args.json else format_table(result))
     return 0

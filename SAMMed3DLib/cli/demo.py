@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_write_json
 from ._common import add_model_args, load_model_from_args
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,6 @@ def run(args: argparse.Namespace) -> int:
     preview = out / "preview.png"
     write_preview_png(image, session.mask, first_lps, preview)
     summary = {"sample": description, "structure": name, "model": model.card.name, "clicks": history}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary, indent=2)
     print(f"wrote {seg_path}, {preview} and {out / 'summary.json'}")
     return 0

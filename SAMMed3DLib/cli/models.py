@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from .. import models
+from .. import registry
 
-_STATUS_HELP = f"downloads go to ${models.CACHE_ENV} (default ~/.cache/sammed3d/models)"
+_STATUS_HELP = f"downloads go to ${registry.CACHE_ENV} (default ~/.cache/sammed3d/models)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download = actions.add_parser("download", help="download a model into the cache folder (resumable)")
     download.add_argument("name", help="registry name, e.g. sam_med3d_turbo")
     download.add_argument("--force", action="store_true", help="download again even if the model is already there")
-    download.add_argument("--url", default=None, help=f"download from this URL instead (or set {models.URL_ENV_PREFIX}<NAME>)")
+    download.add_argument("--url", default=None, help=f"download from this URL instead (or set {registry.URL_ENV_PREFIX}<NAME>)")
     download.set_defaults(func=_run_download)
 
 
@@ -43,13 +43,13 @@ def _parameters(n: int | None) -> str:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    infos = models.list_models()
+    infos = registry.list_models()
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return 0
     rows = [("NAME", "STATUS", "PARAMETERS", "SIZE", "LICENCE", "DESCRIPTION")]
     rows += [
-        (i.name, i.status, _parameters(i.parameters), models.format_bytes(i.size_bytes), i.license, i.description) for i in infos
+        (i.name, i.status, _parameters(i.parameters), registry.format_bytes(i.size_bytes), i.license, i.description) for i in infos
     ]
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
     for row in rows:
@@ -57,7 +57,7 @@ def _run_list(args: argparse.Namespace) -> int:
     print()
     for info in infos:
         print(f"{info.name}: {info.path}")
-    print(f"Cache folder: {models.cache_dir()} (set {models.CACHE_ENV} to move it)")
+    print(f"Cache folder: {registry.cache_dir()} (set {registry.CACHE_ENV} to move it)")
     missing = [i.name for i in infos if i.kind == "download" and not i.available]
     if missing:
         print(f"Download with: sammed3d models download {missing[0]}")
@@ -67,7 +67,7 @@ def _run_list(args: argparse.Namespace) -> int:
 def _run_download(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    entry = models.get_entry(args.name)  # unknown name → clear error before anything starts
+    entry = registry.get_entry(args.name)  # unknown name → clear error before anything starts
     bar: tqdm | None = None  # created at the first byte, so an immediate error prints no empty bar
 
     def progress(done: int, total: int | None) -> None:
@@ -82,7 +82,7 @@ def _run_download(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        path = models.download_model(args.name, progress, url=args.url, force=args.force)
+        path = registry.download_model(args.name, progress, url=args.url, force=args.force)
     except KeyboardInterrupt:
         print(f"\ndownload interrupted; run `sammed3d models download {args.name}` again to resume", file=sys.stderr)
         raise

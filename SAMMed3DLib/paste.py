@@ -1,0 +1,455 @@
+"""From the model's low-res logits back to the original image grid: footprint and paste-back.
+
+Design:
+
+- An original voxel belongs to a :class:`~SAMMed3DLib.geometry.Window` when its *centre* lies in
+  the window's half-open index box ``[-0.5, size - 0.5)``. One function (``_row_intervals``)
+  decides this for every row of original voxels analytically, so the footprint
+  (:func:`window_footprint`), the paste-back (:func:`paste_logits`) and the float logits
+  (:func:`resample_logits_to_grid`) all agree voxel for voxel.
+- :func:`paste_logits` maps the decoder's low-res logits (``(size/4)``³, or a fine head's
+  ``(size/2)``³) back onto the original grid. Official SAM-Med3D upsamples them with ``F.interpolate(trilinear, align_corners=False)``;
+  that upsampling equals linear interpolation of the low-res grid whose node ``u`` sits at window
+  index ``f·(u + 0.5) - 0.5`` (``f = size / L``), clamped at the border. We interpolate that
+  continuous function directly at each original voxel centre, which reproduces the official values
+  exactly at window voxel centres and never needs the 128³ intermediate. Only voxels that can
+  change are evaluated: trilinear interpolation is a convex combination of the 8 surrounding
+  nodes, so (a) no point farther than one low-res cell from a positive node can be positive,
+  and (b) blocks of original voxels (~8 mm) whose surrounding nodes are all positive are
+  positive without interpolating. SimpleITK interpolates the rest (~18 ns of CPU per voxel);
+  voxels that are currently non-zero elsewhere in the window are cleared. For a 9 M-voxel CT
+  footprint the full evaluation costs ~160 ms of CPU, paste-back ~10 ms for an organ-sized
+  object (r = 30 mm), ~50 ms for r = 60 mm, ~25 ms for an object filling the window
+  (``benchmarks/window_speed.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import ImageError
+from .geometry import CANONICAL_DIRECTION_LPS, ImageGeometry, Window
+
+logger = logging.getLogger(__name__)
+
+#: ITK direction of a window-shaped SimpleITK image whose numpy array (k, j, i) is in tensor
+#: order (axis 0, 1, 2): ITK axis i = tensor axis 2 (S), j = axis 1 (A), k = axis 0 (R).
+_TENSOR_ORDER_ITK_DIRECTION: np.ndarray = CANONICAL_DIRECTION_LPS[:, ::-1].copy()
+
+#: |direction component| below which an axis is treated as exactly parallel to a window face.
+_PARALLEL_EPS = 1e-12
+
+SliceZYX = tuple[slice, slice, slice]
+
+
+def _index_affine(window: Window, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(A, c) with window_index = A @ index_xyz + c (window index in tensor order)."""
+    scale = np.diag(CANONICAL_DIRECTION_LPS) / window.spacing_mm
+    a = scale[:, None] * (geometry.direction * geometry.spacing_xyz_mm)
+    c = scale * (geometry.origin_lps - window.origin_lps)
+    return a, c
+
+
+def _candidate_box(corners_lps: np.ndarray, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive integer (i, j, k) box of voxel centres within the bounding box of LPS corners, clipped."""
+    idx = geometry.lps_to_index(corners_lps)
+    lo = np.maximum(np.ceil(idx.min(axis=0) - 1e-9), 0).astype(np.int64)
+    hi = np.minimum(np.floor(idx.max(axis=0) + 1e-9), np.asarray(geometry.size_xyz) - 1).astype(np.int64)
+    if np.any(hi < lo):
+        return None
+    return lo, hi
+
+
+def _row_intervals(
+    window: Window, geometry: ImageGeometry, k_values: np.ndarray, j_values: np.ndarray, i_range: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive i-range of voxel centres inside the window, for every row (k, j).
+
+    The single definition of "voxel centre inside the window" used by footprint, paste and
+    logits: window index ``w = w0(j, k) + i * a`` must satisfy ``-0.5 <= w < size - 0.5`` on
+    all three tensor axes.
+
+    Returns:
+        (i_lo, i_hi), int64 arrays of shape (len(k_values), len(j_values)); a row is empty
+        where ``i_lo > i_hi``. Results are clipped to ``i_range`` (inclusive).
+    """
+    a, c = _index_affine(window, geometry)
+    kk = k_values.astype(np.float64)[:, None]
+    jj = j_values.astype(np.float64)[None, :]
+    lo = np.full((kk.shape[0], jj.shape[1]), i_range[0], dtype=np.int64)
+    hi = np.full_like(lo, i_range[1])
+    low_bound, high_bound = -0.5, window.size - 0.5
+    for comp in range(3):
+        w0 = c[comp] + a[comp, 1] * jj + a[comp, 2] * kk
+        step = a[comp, 0]
+        if abs(step) < _PARALLEL_EPS:
+            outside = (w0 < low_bound) | (w0 >= high_bound)
+            hi = np.where(outside, lo - 1, hi)
+            continue
+        t_low = (low_bound - w0) / step
+        t_high = (high_bound - w0) / step
+        if step > 0:  # i >= t_low and i < t_high
+            comp_lo = np.ceil(t_low)
+            comp_hi = np.ceil(t_high) - 1
+        else:  # i <= t_low and i > t_high
+            comp_lo = np.floor(t_high) + 1
+            comp_hi = np.floor(t_low)
+        big = np.iinfo(np.int64).max // 4
+        lo = np.maximum(lo, np.clip(comp_lo, -big, big).astype(np.int64))
+        hi = np.minimum(hi, np.clip(comp_hi, -big, big).astype(np.int64))
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class _Footprint:
+    """Footprint box (inclusive ITK indices) and the per-row inside intervals over it."""
+
+    lo_xyz: np.ndarray
+    hi_xyz: np.ndarray
+    i_lo: np.ndarray  # (nk, nj) absolute i index
+    i_hi: np.ndarray
+
+    @property
+    def slices_zyx(self) -> SliceZYX:
+        lo, hi = self.lo_xyz, self.hi_xyz
+        return (slice(int(lo[2]), int(hi[2]) + 1), slice(int(lo[1]), int(hi[1]) + 1), slice(int(lo[0]), int(hi[0]) + 1))
+
+
+def _footprint(window: Window, geometry: ImageGeometry) -> _Footprint | None:
+    box = _candidate_box(window.corners_lps(), geometry)
+    if box is None:
+        return None
+    lo, hi = box
+    k_values = np.arange(lo[2], hi[2] + 1)
+    j_values = np.arange(lo[1], hi[1] + 1)
+    i_lo, i_hi = _row_intervals(window, geometry, k_values, j_values, (int(lo[0]), int(hi[0])))
+    nonempty = i_lo <= i_hi
+    if not nonempty.any():
+        return None
+    ks = np.flatnonzero(nonempty.any(axis=1))
+    js = np.flatnonzero(nonempty.any(axis=0))
+    k0, k1, j0, j1 = ks[0], ks[-1], js[0], js[-1]
+    i_lo, i_hi, nonempty = i_lo[k0 : k1 + 1, j0 : j1 + 1], i_hi[k0 : k1 + 1, j0 : j1 + 1], nonempty[k0 : k1 + 1, j0 : j1 + 1]
+    tight_lo = np.array([i_lo[nonempty].min(), lo[1] + j0, lo[2] + k0], dtype=np.int64)
+    tight_hi = np.array([i_hi[nonempty].max(), lo[1] + j1, lo[2] + k1], dtype=np.int64)
+    return _Footprint(lo_xyz=tight_lo, hi_xyz=tight_hi, i_lo=i_lo, i_hi=i_hi)
+
+
+def window_footprint(window: Window, geometry: ImageGeometry) -> SliceZYX | None:
+    """Bounding box of the original voxels whose centres lie inside the window.
+
+    Args:
+        window: the model window.
+        geometry: the original image's grid.
+
+    Returns:
+        (z, y, x) slices into the image's SimpleITK numpy array (k, j, i order), or None when
+        no voxel centre lies in the window.
+    """
+    fp = _footprint(window, geometry)
+    return None if fp is None else fp.slices_zyx
+
+
+def _low_res_array(low_res_logits: Any, window: Window) -> np.ndarray:
+    """(L, L, L) float32 numpy copy of numpy/torch logits; leading singleton dims are dropped."""
+    if hasattr(low_res_logits, "detach"):  # torch tensor, possibly on an accelerator
+        low_res_logits = low_res_logits.detach().float().cpu().numpy()
+    arr = np.asarray(low_res_logits, dtype=np.float32)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or len(set(arr.shape)) != 1:
+        raise ValueError(f"low_res_logits must be a cubic (L, L, L) array (optionally with leading 1s), got shape {np.shape(low_res_logits)}")
+    if arr.shape[0] > window.size:
+        raise ValueError(f"low_res_logits side {arr.shape[0]} is larger than the window size {window.size}")
+    return arr
+
+
+def _low_res_image(low: np.ndarray, window: Window) -> sitk.Image:
+    """SimpleITK image of the low-res logits placed as official trilinear upsampling implies.
+
+    Node u (tensor order) sits at window index ``f·(u + 0.5) - 0.5`` with spacing ``f·spacing``,
+    ``f = size / L``. One edge-replicated node on each side makes SimpleITK's linear interpolation
+    clamp at the border exactly like ``F.interpolate(align_corners=False)`` and keeps every
+    window point inside its buffer.
+    """
+    side = low.shape[0]
+    factor = window.size / side
+    padded = np.pad(low, 1, mode="edge")
+    first_node_index = np.full(3, factor * (-1 + 0.5) - 0.5)
+    origin = window.index_to_lps(first_node_index)
+    image = sitk.GetImageFromArray(padded)
+    image.SetSpacing([factor * window.spacing_mm] * 3)
+    image.SetOrigin(origin.tolist())
+    image.SetDirection(_TENSOR_ORDER_ITK_DIRECTION.ravel().tolist())
+    return image
+
+
+def _sample_box(
+    low_image: sitk.Image, geometry: ImageGeometry, lo_xyz: np.ndarray, hi_xyz: np.ndarray, positive_only: bool = False
+) -> np.ndarray:
+    """Linear interpolation of ``low_image`` at the original voxel centres of an inclusive box.
+
+    Returns (z, y, x) float32 values, or with ``positive_only`` the bool array ``values > 0``
+    computed on a view of SimpleITK's buffer (no float copy: 30 ms saved on a CT footprint).
+    """
+    # The output grid is given as parameters, not as a reference image: allocating and zeroing a
+    # reference of a CT footprint (4-9 M voxels) cost 15 ms per click.
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(v) for v in hi_xyz - lo_xyz + 1])
+    resampler.SetOutputSpacing(geometry.spacing_xyz_mm.tolist())
+    resampler.SetOutputDirection(geometry.direction.ravel().tolist())
+    resampler.SetOutputOrigin(geometry.index_to_lps(lo_xyz.astype(np.float64)).tolist())
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    resampler.SetDefaultPixelValue(0.0)
+    sampled = resampler.Execute(low_image)
+    if positive_only:
+        return sitk.GetArrayViewFromImage(sampled) > 0  # the view is used while `sampled` lives
+    return sitk.GetArrayFromImage(sampled)
+
+
+def _inside_mask(fp: _Footprint, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> np.ndarray:
+    """(z, y, x) bool: voxel centres of the inclusive sub-box [lo, hi] (inside fp) that are in the window."""
+    rows = (slice(int(lo_xyz[2] - fp.lo_xyz[2]), int(hi_xyz[2] - fp.lo_xyz[2]) + 1), slice(int(lo_xyz[1] - fp.lo_xyz[1]), int(hi_xyz[1] - fp.lo_xyz[1]) + 1))
+    i_values = np.arange(lo_xyz[0], hi_xyz[0] + 1)
+    return (i_values[None, None, :] >= fp.i_lo[rows][:, :, None]) & (i_values[None, None, :] <= fp.i_hi[rows][:, :, None])
+
+
+@dataclass(frozen=True)
+class FootprintLogits:
+    """Float logits of one window on the original grid, over the window's footprint.
+
+    Attributes:
+        slices_zyx: (z, y, x) slices of the footprint in the image's SimpleITK array.
+        logits_zyx: float32 array of the footprint's shape (z, y, x): logits linearly interpolated
+            at original voxel centres; NaN where the voxel centre is outside the window.
+    """
+
+    slices_zyx: SliceZYX
+    logits_zyx: np.ndarray
+
+    @property
+    def inside_zyx(self) -> np.ndarray:
+        """bool (z, y, x): voxel centre lies inside the window."""
+        return ~np.isnan(self.logits_zyx)
+
+
+def resample_logits_to_grid(low_res_logits: Any, window: Window, geometry: ImageGeometry) -> FootprintLogits | None:
+    """Interpolate low-res logits at every original voxel centre of the window's footprint.
+
+    Equivalent to official SAM-Med3D's trilinear ``align_corners=False`` upsampling to
+    ``size``³ (identical at window voxel centres), continued linearly in between. Costs about
+    16 ns per footprint voxel (~160 ms for a 10 M-voxel CT footprint); :func:`paste_logits`
+    avoids most of it.
+
+    Args:
+        low_res_logits: (L, L, L) float numpy array or torch tensor in tensor axis order
+            (leading singleton dimensions such as (1, 1, L, L, L) are accepted).
+        window: the window the logits belong to.
+        geometry: the original image's grid.
+
+    Returns:
+        :class:`FootprintLogits`, or None when the window does not overlap the image.
+    """
+    low = _low_res_array(low_res_logits, window)
+    fp = _footprint(window, geometry)
+    if fp is None:
+        return None
+    values = _sample_box(_low_res_image(low, window), geometry, fp.lo_xyz, fp.hi_xyz)
+    values[~_inside_mask(fp, fp.lo_xyz, fp.hi_xyz)] = np.nan
+    return FootprintLogits(slices_zyx=fp.slices_zyx, logits_zyx=values)
+
+
+def _positive_box(low: np.ndarray, window: Window, geometry: ImageGeometry, fp: _Footprint) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive (i, j, k) box inside ``fp`` outside of which the interpolated logits are <= 0."""
+    positive = low > 0
+    if not positive.any():
+        return None
+    nodes = np.argwhere(positive)
+    side = low.shape[0]
+    factor = window.size / side
+    # Any point whose low-res coordinate u lies beyond one cell of the positive nodes interpolates
+    # only non-positive nodes (with zero weight on the boundary node).
+    u_lo = np.maximum(nodes.min(axis=0) - 1.0, -0.5)
+    u_hi = np.minimum(nodes.max(axis=0) + 1.0, side - 0.5)
+    w_lo, w_hi = factor * (u_lo + 0.5) - 0.5, factor * (u_hi + 0.5) - 0.5
+    corners = np.array([[x, y, z] for x in (w_lo[0], w_hi[0]) for y in (w_lo[1], w_hi[1]) for z in (w_lo[2], w_hi[2])])
+    box = _candidate_box(window.index_to_lps(corners), geometry)
+    if box is None:
+        return None
+    lo, hi = np.maximum(box[0], fp.lo_xyz), np.minimum(box[1], fp.hi_xyz)
+    if np.any(hi < lo):
+        return None
+    return lo, hi
+
+
+#: Physical side (mm) of the blocks of original voxels classified before interpolating.
+_BLOCK_MM = 8.0
+#: Interpolate only the box of mixed blocks when it holds less than this share of the region.
+_MIXED_SHARE_LIMIT = 0.6
+
+
+def _box_counts(table: np.ndarray, lo: list[np.ndarray], hi: list[np.ndarray]) -> np.ndarray:
+    """Counts over inclusive node boxes [lo, hi] (per tensor axis) from a zero-padded 3D prefix-sum table."""
+    total = np.zeros(np.broadcast_shapes(*(a.shape for a in lo + hi)), dtype=np.int64)
+    for corner in range(8):
+        bits = [(corner >> axis) & 1 for axis in range(3)]
+        index = tuple(hi[axis] + 1 if bit else lo[axis] for axis, bit in enumerate(bits))
+        sign = -1 if (3 - sum(bits)) % 2 else 1
+        total += sign * table[index]
+    return total
+
+
+def _classify_blocks(
+    low: np.ndarray, window: Window, geometry: ImageGeometry, lo: np.ndarray, hi: np.ndarray
+) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    """Split the voxel box [lo, hi] into blocks; find blocks that are surely positive or mixed.
+
+    A block is surely positive when every low-res node that can weigh in the interpolation at
+    any of its voxel centres is > 0 (then the convex combination is > 0); it is mixed unless all
+    those nodes are > 0 or all are <= 0.
+
+    Returns:
+        block size (bi, bj, bk) in voxels, and bool arrays (nbk, nbj, nbi): surely positive, mixed.
+    """
+    side = low.shape[0]
+    factor = window.size / side
+    block = tuple(max(1, int(round(_BLOCK_MM / s))) for s in geometry.spacing_xyz_mm)
+    starts = [np.arange(lo[axis], hi[axis] + 1, block[axis]) for axis in range(3)]
+    ends = [np.minimum(starts[axis] + block[axis] - 1, hi[axis]) for axis in range(3)]
+    shape = (len(starts[2]), len(starts[1]), len(starts[0]))
+    a, c = _index_affine(window, geometry)
+    node_lo, node_hi = [], []
+    for comp in range(3):
+        w_min = np.full(shape, c[comp])
+        w_max = np.full(shape, c[comp])
+        for axis, view in ((0, (None, None, slice(None))), (1, (None, slice(None), None)), (2, (slice(None), None, None))):
+            x0, x1 = a[comp, axis] * starts[axis], a[comp, axis] * ends[axis]
+            w_min = w_min + np.minimum(x0, x1)[view]
+            w_max = w_max + np.maximum(x0, x1)[view]
+        u_min, u_max = (w_min + 0.5) / factor - 0.5, (w_max + 0.5) / factor - 0.5
+        node_lo.append(np.clip(np.floor(u_min), 0, side - 1).astype(np.int64))
+        node_hi.append(np.clip(np.floor(u_max) + 1, 0, side - 1).astype(np.int64))
+    table = np.zeros((side + 1,) * 3, dtype=np.int64)
+    table[1:, 1:, 1:] = (low <= 0).cumsum(0).cumsum(1).cumsum(2)
+    non_positive = _box_counts(table, node_lo, node_hi)
+    nodes = np.prod([h - l + 1 for l, h in zip(node_lo, node_hi)], axis=0)
+    surely_positive = non_positive == 0
+    mixed = ~surely_positive & (non_positive < nodes)
+    return block, surely_positive, mixed
+
+
+def _positive_voxels(
+    low: np.ndarray, window: Window, geometry: ImageGeometry, fp: _Footprint, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """(z, y, x) bool over the voxel box [lo, hi]: centre inside the window and interpolated logit > 0.
+
+    Blocks whose nodes are all positive need no interpolation; SimpleITK interpolates only the
+    bounding box of the mixed blocks when that box is small enough to pay off (an object that
+    fills the window: 160 ms of CPU down to ~25 ms for a 9 M-voxel CT footprint).
+    """
+    inside = _inside_mask(fp, lo, hi)
+    if not np.isfinite(low).all():  # NaN nodes: only the exact interpolation can tell (NaN is not > 0)
+        return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True) & inside
+    block, surely_positive, mixed = _classify_blocks(low, window, geometry, lo, hi)
+    region_voxels = int(np.prod(hi - lo + 1))
+    if mixed.any():
+        kb, jb, ib = (np.flatnonzero(mixed.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+        m_lo = np.array([ib[0] * block[0], jb[0] * block[1], kb[0] * block[2]]) + lo
+        m_hi = np.minimum(np.array([(ib[-1] + 1) * block[0], (jb[-1] + 1) * block[1], (kb[-1] + 1) * block[2]]) + lo - 1, hi)
+        mixed_voxels = int(np.prod(m_hi - m_lo + 1))
+    else:
+        m_lo = m_hi = None
+        mixed_voxels = 0
+    if not surely_positive.any() or mixed_voxels > _MIXED_SHARE_LIMIT * region_voxels:
+        return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True) & inside
+    nbk, nbj, nbi = surely_positive.shape
+    expanded = np.broadcast_to(surely_positive[:, None, :, None, :, None], (nbk, block[2], nbj, block[1], nbi, block[0]))
+    positive = expanded.reshape(nbk * block[2], nbj * block[1], nbi * block[0])[: inside.shape[0], : inside.shape[1], : inside.shape[2]].copy()
+    if m_lo is not None:
+        sub = (
+            slice(int(m_lo[2] - lo[2]), int(m_hi[2] - lo[2]) + 1),
+            slice(int(m_lo[1] - lo[1]), int(m_hi[1] - lo[1]) + 1),
+            slice(int(m_lo[0] - lo[0]), int(m_hi[0] - lo[0]) + 1),
+        )
+        positive[sub] = _sample_box(_low_res_image(low, window), geometry, m_lo, m_hi, positive_only=True)
+    positive &= inside
+    return positive
+
+
+def paste_logits(
+    low_res_logits: Any, window: Window, geometry: ImageGeometry, mask_zyx: np.ndarray, value: int = 1
+) -> SliceZYX | None:
+    """Threshold the window's logits onto the original grid, in place, inside the window only.
+
+    For every original voxel whose centre lies inside the window: ``value`` where the linearly
+    interpolated logit (see :func:`resample_logits_to_grid`) is > 0, else 0 (NaN logits count as
+    not positive). Every other voxel of ``mask_zyx`` keeps its value. All computation happens
+    before ``mask_zyx`` is written, so an error leaves it unchanged.
+
+    Args:
+        low_res_logits: (L, L, L) float numpy array or torch tensor in tensor axis order (leading
+            singleton dimensions accepted), L = size / 4 (decoder) or size / 2 (fine head).
+        window: the window the logits belong to.
+        geometry: the original image's grid.
+        mask_zyx: uint8 array of shape ``geometry.shape_zyx`` (SimpleITK order), modified in place.
+        value: label written for positive voxels, 1..255.
+
+    Returns:
+        (z, y, x) slices of the footprint (the only region that may have changed), or None when
+        the window does not overlap the image (nothing changed).
+
+    Raises:
+        ImageError: ``mask_zyx`` does not match the image grid.
+        ValueError: bad ``value`` or logits shape.
+    """
+    if not isinstance(mask_zyx, np.ndarray) or mask_zyx.dtype != np.uint8 or mask_zyx.shape != geometry.shape_zyx:
+        raise ImageError(
+            f"mask_zyx must be a uint8 numpy array of shape {geometry.shape_zyx} (the image grid, z, y, x), "
+            f"got {type(mask_zyx).__name__} {getattr(mask_zyx, 'dtype', '')} {getattr(mask_zyx, 'shape', '')}"
+        )
+    if isinstance(value, bool) or int(value) != value or not 1 <= int(value) <= 255:
+        raise ValueError(f"value must be an integer label in 1..255, got {value!r}")
+    low = _low_res_array(low_res_logits, window)
+    fp = _footprint(window, geometry)
+    if fp is None:
+        return None
+    # Everything that can fail (SimpleITK, memory) runs before the mask is touched.
+    box = _positive_box(low, window, geometry, fp)
+    positive = None
+    if box is not None:
+        positive = _positive_voxels(low, window, geometry, fp, box[0], box[1])
+    logger.debug(
+        "paste_logits: footprint %s voxels, interpolated %s near positive logits",
+        int(np.prod(fp.hi_xyz - fp.lo_xyz + 1)),
+        0 if positive is None else positive.size,
+    )
+    slices = fp.slices_zyx
+    region = mask_zyx[slices]
+    # 1) Clear the currently non-zero voxels inside the window (step 2 rewrites the positive ones).
+    # Slab by slab: np.nonzero over a 10 M-voxel strided footprint costs 40 ms, slab.any() 10 µs.
+    i_values = np.arange(fp.lo_xyz[0], fp.hi_xyz[0] + 1)
+    for k in range(region.shape[0]):
+        slab = region[k]
+        if not slab.any():
+            continue
+        rows = np.flatnonzero(slab.any(axis=1))
+        j0, j1 = int(rows[0]), int(rows[-1]) + 1
+        inside = (i_values[None, :] >= fp.i_lo[k, j0:j1, None]) & (i_values[None, :] <= fp.i_hi[k, j0:j1, None])
+        np.copyto(slab[j0:j1], np.uint8(0), where=inside)
+    # 2) Write the label where the interpolated logits are positive (near positive nodes only:
+    # elsewhere the interpolation is a convex combination of non-positive nodes).
+    if box is not None and positive is not None:
+        lo, hi = box
+        sub = region[
+            int(lo[2] - fp.lo_xyz[2]) : int(hi[2] - fp.lo_xyz[2]) + 1,
+            int(lo[1] - fp.lo_xyz[1]) : int(hi[1] - fp.lo_xyz[1]) + 1,
+            int(lo[0] - fp.lo_xyz[0]) : int(hi[0] - fp.lo_xyz[0]) + 1,
+        ]
+        np.copyto(sub, np.uint8(value), where=positive)
+    return slices
