@@ -155,6 +155,32 @@ def window_footprint(window: Window, geometry: ImageGeometry) -> SliceZYX | None
     return None if fp is None else fp.slices_zyx
 
 
+def window_distance(window: Window, geometry: ImageGeometry, region_zyx: SliceZYX) -> np.ndarray:
+    """Chebyshev distance, in window voxels, from the window's centre to every voxel centre of a region.
+
+    A voxel centre lies in the window (the footprint's rule, closed at both faces) exactly where
+    the distance is at most ``window.size / 2``. Windows share spacing and axes, so distances to
+    different windows compare directly: the smaller one is the window that sees the voxel with
+    the most context around it.
+
+    Returns:
+        float32 array of the region's (z, y, x) shape.
+    """
+    a, c = _index_affine(window, geometry)
+    k, j, i = (np.arange(s.start, s.stop, dtype=np.float64) for s in region_zyx)
+    centre = (window.size - 1) / 2.0
+    distance: np.ndarray | None = None
+    for axis in range(3):
+        offset = np.abs(
+            (a[axis, 0] * i).astype(np.float32)[None, None, :]
+            + (a[axis, 1] * j).astype(np.float32)[None, :, None]
+            + (a[axis, 2] * k + c[axis] - centre).astype(np.float32)[:, None, None]
+        )
+        distance = offset if distance is None else np.maximum(distance, offset, out=distance)
+    assert distance is not None
+    return distance
+
+
 def _low_res_array(low_res_logits: Any, window: Window) -> np.ndarray:
     """(L, L, L) float32 numpy copy of numpy/torch logits; leading singleton dims are dropped."""
     if hasattr(low_res_logits, "detach"):  # torch tensor, possibly on an accelerator

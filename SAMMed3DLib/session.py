@@ -441,14 +441,12 @@ class Session:
         state = windows.containing(point)
         if state is None:
             state = windows.open(point, timings)
+        state.automatic = False  # a user's click makes the window the user's
         t = time.perf_counter()
         windows.decode(state, self.points_lps, self.labels)
         timings["decoder"] += time.perf_counter() - t
-        region = windows.footprint([state])
-        previous = self._mask[region].copy() if region is not None else None  # type: ignore[index]
         t = time.perf_counter()
-        self._before_mask_change()
-        paste_logits(state.output[0, 0], state.window, self._geometry, self._mask)  # type: ignore[index]
+        region, previous = self._paste_owned(state)
         timings["paste"] += time.perf_counter() - t
         ran = [state.window]
         if self.auto_extend:
@@ -459,6 +457,22 @@ class Session:
                 region = union
                 ran += extra_ran
         return region, ran, previous
+
+    def _paste_owned(self, state: WindowState) -> tuple[Slices3 | None, np.ndarray | None]:
+        """Paste ``state``'s prediction on the voxels it owns; returns the footprint and its voxels before."""
+        windows = self._windows
+        assert windows is not None and state.output is not None
+        region = windows.footprint([state])
+        if region is None:
+            return None, None
+        previous = self._mask[region].copy()  # type: ignore[index]
+        owned = windows.owned(state, region)
+        self._before_mask_change()
+        paste_logits(state.output[0, 0], state.window, self._geometry, self._mask)  # type: ignore[index]
+        if not owned.all():
+            block = self._mask[region]  # type: ignore[index]
+            np.copyto(block, previous, where=~owned)
+        return region, previous
 
     def _merge_previous(
         self,
@@ -497,25 +511,15 @@ class Session:
                 continue
             if windows.containing(seed) is not None:
                 continue  # an existing window already covers the continuation
-            covered = list(windows)
             new = windows.open(seed, timings, automatic=True)
             t = time.perf_counter()
             windows.decode(new, seed[None], np.array([1]))
             timings["decoder"] += time.perf_counter() - t
-            r = windows.footprint([new])
+            t = time.perf_counter()
+            r, prev_block = self._paste_owned(new)  # an automatic window owns no voxel of a user's window
+            timings["paste"] += time.perf_counter() - t
             if r is None:
                 continue
-            prev_block = self._mask[r].copy()  # type: ignore[index]
-            t = time.perf_counter()
-            scratch = self._mask.copy()  # type: ignore[union-attr]
-            paste_logits(new.output[0, 0], new.window, self._geometry, scratch)  # type: ignore[index]
-            # Only voxels no earlier window covers take the automatic prediction.
-            keep_old = windows.covered(r, covered)
-            block = scratch[r]
-            block[keep_old] = prev_block[keep_old]
-            self._before_mask_change()
-            self._mask[r] = block  # type: ignore[index]
-            timings["paste"] += time.perf_counter() - t
             if region is None:
                 region, previous = r, prev_block
             else:

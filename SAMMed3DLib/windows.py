@@ -14,6 +14,16 @@ to (:meth:`WindowStack.containing`), which voxels of the original grid a window 
 (:meth:`footprint`, :meth:`covered`), and where the object leaves a window
 (:meth:`border_seed`, the start of the next automatic window). It never touches the mask: that
 is the session's.
+
+**One mask, many windows.** Windows overlap (a click near a face opens a new one, objects larger
+than a window are followed), and each voxel must be decided by one rule, whatever the order of
+the clicks: :meth:`WindowStack.owned` gives each voxel to the window that has decided something
+and sees it with the most context, i.e. the smallest Chebyshev distance from the window's centre
+(windows share spacing and axes, so distances compare; ties go to the later window), where
+windows opened or clicked by the user always outrank automatic ones. A window pastes its
+prediction only on the voxels it owns, so a click changes only what its window decides, an
+automatic extension never overwrites a user's window, and no click flips a far part of the
+object that its window does not own.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from .card import ModelCard
 from .errors import DeviceError
 from .geometry import ImageGeometry, Window, extract_window
 from .model.sam3d import Sam3D
-from .paste import window_footprint
+from .paste import window_distance, window_footprint
 from .preprocessing import normalize_window
 
 logger = logging.getLogger(__name__)
@@ -52,6 +62,14 @@ def union_region(a: Slices3 | None, b: Slices3 | None) -> Slices3 | None:
     if b is None:
         return a
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def intersect_regions(a: Slices3, b: Slices3 | None) -> Slices3 | None:
+    """Common part of two (z, y, x) boxes, or None when they do not meet."""
+    if b is None:
+        return None
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return out if all(s.start < s.stop for s in out) else None  # type: ignore[return-value]
 
 
 @dataclass
@@ -189,6 +207,33 @@ class WindowStack:
             idx = s.window.lps_to_index(points)
             covered |= np.all((idx >= -0.5) & (idx <= size - 0.5), axis=1)
         return covered.reshape(zz.shape)
+
+    def owned(self, state: WindowState, region: Slices3) -> np.ndarray:
+        """Boolean (z, y, x) block of ``region``: the voxels ``state``'s window decides (see module docstring).
+
+        Voxels outside every other window are ``state``'s; only the overlaps with windows that
+        hold logits are computed (one distance per voxel and window).
+        """
+        owned = np.ones(tuple(s.stop - s.start for s in region), dtype=bool)
+        mine = self.states.index(state)
+        half = self.card.input_size / 2.0
+        for index, other in enumerate(self.states):
+            if other is state or other.output is None:
+                continue
+            overlap = intersect_regions(region, window_footprint(other.window, self.geometry))
+            if overlap is None:
+                continue
+            d_other = window_distance(other.window, self.geometry, overlap)
+            d_mine = window_distance(state.window, self.geometry, overlap)
+            if other.automatic != state.automatic:
+                wins = np.full(d_other.shape, state.automatic)  # the user's window wins wherever both see the voxel
+            elif index > mine:
+                wins = d_other <= d_mine
+            else:
+                wins = d_other < d_mine
+            local = tuple(slice(o.start - r.start, o.stop - r.start) for o, r in zip(overlap, region))
+            owned[local] &= ~(wins & (d_other <= half))
+        return owned
 
     def border_seed(self, state: WindowState) -> np.ndarray | None:
         """LPS point inside the mask where it touches a face of ``state``'s window, or None."""

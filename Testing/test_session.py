@@ -417,3 +417,71 @@ def test_predict_with_several_new_clicks_is_one_undo_step(box_case) -> None:
     assert session.undo() is not None and session.undo() is None
     np.testing.assert_array_equal(session.mask_array, empty)
     assert len(session.points_lps) == 0
+
+
+# -- one mask, many windows ------------------------------------------------------------------------
+
+
+class NegativeErasesModel(BrightModel):
+    """Bright voxels of the window, unless a negative click falls in the window: then nothing."""
+
+    def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
+        logits, score = super().predict_low_res(image_embeddings, coords, labels, mask_logits)
+        if labels is not None and bool((labels == 0).any()):
+            return torch.full_like(logits, -10.0), score
+        return logits, score
+
+
+def _window_distance_zyx(session: Session, window, shape_zyx) -> np.ndarray:
+    """Chebyshev distance (window voxels) from the window centre, per voxel, computed independently."""
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape_zyx), indexing="ij")
+    index_xyz = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], 1).astype(float)
+    idx = window.lps_to_index(session.geometry.index_to_lps(index_xyz))
+    return np.abs(idx - (window.size - 1) / 2.0).max(axis=1).reshape(shape_zyx)
+
+
+def test_overlapping_windows_each_decide_the_voxels_nearest_their_centre_and_a_click_changes_only_those() -> None:
+    image = oblique_volume(size_xyz=(300, 60, 50), spacing=(1.0, 1.5, 2.0), angle_deg=0.0)
+    a = np.array(image.TransformContinuousIndexToPhysicalPoint((80.0, 30.0, 25.0)))
+    b = np.array(image.TransformContinuousIndexToPhysicalPoint((210.0, 30.0, 25.0)))  # 130 mm apart: the windows overlap
+    truth, image = paint_box(image, (a + b) / 2, (120.0, 25.0, 30.0))
+    session = Session(NegativeErasesModel(), image, auto_extend=False)
+    session.click(a)
+    session.click(b)
+    assert len(session.windows) == 2
+    assert dice(session.mask_array, truth) > 0.9
+    before = session.mask_array.copy()
+    d_a = _window_distance_zyx(session, session.windows[0], before.shape)
+    d_b = _window_distance_zyx(session, session.windows[1], before.shape)
+    half = session.windows[0].size / 2.0
+    owned_by_b = (d_b <= half) & (d_b <= d_a)  # ties go to the later window
+    owned_by_a = (d_a <= half) & ~owned_by_b
+    assert (owned_by_a & (d_b <= half)).any(), "the test needs a real overlap"
+    # a negative click in A erases what A decides, and only that
+    session.click(a + np.array([5.0, 0.0, 0.0]), positive=False)
+    after = session.mask_array
+    assert not after[owned_by_a].any()
+    np.testing.assert_array_equal(after[~owned_by_a], before[~owned_by_a])
+    assert after[owned_by_b & truth].mean() > 0.9, "B keeps deciding its side of the overlap"
+    # undo brings every voxel back
+    session.undo()
+    np.testing.assert_array_equal(session.mask_array, before)
+
+
+def test_an_object_twice_the_window_is_one_mask_and_a_click_at_one_end_leaves_the_other_end() -> None:
+    image = oblique_volume(size_xyz=(400, 70, 50), spacing=(1.0, 1.5, 2.0), angle_deg=0.0)
+    start = np.array(image.TransformContinuousIndexToPhysicalPoint((50.0, 35.0, 25.0)))
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint((200.0, 35.0, 25.0)))
+    truth, image = paint_box(image, centre, (192.0, 30.0, 35.0))  # 384 mm: twice the 192 mm window
+    session = Session(NegativeErasesModel(), image, auto_extend=True)
+    session.click(start)
+    far_end = np.array(image.TransformContinuousIndexToPhysicalPoint((360.0, 35.0, 25.0)))
+    session.click(far_end)
+    assert len(session.windows) >= 3
+    assert dice(session.mask_array, truth) > 0.9
+    before = session.mask_array.copy()
+    session.click(start + np.array([0.0, 4.0, 0.0]), positive=False)  # erases the start window's part only
+    changed = session.mask_array != before
+    assert changed.any()
+    far = _window_distance_zyx(session, session.windows[-1], before.shape) <= 32  # around the far end
+    assert not changed[far].any(), "a click at one end changed voxels at the other end"
