@@ -2,7 +2,8 @@
 
 Design: each value is the string the layer below accepts (a registry name, a device name, a
 ``WRITE_MODES`` entry), checked against that layer by ``Testing/test_slicer_packaging.py``, so the
-widget passes ``choice.value`` on without translating it. ``label()`` is the text shown to users.
+widget passes ``choice.value`` on without translating it. ``label()`` is the text shown to users
+(one table, :data:`_LABELS`, for all three).
 Plain Python (``enum`` only), importable without Slicer.
 """
 
@@ -19,11 +20,7 @@ class ModelChoice(enum.Enum):
     FILE = "file"
 
     def label(self) -> str:
-        return {
-            ModelChoice.DEFAULT: "default (bundled, offline)",
-            ModelChoice.TURBO: "SAM-Med3D-turbo (download)",
-            ModelChoice.FILE: "Local file…",
-        }[self]
+        return _LABELS[self]
 
 
 class DeviceChoice(enum.Enum):
@@ -34,7 +31,7 @@ class DeviceChoice(enum.Enum):
     CUDA = "cuda"
 
     def label(self) -> str:
-        return {DeviceChoice.AUTO: "auto (CUDA if available)", DeviceChoice.CPU: "CPU", DeviceChoice.CUDA: "CUDA GPU"}[self]
+        return _LABELS[self]
 
 
 class WriteMode(enum.Enum):
@@ -46,10 +43,19 @@ class WriteMode(enum.Enum):
     SEGMENT_EDITOR = "segment_editor"
 
     def label(self) -> str:
-        return {
-            WriteMode.ALLOW_OVERLAP: "never modify (allow overlap)",
-            WriteMode.OVERWRITE_VISIBLE: "overwrite visible segments",
-            WriteMode.OVERWRITE_ALL: "overwrite all segments",
-            WriteMode.SEGMENT_EDITOR: "use Segment Editor masking",
-        }[self]
+        return _LABELS[self]
 
+
+#: The text users see for each option.
+_LABELS: dict[enum.Enum, str] = {
+    ModelChoice.DEFAULT: "default (bundled, offline)",
+    ModelChoice.TURBO: "SAM-Med3D-turbo (download)",
+    ModelChoice.FILE: "Local file…",
+    DeviceChoice.AUTO: "auto (CUDA if available)",
+    DeviceChoice.CPU: "CPU",
+    DeviceChoice.CUDA: "CUDA GPU",
+    WriteMode.ALLOW_OVERLAP: "never modify (allow overlap)",
+    WriteMode.OVERWRITE_VISIBLE: "overwrite visible segments",
+    WriteMode.OVERWRITE_ALL: "overwrite all segments",
+    WriteMode.SEGMENT_EDITOR: "use Segment Editor masking",
+}
