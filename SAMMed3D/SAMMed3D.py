@@ -53,6 +53,8 @@ from SAMMed3DModule.choices import DeviceChoice, ModelChoice, WriteMode
 from SAMMed3DModule.module_logic import ParameterNodeLogic
 from SAMMed3DModule.worker import Job, ModelWorker
 
+logger = logging.getLogger(__name__)
+
 
 def _addCoreFromSourceCheckout() -> None:
     """Make ``SAMMed3DLib`` importable when the module runs from a source checkout.
@@ -425,7 +427,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(error), windowTitle="SAM-Med3D")
         else:
             details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            logging.error("SAM-Med3D update failed:\n%s", details)
+            logger.error("SAM-Med3D update failed:\n%s", details)
             self.ui.statusLabel.text = f"Update failed: {error}"
             slicer.util.errorDisplay(f"SAM-Med3D update failed: {error}", detailedText=details, windowTitle="SAM-Med3D")
 
@@ -438,47 +440,36 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- buttons ------------------------------------------------------------------------------------
 
-    def _whilePointsRestored(self, action: Callable[[], Any]) -> Any:
-        """Run an action that moves points without triggering an update."""
-        self._restoringPoints = True
-        try:
-            return action()
-        finally:
-            self._restoringPoints = False
+    def _edit(self, failure: str, action: Callable[[], Any], status: Callable[[Any], str]) -> None:
+        """Run an undo-history action (not while the model runs); the points it moves trigger no update."""
+        if self._job is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+            self._restoringPoints = True
+            try:
+                outcome = action()
+            finally:
+                self._restoringPoints = False
+            self.ui.statusLabel.text = status(outcome)
+        self._updateUndoButtons()
 
     def onUndo(self) -> None:
-        if self._job is not None:
-            return
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not undo.", waitCursor=True):
-            segmentId = self._whilePointsRestored(self.logic.undo)
-            self.ui.statusLabel.text = f"Undone ({segmentId})." if segmentId else "Nothing to undo."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not undo.", self.logic.undo,
+                   lambda segmentId: f"Undone ({segmentId})." if segmentId else "Nothing to undo.")
 
     def onRedo(self) -> None:
-        if self._job is not None:
-            return
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not redo.", waitCursor=True):
-            segmentId = self._whilePointsRestored(self.logic.redo)
-            self.ui.statusLabel.text = f"Redone ({segmentId})." if segmentId else "Nothing to redo."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not redo.", self.logic.redo,
+                   lambda segmentId: f"Redone ({segmentId})." if segmentId else "Nothing to redo.")
 
     def onReset(self) -> None:
-        if self._job is not None:
-            return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not reset the segment.", waitCursor=True):
-            count = self._whilePointsRestored(lambda: self.logic.resetSegment(p.segmentation, p.segmentId))
-            self.ui.statusLabel.text = f"Reset: {count} update(s) undone (Redo brings them back)."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not reset the segment.", lambda: self.logic.resetSegment(p.segmentation, p.segmentId),
+                   lambda count: f"Reset: {count} update(s) undone (Redo brings them back).")
 
     def onClearPoints(self) -> None:
-        if self._job is not None:
-            return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not clear the points.", waitCursor=True):
-            self._whilePointsRestored(lambda: self.logic.clearPoints(p.segmentation, p.segmentId))
-            self.ui.statusLabel.text = "Points cleared; the segment is kept. The next + point starts afresh."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not clear the points.", lambda: self.logic.clearPoints(p.segmentation, p.segmentId),
+                   lambda _: "Points cleared; the segment is kept. The next + point starts afresh.")
 
     def onNextSegment(self) -> None:
         if self._job is not None or self._parameterNode is None or not self._parameterNode.segmentation:
