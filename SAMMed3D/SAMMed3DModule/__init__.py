@@ -1,4 +1,4 @@
-"""Helpers of the SAMMed3D module that need the Slicer application or are shared by its classes.
+"""Helpers of the SAMMed3D module: everything of ``SAMMed3D.py`` that is not a template class.
 
 Design: ``SAMMed3D.py`` keeps only what Slicer's module template puts there (module, parameter
 node, widget, module logic, self-test); the rest lives here, in a sub-package, because Slicer
@@ -12,7 +12,7 @@ or ``SAMMed3DLib`` at import time, so Slicer can load the module before PyTorch 
   parameter-node settings in, a lazily created ``InteractiveSegmentationLogic`` behind (tested
   with pytest on real MRML scenes).
 - :mod:`.dependencies`: PyTorch through the PyTorch extension, then ``requirements.txt``.
-- :mod:`.segment_editor`: the Segment Editor's masking settings and undo, when it is open.
+- :mod:`.segment_editor`: the Segment Editor's masking settings and undo, when that module is loaded.
 
 Nothing is imported here, so ``import SAMMed3DModule.worker`` needs neither Qt nor ``slicer``, and
 no module of this package imports Qt.
