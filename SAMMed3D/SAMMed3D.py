@@ -10,22 +10,24 @@ Design (the Slicer ExtensionWizard layout):
 - All behaviour a user relies on lives in ``InteractiveSegmentationLogic`` (next to this file),
   which speaks MRML but not Qt and is tested with pytest on real scenes from slicer-core;
   :class:`SAMMed3DLogic` is the thin ``ScriptedLoadableModuleLogic`` in front of it.
+- Helpers live in the ``SAMMed3DModule`` sub-package (Slicer takes every loose ``.py`` file here
+  for a module): the option enums, the persistent model worker, the parameter-node side of the
+  logic, dependency installation and the Segment Editor hooks.
 - Dependencies are installed when the user first runs the model, never at import: PyTorch through
   the PyTorch extension (``PyTorchUtils``), the rest from ``Resources/requirements.txt`` with
   ``slicer.packaging.pip_ensure`` (both ask first, both are skipped in testing mode).
 - :class:`SAMMed3DTest` runs the logic on a generated oblique volume inside Slicer and fails when
   the segment does not land on the clicked sphere or undo is not exact.
 
-This file needs the Slicer application; everything testable lives in the logic package.
+This file needs the Slicer application; everything testable lives in the logic package and in
+``SAMMed3DModule``.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import pathlib
-import queue
 import sys
 import threading
 import time
@@ -45,6 +47,13 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from SAMMed3DModule import dependencies
+from SAMMed3DModule.choices import DeviceChoice, ModelChoice, WriteMode
+from SAMMed3DModule.module_logic import ParameterNodeLogic
+from SAMMed3DModule.worker import Job, ModelWorker
+
+logger = logging.getLogger(__name__)
 
 
 def _addCoreFromSourceCheckout() -> None:
@@ -71,50 +80,6 @@ DEBOUNCE_MS = 150
 #: How often the main thread checks the worker (ms); 30 ms keeps the UI fluid (SlicerNNInteractive
 #: pumps events at the same rate) and adds at most that much to the displayed latency.
 POLL_MS = 30
-#: PyTorch floor: the code uses torch.inference_mode and scaled_dot_product_attention (torch 2.x);
-#: 2.2 is the oldest version the project's tests ran with.
-TORCH_REQUIREMENT = ">=2.2"
-
-
-class ModelChoice(enum.Enum):
-    """Models offered by the module; the values are registry names (``SAMMed3DLib/Resources/models.json``)."""
-
-    DEFAULT = "default"
-    TURBO = "sam_med3d_turbo"
-    FILE = "file"
-
-    def label(self) -> str:
-        return {
-            ModelChoice.DEFAULT: "default (bundled, offline)",
-            ModelChoice.TURBO: "SAM-Med3D-turbo (download)",
-            ModelChoice.FILE: "Local file…",
-        }[self]
-
-
-class DeviceChoice(enum.Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
-
-    def label(self) -> str:
-        return {DeviceChoice.AUTO: "auto (CUDA if available)", DeviceChoice.CPU: "CPU", DeviceChoice.CUDA: "CUDA GPU"}[self]
-
-
-class WriteMode(enum.Enum):
-    """How updates treat other segments; the values are ``InteractiveSegmentationLogic.WRITE_MODES``."""
-
-    ALLOW_OVERLAP = "allow_overlap"
-    OVERWRITE_VISIBLE = "overwrite_visible"
-    OVERWRITE_ALL = "overwrite_all"
-    SEGMENT_EDITOR = "segment_editor"
-
-    def label(self) -> str:
-        return {
-            WriteMode.ALLOW_OVERLAP: "never modify (allow overlap)",
-            WriteMode.OVERWRITE_VISIBLE: "overwrite visible segments",
-            WriteMode.OVERWRITE_ALL: "overwrite all segments",
-            WriteMode.SEGMENT_EDITOR: "use Segment Editor masking",
-        }[self]
 
 
 #
@@ -172,66 +137,6 @@ class SAMMed3DParameterNode:
 
 
 #
-# Worker thread
-#
-
-
-class _Job:
-    """A call made on the worker thread; the main thread polls :attr:`done`."""
-
-    def __init__(self, function: Callable[[], Any]) -> None:
-        self.function = function
-        self.done = threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.function()
-        except BaseException as exc:  # handed to the main thread, which reports it
-            self.error = exc
-        finally:
-            self.done.set()
-
-
-class _ModelWorker:
-    """One persistent thread runs every model call (SlicerNNInteractive's ``_SessionExecutor`` pattern).
-
-    Why one thread, kept for the module's lifetime, rather than a new thread per click:
-    PyTorch keeps per-thread state that is expensive to rebuild — cuDNN/cuBLAS handles, the
-    cuDNN autotuner's plan cache and the CUDA stream are bound to the thread that created them.
-    SlicerNNInteractive measured 1.28 s per interaction with a fresh thread versus 0.14 s with a
-    persistent one (the plans were re-tuned every time). On the CPU it also keeps torch's
-    intra-op thread pool warm. The model and the session's cached embeddings are only ever
-    touched from this thread; Qt and MRML stay on the main thread, which hands plain numpy /
-    SimpleITK data in and writes the returned arrays into the segment.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, function: Callable[[], Any]) -> _Job:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="SAMMed3D model worker", daemon=True)
-            self._thread.start()
-        job = _Job(function)
-        self._jobs.put(job)
-        return job
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job.run()
-
-    def shutdown(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self._jobs.put(None)
-
-
-#
 # SAMMed3DWidget
 #
 
@@ -247,8 +152,8 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._pointsNodes: tuple[Any, Any] = (None, None)
         self._boundSegment: tuple[str, str] | None = None
-        self._worker = _ModelWorker()
-        self._job: _Job | None = None
+        self._worker = ModelWorker()
+        self._job: Job | None = None
         self._request: Any = None
         self._pending = False
         self._cancel = threading.Event()
@@ -522,7 +427,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(error), windowTitle="SAM-Med3D")
         else:
             details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            logging.error("SAM-Med3D update failed:\n%s", details)
+            logger.error("SAM-Med3D update failed:\n%s", details)
             self.ui.statusLabel.text = f"Update failed: {error}"
             slicer.util.errorDisplay(f"SAM-Med3D update failed: {error}", detailedText=details, windowTitle="SAM-Med3D")
 
@@ -535,47 +440,36 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- buttons ------------------------------------------------------------------------------------
 
-    def _whilePointsRestored(self, action: Callable[[], Any]) -> Any:
-        """Run an action that moves points without triggering an update."""
-        self._restoringPoints = True
-        try:
-            return action()
-        finally:
-            self._restoringPoints = False
+    def _edit(self, failure: str, action: Callable[[], Any], status: Callable[[Any], str]) -> None:
+        """Run an undo-history action (not while the model runs); the points it moves trigger no update."""
+        if self._job is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+            self._restoringPoints = True
+            try:
+                outcome = action()
+            finally:
+                self._restoringPoints = False
+            self.ui.statusLabel.text = status(outcome)
+        self._updateUndoButtons()
 
     def onUndo(self) -> None:
-        if self._job is not None:
-            return
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not undo.", waitCursor=True):
-            segmentId = self._whilePointsRestored(self.logic.undo)
-            self.ui.statusLabel.text = f"Undone ({segmentId})." if segmentId else "Nothing to undo."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not undo.", self.logic.undo,
+                   lambda segmentId: f"Undone ({segmentId})." if segmentId else "Nothing to undo.")
 
     def onRedo(self) -> None:
-        if self._job is not None:
-            return
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not redo.", waitCursor=True):
-            segmentId = self._whilePointsRestored(self.logic.redo)
-            self.ui.statusLabel.text = f"Redone ({segmentId})." if segmentId else "Nothing to redo."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not redo.", self.logic.redo,
+                   lambda segmentId: f"Redone ({segmentId})." if segmentId else "Nothing to redo.")
 
     def onReset(self) -> None:
-        if self._job is not None:
-            return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not reset the segment.", waitCursor=True):
-            count = self._whilePointsRestored(lambda: self.logic.resetSegment(p.segmentation, p.segmentId))
-            self.ui.statusLabel.text = f"Reset: {count} update(s) undone (Redo brings them back)."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not reset the segment.", lambda: self.logic.resetSegment(p.segmentation, p.segmentId),
+                   lambda count: f"Reset: {count} update(s) undone (Redo brings them back).")
 
     def onClearPoints(self) -> None:
-        if self._job is not None:
-            return
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("SAM-Med3D could not clear the points.", waitCursor=True):
-            self._whilePointsRestored(lambda: self.logic.clearPoints(p.segmentation, p.segmentId))
-            self.ui.statusLabel.text = "Points cleared; the segment is kept. The next + point starts afresh."
-        self._updateUndoButtons()
+        self._edit("SAM-Med3D could not clear the points.", lambda: self.logic.clearPoints(p.segmentation, p.segmentId),
+                   lambda _: "Points cleared; the segment is kept. The next + point starts afresh.")
 
     def onNextSegment(self) -> None:
         if self._job is not None or self._parameterNode is None or not self._parameterNode.segmentation:
@@ -592,23 +486,22 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class SAMMed3DLogic(ScriptedLoadableModuleLogic):
+class SAMMed3DLogic(ParameterNodeLogic, ScriptedLoadableModuleLogic):
     """Thin module logic: reads the parameter node and delegates to ``InteractiveSegmentationLogic``.
 
-    The interactive logic (and with it ``SAMMed3DLib``) is created on first use, after
-    :meth:`ensureDependencies`; before that only the torch-free parts (points) are used.
+    The settings and the delegation (``configure``, ``prepare``/``compute``/``apply``, undo, points)
+    are :class:`SAMMed3DModule.module_logic.ParameterNodeLogic`, which needs no Slicer application,
+    so pytest runs them on real MRML scenes. The interactive logic (and with it ``SAMMed3DLib``) is
+    created on first use, after :meth:`ensureDependencies`; before that only the torch-free parts
+    (points) are used.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._impl: Any = None
-        self._settings: tuple | None = None
-        self._baseline: Any = None
+        ParameterNodeLogic.__init__(self)
 
     def getParameterNode(self) -> SAMMed3DParameterNode:
         return SAMMed3DParameterNode(super().getParameterNode())
-
-    # -- dependencies -------------------------------------------------------------------------------
 
     @staticmethod
     def ensureDependencies(confirm: Callable[[str], bool] | None = None) -> bool:
@@ -616,196 +509,8 @@ class SAMMed3DLogic(ScriptedLoadableModuleLogic):
 
         Skipped in testing mode: tests must not change the Python environment.
         """
-        if slicer.app.testingEnabled():
-            return True
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError as exc:
-            raise RuntimeError(
-                "SAM-Med3D needs the 'PyTorch' extension: install it from the Extensions Manager, restart Slicer and try again"
-            ) from exc
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                return False
         requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
-        _pipEnsure(requirements, confirm)
-        return True
-
-    # -- settings -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def modelSpec(parameterNode: SAMMed3DParameterNode) -> str:
-        if parameterNode.model == ModelChoice.FILE:
-            path = str(parameterNode.modelPath)
-            if not path or path == ".":
-                raise ValueError("choose a checkpoint file (Model section) or another model")
-            return path
-        return parameterNode.model.value
-
-    def configure(self, parameterNode: SAMMed3DParameterNode) -> None:
-        """Apply model, device and window-following settings; changing them starts a new session."""
-        spec = parameterNode.model.value if parameterNode.model != ModelChoice.FILE else str(parameterNode.modelPath)
-        settings = (spec, parameterNode.device.value, parameterNode.autoExtend)
-        if settings == self._settings:
-            return
-        self._settings = settings
-        if self._impl is not None:
-            if (self._impl.modelSpec, self._impl.device) != settings[:2]:
-                self._impl.setModel(settings[0], settings[1])
-            self._impl.autoExtend = settings[2]
-            self._impl.endSession()
-
-    def _logic(self) -> Any:
-        if self._impl is None:
-            from InteractiveSegmentationLogic import InteractiveSegmentationLogic
-
-            spec, device, autoExtend = self._settings or ("default", "auto", True)
-            self._impl = InteractiveSegmentationLogic(model=spec, device=device, autoExtend=autoExtend)
-            self._impl.beforeWriteCallback = _saveSegmentEditorUndoState
-            if self._baseline is not None:
-                self._impl.rememberPoints(self._baseline)
-        return self._impl
-
-    # -- delegation ---------------------------------------------------------------------------------
-
-    def pointsNodes(self, segmentation: Any, segmentId: str) -> tuple[Any, Any]:
-        from InteractiveSegmentationLogic import PointsSnapshot, ensure_points_nodes
-
-        if self._impl is not None:
-            return self._impl.pointsNodesForSegment(segmentation, segmentId)
-        nodes = ensure_points_nodes(segmentation, segmentId)
-        self._baseline = PointsSnapshot.take(list(nodes))
-        return nodes
-
-    @property
-    def modelLoaded(self) -> bool:
-        return self._impl is not None and self._impl.modelLoaded
-
-    @property
-    def canUndo(self) -> bool:
-        return self._impl is not None and self._impl.canUndo
-
-    @property
-    def canRedo(self) -> bool:
-        return self._impl is not None and self._impl.canRedo
-
-    def modelNeedsDownload(self) -> bool:
-        return self._logic().modelNeedsDownload()
-
-    @staticmethod
-    def cacheFolder() -> str:
-        from SAMMed3DLib.registry import cache_dir
-
-        return str(cache_dir())
-
-    def writeOptions(self, parameterNode: SAMMed3DParameterNode) -> Any:
-        from InteractiveSegmentationLogic import write_options_for_mode
-
-        return write_options_for_mode(parameterNode.writeMode.value, _segmentEditorNode())
-
-    def prepare(self, parameterNode: SAMMed3DParameterNode, positive: Any, negative: Any) -> Any:
-        self.modelSpec(parameterNode)  # a missing checkpoint file is reported before any work
-        return self._logic().prepare(
-            parameterNode.inputVolume, parameterNode.segmentation, parameterNode.segmentId, positive, negative,
-            self.writeOptions(parameterNode),
-        )
-
-    def compute(self, request: Any, progress: Callable[[float, float, str], None], cancel: threading.Event, allowDownload: bool) -> Any:
-        """Worker thread: load the model if needed, then run it (no Qt, no MRML)."""
-        logic = self._logic()
-        logic.loadModel(progress, cancel, allowDownload)
-        if cancel.is_set():
-            raise RuntimeError("cancelled")
-        return logic.compute(request)
-
-    def apply(self, request: Any, update: Any) -> Any:
-        return self._logic().apply(request, update)
-
-    def segment(self, volume: Any, segmentation: Any, segmentId: str, positive: Any, negative: Any = None, options: Any = None) -> Any:
-        return self._logic().segment(volume, segmentation, segmentId, positive, negative, options)
-
-    def undo(self) -> str | None:
-        return self._logic().undo() if self._impl is not None else None
-
-    def redo(self) -> str | None:
-        return self._logic().redo() if self._impl is not None else None
-
-    def resetSegment(self, segmentation: Any, segmentId: str) -> int:
-        return self._logic().resetSegment(segmentation, segmentId)
-
-    def clearPoints(self, segmentation: Any, segmentId: str) -> None:
-        self._logic().clearPoints(segmentation, segmentId)
-
-    def addNextSegment(self, segmentation: Any) -> str:
-        return self._logic().addNextSegment(segmentation)
-
-    def endSession(self) -> None:
-        if self._impl is not None:
-            self._impl.endSession()
-
-
-def _pipEnsure(requirementsPath: str, confirm: Callable[[str], bool] | None) -> None:
-    """Install what ``requirements.txt`` lists and is missing, after asking (Slicer's own helper when present)."""
-    import importlib
-
-    for moduleName in ("slicer.packaging", "slicer.pydeps"):
-        try:
-            helpers = importlib.import_module(moduleName)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(helpers, "pip_ensure") and hasattr(helpers, "load_requirements"):
-            helpers.pip_ensure(helpers.load_requirements(requirementsPath), requester="SAM-Med3D")
-            return
-    # Older Slicer: check the installed versions ourselves, ask, then pip install.
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.requirements import Requirement
-
-    missing = []
-    with open(requirementsPath, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith(("#", "-")):
-                continue
-            requirement = Requirement(line)
-            try:
-                if version(requirement.name) in requirement.specifier:
-                    continue
-            except PackageNotFoundError:
-                pass  # not installed: falls through to "missing"
-            missing.append(str(requirement))
-    if not missing:
-        return
-    ask = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="SAM-Med3D"))
-    if not ask(f"SAM-Med3D needs these Python packages: {', '.join(missing)}. Install them now?"):
-        raise RuntimeError(f"SAM-Med3D cannot run without {', '.join(missing)}")
-    slicer.util.pip_install(" ".join(missing))
-
-
-def _segmentEditorNode() -> Any:
-    """The Segment Editor's parameter node (its masking settings), or None."""
-    widget = _segmentEditorWidget()
-    if widget is not None:
-        return widget.mrmlSegmentEditorNode()
-    return slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentEditorNode")
-
-
-def _segmentEditorWidget() -> Any:
-    module = getattr(slicer.modules, "segmenteditor", None)
-    if module is None:
-        return None
-    representation = module.widgetRepresentation()
-    return representation.self().editor if representation is not None else None
-
-
-def _saveSegmentEditorUndoState(segmentationNode: Any) -> None:
-    """Let Ctrl+Z in the Segment Editor undo our updates too, when it edits the same segmentation."""
-    widget = _segmentEditorWidget()
-    edited = widget.segmentationNode() if widget is not None else None
-    if edited is not None and edited.GetID() == segmentationNode.GetID():
-        widget.saveStateForUndo()
+        return dependencies.ensureDependencies(requirements, confirm)
 
 
 #

@@ -4,8 +4,9 @@ The Qt GUI cannot run here (slicer-core has MRML but no Qt application), so the 
 statically instead: every control bound with ``SlicerParameterName`` in the .ui file matches a
 field of the ``@parameterNodeWrapper`` class with a widget type the wrapper can connect, every
 ``self.ui.<name>`` the widget code uses exists in the .ui file, every MRML widget gets the scene,
-and the combo-box choices are values the logic accepts. The CMake lists must name every Python
-file and resource, so that teammates' new files are packaged.
+and the combo-box choices are values the logic accepts. The helpers ``SAMMed3D.py`` imports from its
+sub-package ``SAMMed3DModule`` are read the same way (and run in ``test_slicer_module_helpers.py``).
+The CMake lists must name every Python file and resource, so that teammates' new files are packaged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ MODULE = ROOT / "SAMMed3D"
 CORE = ROOT / "SAMMed3DLib"
 UI_FILE = MODULE / "Resources" / "UI" / "SAMMed3D.ui"
 MODULE_SCRIPT = MODULE / "SAMMed3D.py"
+HELPERS = MODULE / "SAMMed3DModule"
+#: Every Python file of the module that Slicer loads: the main script and its helper sub-package.
+MODULE_CODE = [MODULE_SCRIPT, *sorted(HELPERS.glob("*.py"))]
 sys.path.insert(0, str(MODULE))
 
 
@@ -53,14 +57,19 @@ def _s4ext() -> dict[str, str]:
     return fields
 
 
-def _module_ast() -> ast.Module:
-    return ast.parse(MODULE_SCRIPT.read_text(encoding="utf-8"), filename=str(MODULE_SCRIPT))
+def _module_ast(path: Path = MODULE_SCRIPT) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+def _class(tree: ast.Module, name: str, where: str = "SAMMed3D.py") -> ast.ClassDef:
     found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
-    assert found, f"class {name} missing from SAMMed3D.py"
+    assert found, f"class {name} missing from {where}"
     return found[0]
+
+
+def _imported_from(tree: ast.Module, module: str) -> set[str]:
+    """Names a module's top level imports with ``from <module> import ...``."""
+    return {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == module for a in n.names}
 
 
 def _ui_widgets() -> dict[str, ET.Element]:
@@ -203,8 +212,9 @@ def _parameter_fields() -> dict[str, str]:
 
 
 def _enums() -> dict[str, dict[str, str]]:
+    """The option enums of ``SAMMed3DModule/choices.py``, which ``SAMMed3D.py`` imports for the parameter node."""
     out = {}
-    for node in _module_ast().body:
+    for node in _module_ast(HELPERS / "choices.py").body:
         if isinstance(node, ast.ClassDef) and any(ast.unparse(b) == "enum.Enum" for b in node.bases):
             out[node.name] = {
                 t.id: v.value.value
@@ -213,6 +223,8 @@ def _enums() -> dict[str, dict[str, str]]:
                 for t in v.targets
                 if isinstance(t, ast.Name) and isinstance(v.value, ast.Constant)
             }
+    imported = _imported_from(_module_ast(), "SAMMed3DModule.choices")
+    assert set(out) <= imported, f"SAMMed3D.py must import {sorted(set(out) - imported)} from SAMMed3DModule.choices"
     return out
 
 
@@ -244,7 +256,7 @@ def test_every_bound_control_maps_to_a_parameter_node_field_of_a_matching_type()
 
 
 def test_widget_code_only_uses_controls_that_exist_in_the_ui_file() -> None:
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_SCRIPT.read_text(encoding="utf-8")))
+    used = {name for path in MODULE_CODE for name in re.findall(r"self\.ui\.(\w+)", path.read_text(encoding="utf-8"))}
     widgets = _ui_widgets()
     assert used, "the widget uses no .ui control"
     missing = sorted(used - set(widgets))
@@ -280,20 +292,37 @@ def test_combo_box_choices_are_values_the_logic_accepts() -> None:
     assert set(enums["DeviceChoice"].values()) <= set(DEVICE_CHOICES)
 
 
-def test_module_imports_nothing_heavy_at_import_time() -> None:
-    tree = _module_ast()
-    top_level = {
-        (n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
-        for n in tree.body
-        if isinstance(n, (ast.Import, ast.ImportFrom))
-        for a in (n.names if isinstance(n, ast.Import) else [n])
-    }
+def _top_level_imports(path: Path) -> set[str]:
+    """The top-level packages a file imports at import time ("." for its own package)."""
+    names = set()
+    for n in _module_ast(path).body:
+        if isinstance(n, ast.Import):
+            names |= {a.name.split(".")[0] for a in n.names}
+        elif isinstance(n, ast.ImportFrom):
+            names.add("." if n.level else n.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", MODULE_CODE, ids=lambda p: str(p.relative_to(MODULE)))
+def test_module_imports_nothing_heavy_at_import_time(path: Path) -> None:
+    top_level = _top_level_imports(path)
     assert not top_level & {"torch", "SAMMed3DLib", "InteractiveSegmentationLogic", "numpy", "PyTorchUtils"}, top_level
-    compile(MODULE_SCRIPT.read_text(encoding="utf-8"), str(MODULE_SCRIPT), "exec")
+    if path.parent == HELPERS:
+        assert "qt" not in top_level, "the helpers stay free of Qt (the widget owns every Qt call)"
+    compile(path.read_text(encoding="utf-8"), str(path), "exec")
 
 
-def test_the_logic_package_imports_without_torch() -> None:
-    code = "import sys; sys.path.insert(0, %r); import InteractiveSegmentationLogic; print('torch' in sys.modules)" % str(MODULE)
+def test_the_logic_package_never_imports_the_module_helpers() -> None:
+    for path in (MODULE / "InteractiveSegmentationLogic").glob("*.py"):
+        assert "SAMMed3DModule" not in path.read_text(encoding="utf-8"), f"{path.name} depends on the Slicer module's helpers"
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["InteractiveSegmentationLogic", *(f"SAMMed3DModule.{p.stem}" for p in sorted(HELPERS.glob("*.py")) if p.stem != "__init__")],
+)
+def test_the_logic_package_and_the_helpers_import_without_torch(package: str) -> None:
+    code = "import sys; sys.path.insert(0, %r); import %s; print('torch' in sys.modules)" % (str(MODULE), package)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -312,12 +341,27 @@ def test_self_test_exercises_the_logic_and_can_fail() -> None:
     assert "testLogic = False" not in MODULE_SCRIPT.read_text(encoding="utf-8")
 
 
+def test_every_logic_method_the_widget_calls_exists() -> None:
+    logic = _class(_module_ast(), "SAMMed3DLogic")
+    assert [ast.unparse(b) for b in logic.bases] == ["ParameterNodeLogic", "ScriptedLoadableModuleLogic"]
+    assert "ParameterNodeLogic" in _imported_from(_module_ast(), "SAMMed3DModule.module_logic")
+    base = _class(_module_ast(HELPERS / "module_logic.py"), "ParameterNodeLogic", "SAMMed3DModule/module_logic.py")
+    defined = {n.name for cls in (logic, base) for n in cls.body if isinstance(n, ast.FunctionDef)}
+    used = set(re.findall(r"self\.logic\.(\w+)", MODULE_SCRIPT.read_text(encoding="utf-8")))
+    assert len(used) >= 10 and not used - defined, f"the widget calls logic methods nobody defines: {sorted(used - defined)}"
+
+
 def test_worker_thread_is_persistent_and_documented() -> None:
-    cls = _class(_module_ast(), "_ModelWorker")
+    cls = _class(_module_ast(HELPERS / "worker.py"), "ModelWorker", "SAMMed3DModule/worker.py")
     doc = ast.get_docstring(cls) or ""
     assert "persistent" in doc and "1.28 s" in doc and "0.14 s" in doc
     source = ast.unparse(cls)
     assert source.count("threading.Thread(") == 1
+    # ... and the only thread the module starts; the widget keeps one worker for its lifetime.
+    assert sum(path.read_text(encoding="utf-8").count("threading.Thread(") for path in MODULE_CODE) == 1
+    assert "ModelWorker" in _imported_from(_module_ast(), "SAMMed3DModule.worker")
+    widget_init = next(n for n in _class(_module_ast(), "SAMMed3DWidget").body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert "self._worker = ModelWorker()" in ast.unparse(widget_init)
 
 
 @pytest.mark.parametrize("name", ["SAMMed3DWidget", "SAMMed3DLogic", "SAMMed3DTest", "SAMMed3D"])

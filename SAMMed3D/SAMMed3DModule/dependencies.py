@@ -1,0 +1,97 @@
+"""Installing what the module needs, when the user first runs the model (never at import or startup).
+
+Design: PyTorch comes through the PyTorch extension (``PyTorchUtils``, the module's
+``EXTENSION_DEPENDS``), which picks the build matching the GPU and driver; everything else comes
+from ``Resources/requirements.txt`` through Slicer's ``slicer.packaging.pip_ensure``, or on older
+Slicer through a version check of our own. Both ask the user first; both are skipped in testing
+mode, because tests must not change the Python environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+
+import slicer
+
+logger = logging.getLogger(__name__)
+
+#: PyTorch floor: the code uses torch.inference_mode and scaled_dot_product_attention (torch 2.x);
+#: 2.2 is the oldest version the project's tests ran with.
+TORCH_REQUIREMENT = ">=2.2"
+
+
+def ensureDependencies(requirementsPath: str, confirm: Callable[[str], bool] | None = None) -> bool:
+    """Install PyTorch (PyTorch extension) and the listed requirements if missing.
+
+    Args:
+        requirementsPath: the module's ``Resources/requirements.txt``.
+        confirm: asks the user a yes/no question; None asks with Slicer's OK/Cancel dialog.
+
+    Returns:
+        False if the user declined to install PyTorch, True when everything is there (or in testing mode).
+
+    Raises:
+        RuntimeError: the PyTorch extension is missing, or the user declined the other packages.
+    """
+    if slicer.app.testingEnabled():
+        return True
+    try:
+        import PyTorchUtils
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            "SAM-Med3D needs the 'PyTorch' extension: install it from the Extensions Manager, restart Slicer and try again"
+        ) from exc
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torchLogic.torchInstalled():
+        torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+        if torch is None:
+            return False
+    pipEnsure(requirementsPath, confirm)
+    return True
+
+
+def pipEnsure(requirementsPath: str, confirm: Callable[[str], bool] | None) -> None:
+    """Install what ``requirements.txt`` lists and is missing, after asking (Slicer's own helper when present).
+
+    Args:
+        requirementsPath: a pip requirements file; comments and option lines (``-...``) are skipped.
+        confirm: asks the user a yes/no question; None asks with Slicer's OK/Cancel dialog.
+
+    Raises:
+        RuntimeError: the user declined to install missing packages.
+    """
+    for moduleName in ("slicer.packaging", "slicer.pydeps"):
+        try:
+            helpers = importlib.import_module(moduleName)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(helpers, "pip_ensure") and hasattr(helpers, "load_requirements"):
+            helpers.pip_ensure(helpers.load_requirements(requirementsPath), requester="SAM-Med3D")
+            return
+    # Older Slicer: check the installed versions ourselves, ask, then pip install.
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    with open(requirementsPath, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith(("#", "-")):
+                continue
+            requirement = Requirement(line)
+            try:
+                if version(requirement.name) in requirement.specifier:
+                    continue
+            except PackageNotFoundError:
+                pass  # not installed: falls through to "missing"
+            missing.append(str(requirement))
+    if not missing:
+        return
+    ask = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="SAM-Med3D"))
+    if not ask(f"SAM-Med3D needs these Python packages: {', '.join(missing)}. Install them now?"):
+        raise RuntimeError(f"SAM-Med3D cannot run without {', '.join(missing)}")
+    logger.info("SAM-Med3D: installing %s", " ".join(missing))
+    slicer.util.pip_install(" ".join(missing))

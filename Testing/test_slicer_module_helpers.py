@@ -1,0 +1,300 @@
+"""The helpers of the Slicer module (``SAMMed3D/SAMMed3DModule``) that run without the Slicer application.
+
+``SAMMed3D.py`` itself needs the application and is checked statically (``test_slicer_packaging.py``);
+what it delegates to is run here: the persistent worker thread, the module logic's parameter-node
+side on a real MRML scene (slicer-core) with a small checkpoint on disk, the dependency checks and
+the Segment Editor hooks. Where the code reaches for the application (``slicer.app``,
+``slicer.modules``, ``slicer.mrmlScene``), the test puts a stand-in there with ``monkeypatch``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "SAMMed3D"))
+
+slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML outside Slicer (pip install slicer-core)")
+
+from SAMMed3DModule import dependencies, segment_editor  # noqa: E402
+from SAMMed3DModule.choices import DeviceChoice, ModelChoice, WriteMode  # noqa: E402
+from SAMMed3DModule.module_logic import ParameterNodeLogic  # noqa: E402
+from SAMMed3DModule.worker import ModelWorker  # noqa: E402
+from test_slicer_logic import scene  # noqa: E402, F401 - the MRML scene as Slicer sets it up at start-up
+
+# -- worker -----------------------------------------------------------------------------------------
+
+
+def test_the_worker_runs_every_job_on_one_persistent_thread_in_order() -> None:
+    worker = ModelWorker()
+    threads, order = [], []
+
+    def call(i: int) -> int:
+        threads.append(threading.current_thread())
+        order.append(i)
+        return i * 10
+
+    jobs = [worker.submit(lambda i=i: call(i)) for i in range(5)]
+    assert all(job.done.wait(10) for job in jobs)
+    assert [job.result for job in jobs] == [0, 10, 20, 30, 40] and order == [0, 1, 2, 3, 4]
+    assert len(set(threads)) == 1 and threads[0] is not threading.current_thread()
+    worker.shutdown()
+    threads[0].join(10)
+    assert not threads[0].is_alive()
+
+
+def test_a_failing_job_hands_its_exception_to_the_main_thread_and_the_worker_goes_on() -> None:
+    worker = ModelWorker()
+    failing = worker.submit(lambda: 1 / 0)
+    after = worker.submit(lambda: "still running")
+    assert failing.done.wait(10) and after.done.wait(10)
+    assert isinstance(failing.error, ZeroDivisionError) and failing.result is None
+    assert after.error is None and after.result == "still running"
+    worker.shutdown()
+
+
+def test_the_worker_restarts_its_thread_after_a_shutdown() -> None:
+    worker = ModelWorker()
+    first = worker.submit(threading.current_thread)
+    assert first.done.wait(10)
+    worker.shutdown()
+    first.result.join(10)
+    second = worker.submit(threading.current_thread)
+    assert second.done.wait(10) and second.result is not first.result and second.result.is_alive()
+    worker.shutdown()
+
+
+# -- choices ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("choices", [ModelChoice, DeviceChoice, WriteMode])
+def test_every_choice_has_a_distinct_label(choices) -> None:
+    labels = [choice.label() for choice in choices]
+    assert all(labels) and len(set(labels)) == len(labels)
+
+
+# -- the module logic's parameter-node side ---------------------------------------------------------
+
+
+def _parameters(**fields):
+    """A stand-in for ``SAMMed3DParameterNode`` (the wrapper needs the Slicer application)."""
+    defaults = {"inputVolume": None, "segmentation": None, "segmentId": "", "model": ModelChoice.DEFAULT, "modelPath": pathlib.Path(),
+                "device": DeviceChoice.CPU, "writeMode": WriteMode.ALLOW_OVERLAP, "autoRun": True, "autoExtend": False}
+    return types.SimpleNamespace(**{**defaults, **fields})
+
+
+@pytest.mark.parametrize(
+    ("model", "path", "expected"),
+    [
+        (ModelChoice.DEFAULT, pathlib.Path(), "default"),
+        (ModelChoice.TURBO, pathlib.Path("ignored.pth"), "sam_med3d_turbo"),
+        (ModelChoice.FILE, pathlib.Path("/models/mine.pth"), str(pathlib.Path("/models/mine.pth"))),
+    ],
+)
+def test_model_spec_is_the_registry_name_or_the_chosen_file(model, path, expected) -> None:
+    assert ParameterNodeLogic.modelSpec(_parameters(model=model, modelPath=path)) == expected
+
+
+def test_a_local_file_choice_without_a_file_is_refused_before_any_work() -> None:
+    logic = ParameterNodeLogic()
+    with pytest.raises(ValueError, match="choose a checkpoint file"):
+        logic.prepare(_parameters(model=ModelChoice.FILE), None, None)
+    assert not logic.modelLoaded and not logic.canUndo
+
+
+def test_before_any_update_there_is_nothing_to_undo_or_redo() -> None:
+    logic = ParameterNodeLogic()
+    assert (logic.undo(), logic.redo()) == (None, None)
+    assert not logic.canUndo and not logic.canRedo and not logic.modelLoaded
+    logic.endSession()  # no interactive logic yet: nothing to end, no error
+
+
+@pytest.fixture
+def module_case(scene, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
+    """Segment "A" of an oblique sphere volume, a small random checkpoint chosen as "Local file…", no Segment Editor.
+
+    The module logic is configured and shows the segment's points, one + point placed on a sphere,
+    as the widget does before the interactive logic (and PyTorch) is needed.
+    """
+    from InteractiveSegmentationLogic.testing import SMALL_CONFIG, add_sphere_volume
+
+    from SAMMed3DLib import build_sam3d
+    from SAMMed3DLib.card import ModelCard
+    from SAMMed3DLib.checkpoint import save_model
+
+    model = build_sam3d(SMALL_CONFIG)
+    model.card = ModelCard(name="small-random", config=model.config)
+    checkpoint = save_model(model, tmp_path / "small.pth")
+    volume, centres = add_sphere_volume(scene)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("A", "A")
+    # The Segment Editor module is not loaded; its parameter node is looked up in the scene.
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    parameters = _parameters(inputVolume=volume, segmentation=segmentation, segmentId=segment_id,
+                             model=ModelChoice.FILE, modelPath=checkpoint)
+    logic = ParameterNodeLogic()
+    logic.configure(parameters)
+    plus, minus = logic.pointsNodes(segmentation, segment_id)
+    plus.AddControlPoint(*centres[0])
+    return parameters, logic, plus, minus, centres[0]
+
+
+def _update(logic: ParameterNodeLogic, parameters, plus, minus):
+    request = logic.prepare(parameters, plus, minus)
+    progress = []
+    update = logic.compute(request, lambda *args: progress.append(args), threading.Event(), False)
+    return request, logic.apply(request, update), progress
+
+
+def test_points_shown_before_the_logic_exists_are_the_undo_baseline_of_the_first_update(module_case) -> None:
+    from InteractiveSegmentationLogic.testing import segment_on_volume
+
+    parameters, logic, plus, minus, _ = module_case
+    assert not logic.modelLoaded
+    request, result, progress = _update(logic, parameters, plus, minus)
+    assert request.newSession and result.newSession and logic.modelLoaded and logic.canUndo
+    assert progress and progress[0][2].startswith("Loading model")
+    mask = segment_on_volume(parameters.segmentation, parameters.segmentId, parameters.inputVolume)
+    assert int(mask.sum()) == result.changedVoxels
+    assert logic.undo() == parameters.segmentId
+    assert plus.GetNumberOfControlPoints() == 0, "undo must bring back the points as shown before the first update"
+    assert int(segment_on_volume(parameters.segmentation, parameters.segmentId, parameters.inputVolume).sum()) == 0
+    assert logic.canRedo and logic.redo() == parameters.segmentId and plus.GetNumberOfControlPoints() == 1
+
+
+def test_changing_a_setting_starts_a_new_session_and_unchanged_settings_keep_it(module_case) -> None:
+    parameters, logic, plus, minus, centre = module_case
+    _update(logic, parameters, plus, minus)
+    logic.configure(parameters)  # the widget calls this on every parameter node change
+    minus.AddControlPoint(*(centre + 3.0))
+    request, _, _ = _update(logic, parameters, plus, minus)
+    assert not request.newSession
+    parameters.autoExtend = True
+    logic.configure(parameters)
+    plus.AddControlPoint(*(centre - 2.0))
+    request, _, progress = _update(logic, parameters, plus, minus)
+    assert request.newSession and not progress, "the same model is kept (no reload) when only window following changes"
+
+
+def test_a_cancel_during_the_first_model_load_is_reported_as_cancelled(module_case) -> None:
+    parameters, logic, plus, minus, _ = module_case
+    request = logic.prepare(parameters, plus, minus)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        logic.compute(request, lambda *args: None, cancel, False)
+
+
+# -- Segment Editor hooks ---------------------------------------------------------------------------
+
+
+class _FakeSegmentEditorWidget:
+    """The parts of ``qMRMLSegmentEditorWidget`` the hooks use (hence Qt's camelCase names)."""
+
+    def __init__(self, segmentation, editor_node) -> None:
+        self._segmentation, self._editor_node, self.saved = segmentation, editor_node, 0
+
+    def segmentationNode(self):
+        return self._segmentation
+
+    def mrmlSegmentEditorNode(self):
+        return self._editor_node
+
+    def saveStateForUndo(self) -> None:
+        self.saved += 1
+
+
+def _with_segment_editor(monkeypatch, widget) -> None:
+    representation = types.SimpleNamespace(self=lambda: types.SimpleNamespace(editor=widget))
+    module = types.SimpleNamespace(widgetRepresentation=lambda: representation)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(segmenteditor=module), raising=False)
+
+
+def test_the_segment_editor_undo_state_is_saved_only_for_the_segmentation_it_edits(monkeypatch) -> None:
+    bare = slicer.vtkMRMLScene()
+    edited, other = (bare.AddNewNodeByClass("vtkMRMLSegmentationNode") for _ in range(2))
+    widget = _FakeSegmentEditorWidget(edited, None)
+    _with_segment_editor(monkeypatch, widget)
+    segment_editor.saveSegmentEditorUndoState(other)
+    assert widget.saved == 0
+    segment_editor.saveSegmentEditorUndoState(edited)
+    assert widget.saved == 1
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+    segment_editor.saveSegmentEditorUndoState(edited)  # Segment Editor not loaded: nothing to save, no error
+    assert widget.saved == 1
+
+
+def test_the_segment_editor_node_comes_from_its_widget_else_from_the_scene(monkeypatch) -> None:
+    bare = slicer.vtkMRMLScene()
+    in_scene = bare.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    monkeypatch.setattr(slicer, "mrmlScene", bare, raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+    assert segment_editor.segmentEditorNode() is in_scene
+    of_widget = slicer.vtkMRMLSegmentEditorNode()
+    _with_segment_editor(monkeypatch, _FakeSegmentEditorWidget(None, of_widget))
+    assert segment_editor.segmentEditorNode() is of_widget
+
+
+# -- dependencies -----------------------------------------------------------------------------------
+
+
+def test_dependencies_are_left_alone_in_testing_mode(monkeypatch) -> None:
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # would raise if it were imported
+    assert dependencies.ensureDependencies("no-such-requirements.txt") is True
+
+
+def test_a_missing_pytorch_extension_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    with pytest.raises(RuntimeError, match="needs the 'PyTorch' extension: install it from the Extensions Manager"):
+        dependencies.ensureDependencies("no-such-requirements.txt")
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["declined", "present"])
+def test_pytorch_is_installed_through_the_extension_with_the_version_floor(monkeypatch, tmp_path, installed) -> None:
+    calls = []
+
+    class FakeTorchLogic:
+        """``PyTorchUtils.PyTorchUtilsLogic``'s two methods the module calls (its camelCase names)."""
+
+        def torchInstalled(self) -> bool:
+            return installed
+
+        def installTorch(self, **kwargs):
+            calls.append(kwargs)  # returns None: the user declined
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# nothing but a comment\n", encoding="utf-8")
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeTorchLogic))
+    assert dependencies.ensureDependencies(str(requirements), confirm=lambda text: pytest.fail(text)) is installed
+    assert calls == ([] if installed else [{"askConfirmation": True, "torchVersionRequirement": dependencies.TORCH_REQUIREMENT}])
+    assert dependencies.TORCH_REQUIREMENT == ">=2.2"
+
+
+def test_pip_ensure_asks_for_missing_packages_only_and_installs_what_the_user_accepts(monkeypatch, tmp_path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\n-r other.txt\nnumpy>=1.0\nsammed3d-no-such-package>=9.9\n\n", encoding="utf-8")
+    installed, questions = [], []
+    monkeypatch.setattr(slicer.util, "pip_install", installed.append, raising=False)
+
+    def confirm(answer: bool):
+        return lambda text: questions.append(text) or answer
+
+    with pytest.raises(RuntimeError, match="cannot run without sammed3d-no-such-package>=9.9"):
+        dependencies.pipEnsure(str(requirements), confirm(False))
+    assert installed == [] and len(questions) == 1 and "numpy" not in questions[0]
+    dependencies.pipEnsure(str(requirements), confirm(True))
+    assert installed == ["sammed3d-no-such-package>=9.9"]
+    requirements.write_text("numpy>=1.0\n", encoding="utf-8")
+    dependencies.pipEnsure(str(requirements), lambda text: pytest.fail(f"asked although nothing is missing: {text}"))
