@@ -347,10 +347,7 @@ class Session:
                 self._points_lps.append(point)
                 self._labels.append(label)
                 r, w, p = self._run_click(point, timings)
-                if r is not None:
-                    union = union_region(region, r)
-                    previous = self._merge_previous(union, region, previous, r, p)  # type: ignore[arg-type]
-                    region = union
+                region, previous = self._grow(region, previous, r, p)
                 ran += w
         else:
             # Replay from the starting mask; one step restores the whole previous mask.
@@ -451,11 +448,8 @@ class Session:
         ran = [state.window]
         if self.auto_extend:
             extra_region, extra_prev, extra_ran = self._extend(state, timings)
-            if extra_region is not None:
-                union = union_region(region, extra_region)
-                previous = self._merge_previous(union, region, previous, extra_region, extra_prev)  # type: ignore[arg-type]
-                region = union
-                ran += extra_ran
+            region, previous = self._grow(region, previous, extra_region, extra_prev)
+            ran += extra_ran
         return region, ran, previous
 
     def _paste_owned(self, state: WindowState) -> tuple[Slices3 | None, np.ndarray | None]:
@@ -473,6 +467,15 @@ class Session:
             block = self._mask[region]  # type: ignore[index]
             np.copyto(block, previous, where=~owned)
         return region, previous
+
+    def _grow(
+        self, region: Slices3 | None, previous: np.ndarray | None, more: Slices3 | None, more_previous: np.ndarray | None
+    ) -> tuple[Slices3 | None, np.ndarray | None]:
+        """The region changed so far and its voxels before, after a later step changed ``more``."""
+        if more is None or more_previous is None:
+            return region, previous
+        union = union_region(region, more)
+        return union, self._merge_previous(union, region, previous, more, more_previous)  # type: ignore[arg-type]
 
     def _merge_previous(
         self,
@@ -520,12 +523,7 @@ class Session:
             timings["paste"] += time.perf_counter() - t
             if r is None:
                 continue
-            if region is None:
-                region, previous = r, prev_block
-            else:
-                union = union_region(region, r)
-                previous = self._merge_previous(union, region, previous, r, prev_block)
-                region = union
+            region, previous = self._grow(region, previous, r, prev_block)
             ran.append(new.window)
             frontier.append(new)
         return region, previous, ran
