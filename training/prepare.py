@@ -7,7 +7,8 @@ Usage::
 ``SRC`` is either a folder of case folders in the layout of ``../shared/data/train``
 (``<case>/image.nii.gz``, multi-label ``<case>/label.nii.gz``, ``<case>/labels.json``) or an
 nnU-Net raw dataset folder (``dataset.json`` + ``imagesTr/<case>_0000.nii.gz`` +
-``labelsTr/<case>.nii.gz``), or a single case folder.
+``labelsTr/<case>.nii.gz``), or a single case folder: the cases are found by
+:func:`SAMMed3DLib.cases.find_cases`, the finder ``sammed3d evaluate`` uses too.
 
 Design
 ------
@@ -59,7 +60,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from SAMMed3DLib.cases import Case, find_cases, read_case_images
 from SAMMed3DLib.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -306,95 +308,6 @@ def resample_to_ras(image: sitk.Image, label: sitk.Image, spacing_mm: float) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SourceCase:
-    """One labelled case found in a source folder."""
-
-    case_id: str
-    image_path: Path
-    label_path: Path
-    names: dict[int, str]
-    modality: str = ""
-    region: str = ""
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}; check that the file is valid JSON") from exc
-
-
-def _nnunet_cases(root: Path) -> list[SourceCase]:
-    meta = _read_json(root / "dataset.json")
-    labels = meta.get("labels", {})
-    names: dict[int, str] = {}
-    for key, value in labels.items():
-        # nnU-Net v2: {"name": value}; v1: {"value": "name"}.
-        if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit() and not key.isdigit()):
-            names[int(value)] = str(key)
-        elif isinstance(value, list):  # v2 region-based labels: skip (not plain classes)
-            continue
-        else:
-            names[int(key)] = str(value)
-    names.pop(0, None)
-    modality = ""
-    channels = meta.get("channel_names") or meta.get("modality") or {}
-    if isinstance(channels, dict) and channels:
-        modality = str(channels.get("0", next(iter(channels.values()))))
-    suffix = meta.get("file_ending", ".nii.gz")
-    out = []
-    for image_path in sorted((root / "imagesTr").glob(f"*_0000{suffix}")):
-        case_id = image_path.name[: -len(f"_0000{suffix}")]
-        label_path = root / "labelsTr" / f"{case_id}{suffix}"
-        if not label_path.is_file():
-            logger.warning("nnU-Net case %s has no label %s; skipped", case_id, label_path)
-            continue
-        out.append(SourceCase(f"{root.name}_{case_id}", image_path, label_path, dict(names), modality, ""))
-    return out
-
-
-def _case_folder(folder: Path) -> SourceCase:
-    meta = _read_json(folder / "labels.json")
-    names = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
-    return SourceCase(folder.name, folder / "image.nii.gz", folder / "label.nii.gz", names, str(meta.get("modality", "")), str(meta.get("region", "")))
-
-
-def find_cases(sources: Iterable[str | os.PathLike[str]]) -> list[SourceCase]:
-    """List the labelled cases of each source folder (case folders or nnU-Net raw datasets).
-
-    Raises:
-        DataError: a source does not exist or holds no recognisable case.
-    """
-    cases: list[SourceCase] = []
-    for src in sources:
-        root = Path(src)
-        if not root.is_dir():
-            raise DataError(f"data source {root} is not a folder; pass a case folder, a folder of case folders or an nnU-Net raw dataset")
-        if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
-            found = _nnunet_cases(root)
-        elif (root / "labels.json").is_file():
-            found = [_case_folder(root)]
-        else:
-            found = [_case_folder(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "labels.json").is_file()]
-        if not found:
-            raise DataError(
-                f"no labelled case in {root}: expected <case>/image.nii.gz + label.nii.gz + labels.json, "
-                "or an nnU-Net raw folder with dataset.json, imagesTr/ and labelsTr/"
-            )
-        cases.extend(found)
-    ids = [c.case_id for c in cases]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise DataError(f"case ids occur more than once across the sources: {dupes}; rename the case folders")
-    return cases
-
-
-# --------------------------------------------------------------------------------------------
 # Preparing one case and the whole cache
 # --------------------------------------------------------------------------------------------
 
@@ -481,17 +394,9 @@ def clean_structures(
     return kept, dropped
 
 
-def prepare_case(case: SourceCase, out_dir: Path, opts: PrepareOptions) -> tuple[CaseEntry | None, list[Dropped]]:
+def prepare_case(case: Case, out_dir: Path, opts: PrepareOptions) -> tuple[CaseEntry | None, list[Dropped]]:
     """Resample, clean and cache one case. Returns its index entry (None when nothing is kept)."""
-    try:
-        image = sitk.ReadImage(str(case.image_path))
-        label = sitk.ReadImage(str(case.label_path))
-    except RuntimeError as exc:
-        raise DataError(f"cannot read case {case.case_id} ({case.image_path}, {case.label_path}): {exc}") from exc
-    if image.GetDimension() != 3 or label.GetDimension() != 3:
-        raise DataError(f"case {case.case_id}: image and label must be 3D, got {image.GetDimension()}D and {label.GetDimension()}D")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"case {case.case_id}: image has {image.GetNumberOfComponentsPerPixel()} components; give one channel")
+    image, label = read_case_images(case)
     if image.GetSize() != label.GetSize():
         raise DataError(f"case {case.case_id}: image size {image.GetSize()} differs from label size {label.GetSize()}")
     extent_mm = [n * s for n, s in zip(image.GetSize(), image.GetSpacing())]
@@ -518,7 +423,7 @@ def prepare_case(case: SourceCase, out_dir: Path, opts: PrepareOptions) -> tuple
     file_name = f"{case.case_id}.npz"
     _atomic_savez(out_dir / file_name, image=image_ras, label=out_label)
     entry = CaseEntry(
-        case.case_id, file_name, list(image_ras.shape), case.modality, case.region, str(case.image_path.parent),
+        case.case_id, file_name, list(image_ras.shape), case.modality, case.region, str(case.folder),
         [float(v) for v in ref.GetOrigin()], structures,
     )
     return entry, dropped
