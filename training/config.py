@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from SAMMed3DLib.devices import is_device_name
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model.build import normalize_config
 
@@ -156,7 +157,7 @@ class TrainConfig:
             raise ConfigError("--flip-prob and --intensity-prob must lie in [0, 1]")
         if any(not 0 < f < 1 for f in self.decay_at):
             raise ConfigError(f"--decay-at fractions must lie in (0, 1), got {self.decay_at}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if not is_device_name(self.device, allow_mps=False):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if any(c < 1 for c in self.val_clicks + self.export_clicks):
             raise ConfigError("click counts must be ≥ 1")

@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.clicks import first_click, next_click
+from SAMMed3DLib.devices import resolve_device
 from SAMMed3DLib.errors import CheckpointError, ConfigError
 from SAMMed3DLib.metrics import dice
 from SAMMed3DLib.model import Sam3D, build_sam3d
@@ -216,7 +217,7 @@ def evaluate_windows(
     """
     was_training = model.training
     model.eval()
-    device = torch.device(device)
+    device = resolve_device(device)
     n_max = max(clicks)
     per = []
     for i, s in enumerate(samples):
@@ -284,17 +285,6 @@ def load_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path} is not a training state of this trainer (keys: {sorted(state) if isinstance(state, dict) else type(state).__name__})")
     return state
-
-
-def resolve_device(name: str, info: D.DistInfo) -> torch.device:
-    """``auto`` → ``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{info.local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available in this torch build/machine; use --device cpu")
-    return torch.device(name)
 
 
 def make_pe_swap_closed(model: Sam3D) -> None:
@@ -380,7 +370,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
         self.cfg = cfg
         self.info = D.env_info()
-        self.device = resolve_device(cfg.device, self.info)
+        # one CUDA device per DDP process (LOCAL_RANK); the trainer does not run on MPS
+        self.device = resolve_device(cfg.device, cuda_index=self.info.local_rank, allow_mps=False)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         D.init(self.device)
