@@ -7,7 +7,8 @@ answers with a mask on the **original image grid**:
 1. the first click is a positive voxel of the structure (:func:`SAMMed3DLib.clicks.first_click`);
 2. every next click comes from the error region of the current mask against the ground truth,
    on the original grid (:func:`SAMMed3DLib.clicks.next_click`), positive on a false negative,
-   negative on a false positive;
+   negative on a false positive (both through :class:`SAMMed3DLib.clicks.SimulatedUser`, the
+   simulator the trainer's rounds use too);
 3. Dice and NSD (tolerance 1 mm by default, the official SAM-Med3D metric code's value; see
    :mod:`SAMMed3DLib.metrics`) are recorded after each requested click count (e.g. 1, 3, 5, 10).
    When the mask becomes perfect, the simulated user stops: later counts repeat the last values.
@@ -49,7 +50,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .cases import Case, find_cases, read_case_images
-from .clicks import ClickMode, check_click_mode, first_click, next_click
+from .clicks import ClickMode, SimulatedUser, check_click_mode
 from .errors import ConfigError, DataError
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice, normalized_surface_distance
 
@@ -321,7 +322,8 @@ def run_structure(
     segmenter.reset()
     wanted = set(clicks)
     spacing = tuple(float(s) for s in spacing_zyx_mm)
-    click = first_click(gt_zyx, rng, click_mode, spacing)
+    user = SimulatedUser(gt_zyx, rng, click_mode, spacing)
+    click = user.click()
     elapsed = 0.0
     out: dict[int, tuple[float, float, float]] = {}
     last: tuple[float, float] | None = None
@@ -337,7 +339,7 @@ def run_structure(
                 last = (dice(pred, gt_zyx), normalized_surface_distance(pred, gt_zyx, spacing, tolerance_mm))
             out[k] = (last[0], last[1], elapsed)
         if click is not None and k < max(clicks):
-            click = next_click(pred, gt_zyx, rng, click_mode, spacing)
+            click = user.click(pred)
             if click is None:
                 logger.debug("perfect mask after %d click(s): the simulated user stops", k)
     return out

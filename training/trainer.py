@@ -4,9 +4,10 @@ One optimizer step (per rank, per micro-batch of ``batch_size`` samples):
 
 1. The image encoder runs once on the batch of 128³ windows.
 2. ``rounds`` rounds of interaction follow (:class:`ClickLoop`): round 0 puts the first,
-   positive click inside the structure (``SAMMed3DLib.clicks.first_click``) and feeds an all-zero
-   32³ mask prompt, as inference does; each later round either adds a click sampled from the
-   error region of the current prediction (``next_click``, positive on a false negative) or is
+   positive click inside the structure and feeds an all-zero 32³ mask prompt, as inference does;
+   each later round either adds a click sampled from the error region of the current prediction
+   (positive on a false negative; one :class:`SAMMed3DLib.clicks.SimulatedUser` per sample, the
+   simulator of the evaluation harness, repeating its last click on a perfect prediction) or is
    a *mask-only* round (no points, the previous logits alone — ``mask_only_rounds`` random rounds
    plus, by default, the last round, as the official ``train.py`` does). The previous round's
    low-res logits are fed back **detached** (the simulated user sees them; no gradient flows
@@ -56,7 +57,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from SAMMed3DLib.card import ModelCard
-from SAMMed3DLib.clicks import first_click, next_click
+from SAMMed3DLib.clicks import SimulatedUser
 from SAMMed3DLib.devices import resolve_device
 from SAMMed3DLib.errors import CheckpointError, ConfigError
 from SAMMed3DLib.metrics import dice
@@ -79,6 +80,23 @@ BEST = "best.pt"
 # --------------------------------------------------------------------------------------------
 # Interaction simulation
 # --------------------------------------------------------------------------------------------
+
+
+def prompt_tensors(users: Sequence[SimulatedUser], device: torch.device | str, newest_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's point prompt from each batch item's simulated user.
+
+    Args:
+        users: one user per batch item, each with the same number of clicks.
+        device: where the tensors go.
+        newest_only: pass each user's newest click only (the official trainer) instead of all.
+
+    Returns:
+        ``(coords, labels)``: float32 (B, N, 3) window indices and int64 (B, N) point labels.
+    """
+    sel = slice(-1, None) if newest_only else slice(None)
+    coords = torch.tensor([u.indices[sel] for u in users], dtype=torch.float32, device=device)
+    labels = torch.tensor([u.labels[sel] for u in users], dtype=torch.int64, device=device)
+    return coords, labels
 
 
 def mask_only_plan(rounds: int, n_random: int, last_mask_only: bool, rng: np.random.Generator) -> set[int]:
@@ -149,8 +167,7 @@ class ClickLoop(nn.Module):
         gt_f = gts.float()
         gt_np = gts[:, 0].bool().cpu().numpy()
         pred_np = np.zeros_like(gt_np)
-        coords: list[list[tuple[int, ...]]] = [[] for _ in range(b)]
-        labels: list[list[int]] = [[] for _ in range(b)]
+        users = [SimulatedUser(gt_np[i], rngs[i], self.click_mode) for i in range(b)]
         total = images.new_zeros(())
         terms = 0
         up = None
@@ -158,17 +175,9 @@ class ClickLoop(nn.Module):
             if r in mask_only:
                 pts = lbl = None
             else:
-                for i in range(b):
-                    click = first_click(gt_np[i], rngs[i], self.click_mode) if r == 0 else next_click(pred_np[i], gt_np[i], rngs[i], self.click_mode)
-                    if click is None:  # perfect prediction: the user repeats the last click
-                        coords[i].append(coords[i][-1])
-                        labels[i].append(labels[i][-1])
-                    else:
-                        coords[i].append(click.index)
-                        labels[i].append(click.label)
-                sel = slice(None) if self.all_clicks else slice(-1, None)
-                pts = torch.tensor([c[sel] for c in coords], dtype=torch.float32, device=images.device)
-                lbl = torch.tensor([l[sel] for l in labels], dtype=torch.int64, device=images.device)
+                for user, pred in zip(users, pred_np):
+                    user.click_or_repeat(pred)  # a perfect prediction: the user repeats the last click
+                pts, lbl = prompt_tensors(users, images.device, newest_only=not self.all_clicks)
             with torch.set_grad_enabled(sam_trains and torch.is_grad_enabled()):
                 low, _ = self.model.predict_low_res(emb, pts, lbl, prev)
             up = F.interpolate(low.float(), size=size, mode="trilinear", align_corners=False)
@@ -226,19 +235,11 @@ def evaluate_windows(
         emb = model.image_encoder(s["image"][None].to(device))
         prev = torch.zeros((1, 1, *model.low_res_size), device=device)
         pred = np.zeros_like(gt)
-        pts: list[tuple[int, ...]] = []
-        lbl: list[int] = []
+        user = SimulatedUser(gt, rng, mode)
         scores: dict[str, float] = {}
         for k in range(1, n_max + 1):
-            click = first_click(gt, rng, mode) if k == 1 else next_click(pred, gt, rng, mode)
-            if click is None:
-                pts.append(pts[-1])
-                lbl.append(lbl[-1])
-            else:
-                pts.append(click.index)
-                lbl.append(click.label)
-            coords = torch.tensor([pts], dtype=torch.float32, device=device)
-            labels = torch.tensor([lbl], dtype=torch.int64, device=device)
+            user.click_or_repeat(pred)
+            coords, labels = prompt_tensors([user], device)
             prev, _ = model.predict_low_res(emb, coords, labels, prev)
             shown = model.refine(s["image"][None].to(device), prev, coords, labels)
             up = F.interpolate(shown.float(), size=gt.shape, mode="trilinear", align_corners=False)
