@@ -1,8 +1,8 @@
 """Training package: data preparation, samples, simulated interaction, DDP trainer, export.
 
 * :mod:`training.prepare` — ``python -m training.prepare``: the paper's cleaning steps and an
-  RAS-canonical 1.5 mm cache.
-* :mod:`training.dataset` — random 128³ structure windows with flips and intensity augmentation.
+  RAS-canonical cache on the grid of a model card's window spec (which ``index.json`` records).
+* :mod:`training.dataset` — random structure windows with flips and intensity augmentation.
 * :mod:`training.trainer` — :class:`Trainer` (``python -m training``, ``torchrun -m training``).
 * :mod:`training.config` — :class:`TrainConfig`, the shipped model's ``DEFAULT_MODEL_CONFIG``.
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.prepare SRC [SRC ...] --out CACHE [--spacing 1.5]
+    python -m training.prepare SRC [SRC ...] --out CACHE [--model NAME|PATH]
 
 ``SRC`` is either a folder of case folders in the layout of ``../shared/data/train``
 (``<case>/image.nii.gz``, multi-label ``<case>/label.nii.gz``, ``<case>/labels.json``) or an
@@ -12,8 +12,13 @@ nnU-Net raw dataset folder (``dataset.json`` + ``imagesTr/<case>_0000.nii.gz`` +
 
 Design
 ------
-1. **Resample first, clean second.** Each case is resampled once onto an isotropic grid of
-   ``spacing`` mm whose array axes run toward patient **R, A, S** (the orientation of the
+0. **The model card fixes the grid.** The voxel size, the window side and the axis orientation
+   come from a model card's :class:`~SAMMed3DLib.card.WindowSpec` (``--model``: the model to be
+   trained or fine-tuned; without it the card defaults, which the official and the shipped
+   default models follow: 1.5 mm, 128³, RAS). ``index.json`` records that spec, and the trainer
+   refuses a model whose card disagrees with it.
+1. **Resample first, clean second.** Each case is resampled once onto an isotropic grid of the
+   card's spacing whose array axes run toward patient **R, A, S** (the orientation of the
    inference window, ``../shared/spec/SAM_MED3D_FACTS.md`` §3): image linear, label map nearest,
    0 outside the source image, no clipping. All cleaning then works on the same voxel size and on
    axis-aligned RAS axes, so "1.5 cm", "1 cm³" and "left/right" mean the same thing everywhere.
@@ -29,9 +34,10 @@ Design
       whole cases; a case whose *image* fails the same test is dropped as well;
    c. *background* (step 2, second half) — drop a mask whose background exceeds 99 % of "the
       whole volume" (:func:`background_fraction`). **Interpretation:** the volume a training
-      sample actually shows the model is a 128³ crop around the mask (the official pipeline
+      sample actually shows the model is a window-sized crop around the mask (the official pipeline
       crops/pads every sample to 128³ around its label), so the fraction is measured against
-      that crop, zero padding counting as background: ``1 − min(voxels, 128³) / 128³``. Measured on the whole scan instead, every
+      that crop (128³ for the default card), zero padding counting as background:
+      ``1 − min(voxels, 128³) / 128³``. Measured on the whole scan instead, every
       organ smaller than 1 % of a CT (a kidney in a 40-litre abdomen) would go, which is clearly
       not what the released data contains. 1 % of a 128³ crop at 1.5 mm is 20,972 voxels
       (≈ 71 ml), which still removes most small lesions and thin structures, so the threshold
@@ -45,7 +51,7 @@ Design
       ``<name>_left`` and ``<name>_right`` (:func:`split_left_right`); the halves pass (b) again.
 3. **Cache.** One uncompressed ``<case>.npz`` per case (``image`` float32 (R, A, S) and
    ``label`` uint8 (R, A, S), values 1..n = the case's cleaned structures) plus ``index.json``
-   (structure names, voxel counts, bounding boxes, case ids, spacing, the grid's LPS origin and
+   (the window spec, structure names, voxel counts, bounding boxes, case ids, the grid's LPS origin and
    direction — voxel (i, j, k) lies at ``origin_lps + direction·(i, j, k)·spacing`` — and
    everything dropped and why). Loading a case is one ``np.load``; no NIfTI decoding during training.
 """
@@ -69,8 +75,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from SAMMed3DLib.card import DEFAULT_INPUT_SIZE, DEFAULT_SPACING_MM, WINDOW_ORIENTATION, ModelCard, WindowSpec, orientation_direction_lps
 from SAMMed3DLib.cases import Case, find_cases, read_case_images
-from SAMMed3DLib.errors import DataError
+from SAMMed3DLib.errors import DataError, SAMMed3DError
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +89,6 @@ MIN_EXTENT_MM = 15.0
 MAX_BACKGROUND_FRACTION = 0.99
 #: Paper §3.2 step 3: keep the top-5 connected components.
 KEEP_COMPONENTS = 5
-#: Side of the model window in voxels, over which the background fraction is measured.
-WINDOW = 128
 #: Structures that come in a left and a right copy (TotalSegmentator / AMOS / BTCV names).
 SYMMETRIC_STRUCTURES: tuple[str, ...] = (
     "kidney", "lung", "adrenal_gland", "adrenal", "breast", "eye", "eyeball", "lens", "optic_nerve",
@@ -154,7 +159,7 @@ def passes_size_check(
     return True, ""
 
 
-def background_fraction(mask: np.ndarray, window: int = WINDOW) -> float:
+def background_fraction(mask: np.ndarray, window: int = DEFAULT_INPUT_SIZE) -> float:
     """Background fraction of a ``window``³ model crop that holds the mask (paper §3.2 step 2).
 
     Our reading of "background occupies more than 99 % of the whole volume" (module docstring):
@@ -251,8 +256,9 @@ def split_left_right(
 # Geometry: resampling onto an RAS-canonical isotropic grid
 # --------------------------------------------------------------------------------------------
 
-#: Direction of the cache grid in LPS: index i → −x (Right), j → −y (Anterior), k → +z (Superior).
-RAS_DIRECTION_LPS: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+#: Direction of the cache grid in LPS, the model window's: index i → −x (Right), j → −y
+#: (Anterior), k → +z (Superior).
+CACHE_DIRECTION_LPS: tuple[float, ...] = orientation_direction_lps(WINDOW_ORIENTATION)
 
 
 def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -263,7 +269,7 @@ def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         spacing_mm: output voxel size in mm.
 
     Returns:
-        A float32 SimpleITK image of zeros with direction :data:`RAS_DIRECTION_LPS`; its size per
+        A float32 SimpleITK image of zeros with direction :data:`CACHE_DIRECTION_LPS`; its size per
         axis is ``max(1, floor(extent_mm / spacing_mm))`` and it is centred on the source.
     """
     size = np.array(image.GetSize(), dtype=float)
@@ -271,7 +277,7 @@ def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         (x, y, z) for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)
     ]
     corners_lps = np.array([image.TransformContinuousIndexToPhysicalPoint(c) for c in corners_idx])
-    direction = np.array(RAS_DIRECTION_LPS).reshape(3, 3)
+    direction = np.array(CACHE_DIRECTION_LPS).reshape(3, 3)
     corners_grid = corners_lps @ direction  # coordinates along the new axes (columns of direction)
     lo, hi = corners_grid.min(axis=0), corners_grid.max(axis=0)
     new_size = np.maximum(1, np.floor((hi - lo) / spacing_mm + 1e-6)).astype(int)
@@ -280,7 +286,7 @@ def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     origin_lps = direction @ first_centre_grid
     ref = sitk.Image([int(s) for s in new_size], sitk.sitkFloat32)
     ref.SetSpacing([spacing_mm] * 3)
-    ref.SetDirection(RAS_DIRECTION_LPS)
+    ref.SetDirection(CACHE_DIRECTION_LPS)
     ref.SetOrigin([float(v) for v in origin_lps])
     return ref
 
@@ -314,14 +320,30 @@ def resample_to_ras(image: sitk.Image, label: sitk.Image, spacing_mm: float) -> 
 
 @dataclass
 class PrepareOptions:
-    """Options of :func:`prepare`. Defaults follow the paper (§3.2)."""
+    """Options of :func:`prepare`. Cleaning defaults follow the paper (§3.2).
 
-    spacing_mm: float = 1.5
+    ``spacing_mm`` and ``window`` are the window spec of the model card the cache is prepared
+    for (:meth:`for_card`); their defaults are the card module's. ``card`` names that card
+    (``""``: the defaults).
+    """
+
+    spacing_mm: float = DEFAULT_SPACING_MM
     min_volume_ml: float = MIN_VOLUME_ML
     min_extent_mm: float = MIN_EXTENT_MM
     max_background: float = MAX_BACKGROUND_FRACTION
     keep_components: int = KEEP_COMPONENTS
-    window: int = WINDOW
+    window: int = DEFAULT_INPUT_SIZE
+    card: str = ""
+
+    @classmethod
+    def for_card(cls, card: ModelCard, **cleaning: Any) -> PrepareOptions:
+        """Options whose grid is ``card``'s window spec; ``cleaning`` sets the other fields."""
+        return cls(spacing_mm=card.spacing_mm, window=card.input_size, card=card.name, **cleaning)
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        """The window spec the cache is prepared for (recorded in ``index.json``)."""
+        return WindowSpec(self.spacing_mm, self.window, WINDOW_ORIENTATION)
 
 
 @dataclass
@@ -347,7 +369,7 @@ class CaseEntry:
     origin_lps: list[float]
     structures: list[dict[str, Any]] = field(default_factory=list)
     #: LPS direction (row-major 3×3) of the cache grid: index i → −x, j → −y, k → +z.
-    direction_lps: list[float] = field(default_factory=lambda: list(RAS_DIRECTION_LPS))
+    direction_lps: list[float] = field(default_factory=lambda: list(CACHE_DIRECTION_LPS))
 
 
 def clean_structures(
@@ -465,6 +487,7 @@ def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLik
         DataError: a source is unusable, or no structure survives cleaning.
     """
     opts = opts or PrepareOptions()
+    spec = opts.window_spec  # checks spacing and window
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cases = find_cases(sources)
@@ -488,8 +511,10 @@ def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLik
         by_step[d.step] = by_step.get(d.step, 0) + 1
     index = {
         "version": 1,
-        "spacing_mm": opts.spacing_mm,
-        "orientation": "RAS",
+        "window": spec.to_dict(),
+        "card": opts.card or None,
+        "spacing_mm": spec.spacing_mm,
+        "orientation": spec.orientation,
         "axes": "array axis 0 → patient Right, 1 → Anterior, 2 → Superior",
         "options": asdict(opts),
         "cases": [asdict(e) for e in entries],
@@ -504,28 +529,46 @@ def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLik
     return index
 
 
+def _card_of(model: str) -> ModelCard:
+    """The model card of a registry name or checkpoint path (loads the model on the CPU)."""
+    from SAMMed3DLib.checkpoint import load_model
+
+    return load_model(model, device="cpu").card
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.prepare SRC... --out CACHE``."""
+    """Command line: ``python -m training.prepare SRC... --out CACHE [--model NAME|PATH]``."""
+    defaults = WindowSpec()
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", help="case folders, folders of case folders, or nnU-Net raw dataset folders")
     parser.add_argument("--out", required=True, help="cache folder to write")
-    parser.add_argument("--spacing", type=float, default=1.5, help="isotropic output spacing in mm (default 1.5, the model card's)")
+    parser.add_argument("--model", help="registry name or checkpoint of the model to train or fine-tune: its card sets spacing and window "
+                        f"(default: the card defaults, {defaults})")
+    parser.add_argument("--spacing", type=float, help=f"isotropic output spacing in mm (default: the card's, {defaults.spacing_mm:g})")
+    parser.add_argument("--window", type=int, help=f"model window side in voxels, the crop of --max-background (default: the card's, {defaults.input_size})")
     parser.add_argument("--min-volume-ml", type=float, default=MIN_VOLUME_ML)
     parser.add_argument("--min-extent-mm", type=float, default=MIN_EXTENT_MM)
-    parser.add_argument("--max-background", type=float, default=MAX_BACKGROUND_FRACTION, help="drop masks whose background exceeds this fraction of the 128³ crop (paper: 0.99)")
+    parser.add_argument("--max-background", type=float, default=MAX_BACKGROUND_FRACTION, help="drop masks whose background exceeds this fraction of the window crop (paper: 0.99)")
     parser.add_argument("--keep-components", type=int, default=KEEP_COMPONENTS)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.spacing > 0 or not 0 < args.max_background <= 1 or args.keep_components < 1:
-        parser.error("--spacing must be > 0, --max-background in (0, 1], --keep-components ≥ 1")
-    opts = PrepareOptions(args.spacing, args.min_volume_ml, args.min_extent_mm, args.max_background, args.keep_components)
+    if (args.spacing is not None and not args.spacing > 0) or (args.window is not None and args.window < 1) or not 0 < args.max_background <= 1 or args.keep_components < 1:
+        parser.error("--spacing must be > 0, --window ≥ 1, --max-background in (0, 1], --keep-components ≥ 1")
+    cleaning = {"min_volume_ml": args.min_volume_ml, "min_extent_mm": args.min_extent_mm, "max_background": args.max_background, "keep_components": args.keep_components}
     try:
+        if args.model:
+            opts = PrepareOptions.for_card(_card_of(args.model), **cleaning)
+            for flag, given, own in (("--spacing", args.spacing, opts.spacing_mm), ("--window", args.window, opts.window)):
+                if given is not None and given != own:
+                    parser.error(f"{flag} {given:g} disagrees with the card of {args.model} ({own:g}); drop {flag} to prepare the cache for that model")
+        else:
+            opts = PrepareOptions(spacing_mm=args.spacing or defaults.spacing_mm, window=args.window or defaults.input_size, **cleaning)
         index = prepare(args.sources, args.out, opts)
-    except DataError as exc:
+    except SAMMed3DError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(index['cases'])} case(s), {index['n_structures']} structure(s) written to {args.out}; dropped per step: {index['dropped_by_step']}")
+    print(f"{len(index['cases'])} case(s), {index['n_structures']} structure(s) of {opts.window_spec} written to {args.out}; dropped per step: {index['dropped_by_step']}")
     for d in index["dropped"]:
         print(f"  dropped {d['case']}/{d['structure']} ({d['step']}): {d['reason']}")
     return 0

@@ -2,7 +2,9 @@
 
 One optimizer step (per rank, per micro-batch of ``batch_size`` samples):
 
-1. The image encoder runs once on the batch of 128³ windows.
+1. The image encoder runs once on the batch of windows (128³ for the default card; the size, the
+   spacing and the orientation come from the cache's window spec, which an ``--init`` model's
+   card and ``--model-config`` must match).
 2. ``rounds`` rounds of interaction follow (:class:`ClickLoop`): round 0 puts the first,
    positive click inside the structure and feeds an all-zero 32³ mask prompt, as inference does;
    each later round either adds a click sampled from the error region of the current prediction
@@ -14,7 +16,7 @@ One optimizer step (per rank, per micro-batch of ``batch_size`` samples):
    through the history). With ``all_clicks`` (default) every click so far is passed, as our
    :class:`SAMMed3DLib.session.Session` and the evaluation harness do at inference; the official
    trainer passes the newest click only.
-3. Loss: MONAI ``DiceCELoss(sigmoid=True)`` of every round's logits **upsampled to 128³**
+3. Loss: MONAI ``DiceCELoss(sigmoid=True)`` of every round's logits **upsampled to the window**
    (trilinear, ``align_corners=False`` — exactly what inference thresholds) against the
    full-resolution mask, averaged over rounds. Upsampled rather than low-res vs downsampled
    ground truth because thin and small structures (vessels, lesions of a few voxels) vanish or
@@ -67,7 +69,7 @@ from SAMMed3DLib.model.fine_head import NEW_FINE_HEAD, FineHead, add_geodesic_in
 
 from . import distributed as D
 from .config import TrainConfig
-from .dataset import StructureSamples, TrainingCache, validation_samples
+from .dataset import StructureSamples, TrainingCache, check_card_fits_cache, validation_samples
 
 logger = logging.getLogger(__name__)
 
@@ -371,6 +373,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
         self.cfg = cfg
         self.info = D.env_info()
+        self.out = Path(cfg.out)
+        if resume and not (self.out / LAST).is_file():  # before anything else can fail
+            raise CheckpointError(f"cannot resume: {self.out / LAST} does not exist; start without --resume or check --out")
         # one CUDA device per DDP process (LOCAL_RANK); the trainer does not run on MPS
         self.device = resolve_device(cfg.device, cuda_index=self.info.local_rank, allow_mps=False)
         if self.device.type == "cuda":
@@ -378,12 +383,17 @@ class Trainer:
         D.init(self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.out = Path(cfg.out)
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        # the cache's window spec (spacing, input size, orientation) is the run's: an --init
+        # model must have been made for it, and so must --model-config
+        cache_train = TrainingCache(cfg.cache, exclude=cfg.val_cases)
         torch.manual_seed(cfg.seed)
         model = initial_model(cfg)
-        self.card = ModelCard(name="run", config=cfg.model_config, spacing_mm=1.5)
+        if cfg.init:
+            check_card_fits_cache(model.card, cache_train, f"--init {cfg.init}")
+        self.card = ModelCard(name="run", config=cfg.model_config, spacing_mm=cache_train.spacing_mm)
+        check_card_fits_cache(self.card, cache_train, "--model-config")
         if cfg.freeze_encoder:
             for p in model.image_encoder.parameters():
                 p.requires_grad_(False)
@@ -413,7 +423,6 @@ class Trainer:
         self.best_dice = -1.0
         self.history: list[dict[str, Any]] = []
 
-        cache_train = TrainingCache(cfg.cache, exclude=cfg.val_cases)
         self.train_cases = cache_train.case_ids
         self.dataset = StructureSamples(
             cache_train, self.card, cfg.samples_per_epoch, cfg.seed, cfg.flip_prob, cfg.intensity_prob,
@@ -466,8 +475,6 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> None:
-        if not path.is_file():
-            raise CheckpointError(f"cannot resume: {path} does not exist; start without --resume or check --out")
         state = load_state(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -635,7 +642,7 @@ class Trainer:
             self._window_dice = dict(result["dice"])
             metrics = {
                 "dice": result["dice"],
-                "protocol": f"{self.cfg.click_mode} clicks on the 128³ window centred on each held-out structure, all clicks + previous logits fed back",
+                "protocol": f"{self.cfg.click_mode} clicks on the {self.card.input_size}³ window centred on each held-out structure, all clicks + previous logits fed back",
                 "validation_cases": list(self.cfg.val_cases),
                 "per_structure": result["per_structure"],
             }
@@ -644,7 +651,7 @@ class Trainer:
         card = ModelCard(
             name=name,
             config=self.cfg.model_config,
-            spacing_mm=float(self.dataset.cache.spacing_mm),
+            spacing_mm=self.card.spacing_mm,
             normalization="zscore_nonzero",
             description=description or f"Small SAM-Med3D trained by training/ of this repository ({int(state['step'])} steps)",
             training_data=list(self.train_cases),
@@ -659,7 +666,7 @@ class Trainer:
     def _harness_metrics(self, model: Sam3D, eval_data: str | Path, clicks: Sequence[int]) -> dict[str, Any]:
         from SAMMed3DLib.evaluate import evaluate
 
-        model.card = ModelCard(name="export", config=self.cfg.model_config, spacing_mm=float(self.dataset.cache.spacing_mm))
+        model.card = self.card
         result = evaluate(eval_data, model=model, cases=self.cfg.val_cases, clicks=clicks, click_mode=self.cfg.click_mode, seed=self.cfg.seed)
         mean = lambda k, attr: float(np.mean([getattr(r, attr) for r in result.rows if r.clicks == k]))  # noqa: E731
         return {
