@@ -9,14 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_training import TINY, _cfg, _one_thread, tiny_cache  # noqa: F401  (fixtures re-used)
 
-from SAMMed3DLib.card import DEFAULT_INPUT_SIZE, DEFAULT_SPACING_MM, WINDOW_ORIENTATION, ModelCard, WindowSpec, official_card, orientation_direction_lps
+from SAMMed3DLib.card import (
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_SPACING_MM,
+    WINDOW_ORIENTATION,
+    ModelCard,
+    WindowSpec,
+    official_card,
+    orientation_direction_lps,
+)
 from SAMMed3DLib.errors import ModelCardError
 from SAMMed3DLib.geometry import Window
 from SAMMed3DLib.model import build_sam3d
-from test_training import TINY, _cfg, _one_thread, tiny_cache  # noqa: F401  (fixtures re-used)
 from training.dataset import StructureSamples, TrainingCache, validation_samples
-from training.prepare import CACHE_DIRECTION_LPS, PrepareOptions, main as prepare_main
+from training.prepare import CACHE_DIRECTION_LPS, PrepareOptions
+from training.prepare import main as prepare_main
 from training.trainer import Trainer
 
 # -- the card module -----------------------------------------------------------------------------
