@@ -24,8 +24,9 @@ Accepted layouts (each source folder is one of them):
   warning.
 
 Design: finding reads names and JSON only, never an image, so listing a large collection is
-cheap; reading checks that both files are 3D scalar images. Whether the label must lie on the
-image grid exactly is the caller's decision (evaluation requires it; preparation resamples both).
+cheap; reading checks that both files are 3D scalar images. How closely the label must lie on
+the image grid is the caller's decision, with :func:`same_grid` and its tolerances (evaluation
+requires it; preparation resamples both and only aligns labels that differ in the last digits).
 Every error is a :class:`~SAMMed3DLib.errors.DataError` that names the file and says what the
 expected layout is.
 """
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+import numpy as np
 import SimpleITK as sitk
 
 from .errors import ConfigError, DataError
@@ -244,6 +246,26 @@ def find_cases(
     return _select(found, where, cases, exclude_cases, max_cases)
 
 
+def same_grid(
+    a: sitk.Image, b: sitk.Image, *, spacing: tuple[float, float], origin: tuple[float, float], direction: tuple[float, float]
+) -> bool:
+    """Whether two images have the same size and, within tolerances, the same geometry.
+
+    Args:
+        a, b: the images (e.g. a case's image and label map).
+        spacing, origin, direction: ``(rtol, atol)`` of :func:`numpy.allclose` for the voxel
+            spacing (mm), the origin (mm) and the direction cosines. Callers choose them for
+            their purpose: evaluation requires the label on the image grid, preparation treats
+            labels that differ in the last digits as on it.
+    """
+    return (
+        a.GetSize() == b.GetSize()
+        and bool(np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=spacing[0], atol=spacing[1]))
+        and bool(np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=origin[0], atol=origin[1]))
+        and bool(np.allclose(a.GetDirection(), b.GetDirection(), rtol=direction[0], atol=direction[1]))
+    )
+
+
 def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
     """Read a case's image and label map, both checked to be 3D scalar images.
 
@@ -269,4 +291,4 @@ def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
     return images[0], images[1]
 
 
-__all__ = ["EXPECTED_LAYOUT", "IMAGE_FILE", "LABELS_JSON", "LABEL_FILE", "Case", "find_cases", "read_case_images"]
+__all__ = ["EXPECTED_LAYOUT", "IMAGE_FILE", "LABELS_JSON", "LABEL_FILE", "Case", "find_cases", "read_case_images", "same_grid"]

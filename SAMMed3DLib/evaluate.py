@@ -49,7 +49,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from .cases import Case, find_cases, read_case_images
+from .cases import Case, find_cases, read_case_images, same_grid
 from .clicks import ClickMode, SimulatedUser, check_click_mode
 from .errors import ConfigError, DataError
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice, normalized_surface_distance
@@ -101,13 +101,7 @@ def _select_labels(case: Case, labels: Sequence[str] | None) -> dict[int, str]:
 def _read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
     """The case's image and label map, which must lie on one grid (no resampling here)."""
     image, label = read_case_images(case)
-    same = (
-        image.GetSize() == label.GetSize()
-        and np.allclose(image.GetSpacing(), label.GetSpacing(), rtol=1e-4, atol=1e-5)
-        and np.allclose(image.GetOrigin(), label.GetOrigin(), rtol=0, atol=1e-3)
-        and np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-4)
-    )
-    if not same:
+    if not same_grid(image, label, spacing=(1e-4, 1e-5), origin=(0.0, 1e-3), direction=(1e-5, 1e-4)):
         raise DataError(
             f"case {case.case_id}: {case.label_path.name} (size {label.GetSize()}, spacing {label.GetSpacing()}) is not on the grid of "
             f"{case.image_path.name} (size {image.GetSize()}, spacing {image.GetSpacing()}); resample the label onto the image"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMMed3DLib.cases import find_cases, read_case_images
+from SAMMed3DLib.cases import find_cases, read_case_images, same_grid
 from SAMMed3DLib.errors import DataError
 from SAMMed3DLib.evaluate import evaluate
 
@@ -120,3 +120,13 @@ def test_evaluation_accepts_an_nnunet_dataset_like_preparation(tmp_path: Path) -
     result = evaluate(tmp_path / "Dataset001_Cube", method=_PaintClicks, clicks=[1, 2])
     assert result.cases == ["Dataset001_Cube_abc"]
     assert [(r.case, r.label, r.name, r.clicks) for r in result.rows] == [("Dataset001_Cube_abc", 1, "cube", 1), ("Dataset001_Cube_abc", 1, "cube", 2)]
+
+
+def test_same_grid_compares_size_and_geometry_within_the_callers_tolerances() -> None:
+    a = sitk.Image(4, 5, 6, sitk.sitkUInt8)
+    b = sitk.Image(4, 5, 6, sitk.sitkUInt8)
+    b.SetOrigin((0.004, 0.0, 0.0))
+    strict = {"spacing": (1e-4, 1e-5), "origin": (0.0, 1e-3), "direction": (1e-5, 1e-4)}
+    loose = {"spacing": (1e-5, 1e-3), "origin": (1e-5, 1e-2), "direction": (1e-5, 1e-3)}
+    assert not same_grid(a, b, **strict) and same_grid(a, b, **loose)
+    assert not same_grid(a, sitk.Image(4, 5, 7, sitk.sitkUInt8), **loose)

@@ -81,7 +81,7 @@ from SAMMed3DLib.card import (
     WindowSpec,
     orientation_direction_lps,
 )
-from SAMMed3DLib.cases import Case, find_cases, read_case_images
+from SAMMed3DLib.cases import Case, find_cases, read_case_images, same_grid
 from SAMMed3DLib.errors import DataError, SAMMed3DError
 
 from .cleaning import (
@@ -301,12 +301,7 @@ def prepare_case(case: Case, out_dir: Path, opts: PrepareOptions) -> tuple[CaseE
 
 def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
     """Same size and nearly the same geometry (label files often differ in the last digits)."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
-    )
+    return same_grid(a, b, spacing=(1e-5, tol), origin=(1e-5, tol * 10), direction=(1e-5, tol))
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:

@@ -336,17 +336,9 @@ class Trainer:
             self.writer.flush()
         return last_val
 
-    def export(
-        self,
-        path: Path,
-        weights: str = LAST,
-        clicks: Sequence[int] | None = None,
-        name: str = "default",
-        description: str = "",
-        eval_data: str | Path | None = None,
-    ) -> ModelCard:
-        """Export ``weights`` of this run with a model card and measured Dice (:func:`training.export.export_run`)."""
-        return export_run(self, path, weights, clicks, name, description, eval_data)
+    #: ``trainer.export(path, weights=LAST, clicks=None, name="default", description="", eval_data=None)``:
+    #: write this run's weights with a measured model card (:func:`training.export.export_run`).
+    export = export_run
 
     def close(self) -> None:
         if self.writer is not None:
