@@ -112,6 +112,7 @@ class WindowSpec:
         return f"{self.input_size}³ voxels of {self.spacing_mm:g} mm, axes {self.orientation}"
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"spacing_mm", "input_size", "orientation"}``, as ``index.json`` stores it."""
         return dataclasses.asdict(self)
 
     @classmethod

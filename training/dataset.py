@@ -55,8 +55,11 @@ class StructureRef:
 
 
 def _window_spec(index: dict[str, Any], path: Path) -> WindowSpec:
-    """The window spec an index records (caches written before it was recorded: their spacing,
-    crop window and orientation fields, the same facts)."""
+    """The window spec an ``index.json`` records.
+
+    Caches written before the spec was recorded give the same facts in their ``spacing_mm``,
+    ``options.window`` and ``orientation`` fields.
+    """
     try:
         if "window" in index:
             return WindowSpec.from_dict(index["window"])
