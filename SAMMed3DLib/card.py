@@ -4,6 +4,13 @@ A card travels inside our own checkpoints (and as a JSON file beside shipped wei
 SAM-Med3D files carry none; :func:`official_card` describes their preprocessing
 (``../shared/spec/SAM_MED3D_FACTS.md`` §3): a 128³ window at 1.5 mm, canonical RAS axes, z-score
 over the window's voxels > 0 with the unbiased std, zero padding outside the image.
+
+The window's grid facts — voxel size, side in voxels, axis orientation — are a card's
+:attr:`ModelCard.window_spec` (:class:`WindowSpec`). The training cache records the spec it was
+prepared for (``training.prepare``) and the trainer checks every model against it, so these
+numbers are stated here once: :data:`DEFAULT_SPACING_MM`, :data:`DEFAULT_INPUT_SIZE` (the
+official architecture's input size) and :data:`WINDOW_ORIENTATION` (every window, whatever the
+card: the inference path extracts canonical RAS windows, :class:`SAMMed3DLib.geometry.Window`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,99 @@ Normalization = Literal["zscore_nonzero"]
 NORMALIZATIONS: tuple[str, ...] = ("zscore_nonzero",)
 
 CARD_VERSION = 1
+
+#: Voxel size of the official SAM-Med3D window, the default of every card, in mm.
+DEFAULT_SPACING_MM = 1.5
+#: Side of the official window in voxels: the official architecture's input size.
+DEFAULT_INPUT_SIZE = int(VIT_B_ORI["image_encoder"]["img_size"])
+#: Axis orientation of every model window: tensor axis 0 → patient Right, 1 → Anterior, 2 → Superior.
+WINDOW_ORIENTATION = "RAS"
+
+#: Orientation letter → (LPS axis it lies along, sign toward that side).
+_LETTER_AXIS_SIGN: dict[str, tuple[int, float]] = {"R": (0, -1.0), "L": (0, 1.0), "A": (1, -1.0), "P": (1, 1.0), "S": (2, 1.0), "I": (2, -1.0)}
+
+
+def orientation_direction_lps(orientation: str) -> tuple[float, ...]:
+    """The ITK direction matrix (row-major 3 × 3, LPS) of a grid whose axes run toward ``orientation``.
+
+    Args:
+        orientation: three letters, one per array axis, naming the patient side the index
+            increases toward (``"RAS"``: axis 0 → Right, 1 → Anterior, 2 → Superior).
+
+    Returns:
+        9 floats; column k is the LPS unit vector of array axis k (``(-1, 0, 0, 0, -1, 0, 0, 0, 1)``
+        for RAS).
+
+    Raises:
+        ModelCardError: not three letters of R/L, A/P, S/I covering the three body axes.
+    """
+    code = str(orientation).upper()
+    if len(code) != 3 or any(c not in _LETTER_AXIS_SIGN for c in code) or len({_LETTER_AXIS_SIGN[c][0] for c in code}) != 3:
+        raise ModelCardError(f"orientation {orientation!r} must be three letters, one of R/L, A/P and S/I each (e.g. {WINDOW_ORIENTATION!r})")
+    matrix = [0.0] * 9
+    for axis, letter in enumerate(code):
+        row, sign = _LETTER_AXIS_SIGN[letter]
+        matrix[3 * row + axis] = sign
+    return tuple(matrix)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """The grid of a model's input window: what a training cache must be prepared for.
+
+    Attributes:
+        spacing_mm: isotropic voxel size in mm.
+        input_size: side of the cubic window in voxels.
+        orientation: patient directions of the window's array axes (always
+            :data:`WINDOW_ORIENTATION` for cards; stored so that a cache says what it holds).
+    """
+
+    spacing_mm: float = DEFAULT_SPACING_MM
+    input_size: int = DEFAULT_INPUT_SIZE
+    orientation: str = WINDOW_ORIENTATION
+
+    def __post_init__(self) -> None:
+        try:
+            spacing, size = float(self.spacing_mm), int(self.input_size)
+        except (TypeError, ValueError) as exc:
+            raise ModelCardError(f"window spacing_mm and input_size must be numbers, got {self.spacing_mm!r} and {self.input_size!r}") from exc
+        if not spacing > 0 or size < 1 or size != self.input_size:
+            raise ModelCardError(f"window spacing_mm must be > 0 and input_size a whole number >= 1, got {self.spacing_mm!r} and {self.input_size!r}")
+        orientation_direction_lps(self.orientation)
+        object.__setattr__(self, "spacing_mm", spacing)
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "orientation", str(self.orientation).upper())
+
+    @property
+    def direction_lps(self) -> tuple[float, ...]:
+        """The window grid's ITK direction (see :func:`orientation_direction_lps`)."""
+        return orientation_direction_lps(self.orientation)
+
+    def mismatches(self, other: WindowSpec) -> list[str]:
+        """What differs from ``other``, one phrase per fact (empty when they agree)."""
+        out = []
+        if self.spacing_mm != other.spacing_mm:
+            out.append(f"spacing {self.spacing_mm:g} mm vs {other.spacing_mm:g} mm")
+        if self.input_size != other.input_size:
+            out.append(f"window {self.input_size}³ vs {other.input_size}³ voxels")
+        if self.orientation != other.orientation:
+            out.append(f"orientation {self.orientation} vs {other.orientation}")
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.input_size}³ voxels of {self.spacing_mm:g} mm, axes {self.orientation}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"spacing_mm", "input_size", "orientation"}``, as ``index.json`` stores it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WindowSpec:
+        """Read :meth:`to_dict`'s output; unknown keys are an error (a newer writer)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            raise ModelCardError(f"a window spec is an object with keys {sorted(known)}, got {data!r}")
+        return cls(**data)
 
 
 @dataclass
@@ -44,7 +144,7 @@ class ModelCard:
 
     name: str
     config: dict[str, Any]
-    spacing_mm: float = 1.5
+    spacing_mm: float = DEFAULT_SPACING_MM
     normalization: str = "zscore_nonzero"
     intensity_clip: tuple[float, float] | None = None
     description: str = ""
@@ -79,6 +179,11 @@ class ModelCard:
     def input_size(self) -> int:
         """Side of the cubic model input in voxels."""
         return int(self.config["image_encoder"]["img_size"])
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        """The grid of the model's input window: spacing, input size, orientation."""
+        return WindowSpec(self.spacing_mm, self.input_size, WINDOW_ORIENTATION)
 
     @property
     def window_mm(self) -> float:
@@ -124,7 +229,7 @@ def official_card(name: str = "sam_med3d_turbo", config: dict[str, Any] | None =
     return ModelCard(
         name=name,
         config=copy.deepcopy(config if config is not None else VIT_B_ORI),
-        spacing_mm=1.5,
+        spacing_mm=DEFAULT_SPACING_MM,
         normalization="zscore_nonzero",
         description="Official SAM-Med3D weights (uni-medical/SAM-Med3D)",
         training_data=["SA-Med3D-140K (official)"],

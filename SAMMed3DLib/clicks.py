@@ -36,13 +36,20 @@ about 20 ms (2 CPU cores); a small structure in a 512 × 512 × 300 CT costs abo
 When the prediction is perfect, :func:`next_click` returns ``None``: the caller stops (the
 simulated user is done) or repeats the last click. Randomness comes only from the
 :class:`numpy.random.Generator` passed in, so a seed reproduces every click exactly.
+
+:class:`SimulatedUser` is the one click loop built on these two functions: first click, then
+next clicks from each prediction, the clicks so far, and the "repeat the last click" rule that a
+training round (which must pass points) applies to a perfect prediction. The evaluation harness
+(:mod:`SAMMed3DLib.evaluate`, on the original image grid), the ``sammed3d demo`` command and the
+trainer's rounds and in-training validation (``training.interaction``, on model windows) all use
+it; there is no other click simulator.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -241,8 +248,7 @@ def next_click(
     box = _union_box(bounding_box(gt), bounding_box(pred))
     if box is None:
         return None
-    p, g = pred[box], gt[box]
-    fn, fp = g & ~p, p & ~g
+    fn, fp = error_masks(pred[box], gt[box])
     if mode == "random":
         error = fn | fp
         if not error.any():
@@ -265,3 +271,73 @@ def next_click(
         return None
     _, positive, component = best
     return Click(_offset(box, _central_voxel(component, rng, spacing)), positive)
+
+
+@dataclass
+class SimulatedUser:
+    """A simulated user correcting one object: the first click, then one click per prediction.
+
+    Attributes:
+        gt: ground-truth mask (boolean or 0/1, any grid).
+        rng: numpy Generator (or a seed for one); the only source of randomness. Clicks are
+            drawn in call order, so the same seed and predictions give the same clicks.
+        mode: click mode (see the module docstring).
+        spacing_mm: voxel size per array axis for ``"center"`` (None: voxels).
+        clicks: the clicks given so far, oldest first.
+    """
+
+    gt: np.ndarray
+    rng: np.random.Generator | int | None = None
+    mode: ClickMode | str = "random"
+    spacing_mm: Sequence[float] | None = None
+    clicks: list[Click] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.mode = check_click_mode(self.mode)
+        self.rng = np.random.default_rng(self.rng)
+
+    def click(self, pred: np.ndarray | None = None) -> Click | None:
+        """The next click: :func:`first_click` while there is none, then :func:`next_click` on ``pred``.
+
+        Args:
+            pred: the current prediction on ``gt``'s grid; ignored for the first click, required
+                after it.
+
+        Returns:
+            The new click (also appended to :attr:`clicks`), or None when ``pred`` is perfect
+            (nothing is appended: the user is done).
+
+        Raises:
+            DataError: ``pred`` is missing after the first click, or its shape differs from ``gt``'s.
+        """
+        if not self.clicks:
+            click: Click | None = first_click(self.gt, self.rng, self.mode, self.spacing_mm)
+        elif pred is None:
+            raise DataError("a next click needs the current prediction: pass pred (the mask the user sees)")
+        else:
+            click = next_click(pred, self.gt, self.rng, self.mode, self.spacing_mm)
+        if click is not None:
+            self.clicks.append(click)
+        return click
+
+    def click_or_repeat(self, pred: np.ndarray | None = None) -> Click:
+        """:meth:`click`, but a perfect prediction repeats the last click (appended again).
+
+        A training round or a fixed-length validation passes points every round, so a user who
+        has nothing left to correct clicks the same voxel once more.
+        """
+        click = self.click(pred)
+        if click is None:
+            click = self.clicks[-1]
+            self.clicks.append(click)
+        return click
+
+    @property
+    def indices(self) -> list[tuple[int, ...]]:
+        """The clicks' voxel indices (array axis order), oldest first."""
+        return [c.index for c in self.clicks]
+
+    @property
+    def labels(self) -> list[int]:
+        """The clicks' point labels (1 positive, 0 negative), oldest first."""
+        return [c.label for c in self.clicks]

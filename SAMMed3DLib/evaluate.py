@@ -7,7 +7,8 @@ answers with a mask on the **original image grid**:
 1. the first click is a positive voxel of the structure (:func:`SAMMed3DLib.clicks.first_click`);
 2. every next click comes from the error region of the current mask against the ground truth,
    on the original grid (:func:`SAMMed3DLib.clicks.next_click`), positive on a false negative,
-   negative on a false positive;
+   negative on a false positive (both through :class:`SAMMed3DLib.clicks.SimulatedUser`, the
+   simulator the trainer's rounds use too);
 3. Dice and NSD (tolerance 1 mm by default, the official SAM-Med3D metric code's value; see
    :mod:`SAMMed3DLib.metrics`) are recorded after each requested click count (e.g. 1, 3, 5, 10).
    When the mask becomes perfect, the simulated user stops: later counts repeat the last values.
@@ -22,6 +23,10 @@ Data layout (``../shared/data/README.md``)::
     DATA_DIR/<case>/label.nii.gz   multi-label map on the same grid (0 = background)
     DATA_DIR/<case>/labels.json    {"labels": {"1": "liver", ...}, ...}
 
+or a single case folder, or an nnU-Net raw dataset: the cases are found by
+:func:`SAMMed3DLib.cases.find_cases`, the finder ``training.prepare`` uses too. The label map must
+lie on the image grid.
+
 Structures smaller than ``min_voxels`` (default :data:`MIN_STRUCTURE_VOXELS`) or absent from the
 label map are skipped with a logged reason and counted in the summary.
 
@@ -32,8 +37,6 @@ label map are skipped with a logged reason and counted in the summary.
 from __future__ import annotations
 
 import csv
-import difflib
-import json
 import logging
 import math
 import time
@@ -47,7 +50,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_open
-from .clicks import ClickMode, check_click_mode, first_click, next_click
+from .cases import Case, find_cases, read_case_images, same_grid
+from .clicks import ClickMode, SimulatedUser, check_click_mode
 from .errors import ConfigError, DataError
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice, normalized_surface_distance
 
@@ -62,12 +66,7 @@ MIN_STRUCTURE_VOXELS = 10
 METHODS: tuple[str, ...] = ("model", "growcut")
 Method = Literal["model", "growcut"]
 
-IMAGE_FILE, LABEL_FILE, LABELS_JSON = "image.nii.gz", "label.nii.gz", "labels.json"
 CSV_COLUMNS: tuple[str, ...] = ("case", "label", "name", "voxels", "clicks", "dice", "nsd", "seconds")
-EXPECTED_LAYOUT = (
-    f"expected DATA_DIR/<case>/{IMAGE_FILE}, {LABEL_FILE} and {LABELS_JSON} "
-    '({"labels": {"1": "liver", ...}}), as in ../shared/data/README.md'
-)
 
 #: progress(done, total, message), called once per structure (evaluated or skipped).
 ProgressCallback = Callable[[int, int, str], None]
@@ -93,129 +92,20 @@ SegmenterFactory = Callable[[sitk.Image], ClickSegmenter]
 # -- data -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Case:
-    """One case folder: its name, folder and structures (label value → name)."""
-
-    name: str
-    folder: Path
-    labels: dict[int, str]
-
-
-def _read_labels_json(path: Path) -> dict[int, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}; it must be JSON like {{\"labels\": {{\"1\": \"liver\"}}}}") from exc
-    labels = data.get("labels") if isinstance(data, dict) else None
-    if not isinstance(labels, dict) or not labels:
-        raise DataError(f"{path} has no non-empty \"labels\" object; write {{\"labels\": {{\"1\": \"liver\", ...}}}}")
-    out: dict[int, str] = {}
-    for key, name in labels.items():
-        try:
-            value = int(key)
-        except (TypeError, ValueError):
-            value = -1
-        if not 1 <= value <= 65535 or not isinstance(name, str) or not name:
-            raise DataError(f"{path}: label {key!r}: {name!r} is invalid; keys are label values >= 1, values are names")
-        out[value] = name
-    return dict(sorted(out.items()))
-
-
-def _case_from_folder(folder: Path) -> Case | None:
-    present = [(folder / f).is_file() for f in (IMAGE_FILE, LABEL_FILE, LABELS_JSON)]
-    if not any(present):
-        return None
-    if not all(present):
-        missing = [f for f, ok in zip((IMAGE_FILE, LABEL_FILE, LABELS_JSON), present) if not ok]
-        raise DataError(f"case folder {folder} lacks {', '.join(missing)}; {EXPECTED_LAYOUT}")
-    return Case(folder.name, folder, _read_labels_json(folder / LABELS_JSON))
-
-
-def find_cases(
-    data_dir: str | Path,
-    *,
-    cases: Iterable[str] | None = None,
-    exclude_cases: Iterable[str] | None = None,
-    max_cases: int | None = None,
-) -> list[Case]:
-    """The case folders of a data folder, sorted by name, after the case filters.
-
-    Args:
-        data_dir: folder of case folders (or a single case folder).
-        cases: evaluate only these case names (e.g. a held-out split); unknown names are an error.
-        exclude_cases: leave these case names out.
-        max_cases: keep at most this many (the first by name, after the other filters).
-
-    Raises:
-        DataError: the folder is missing or holds no valid case; a case folder is incomplete; a
-            name given in ``cases`` does not exist.
-    """
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist or is not a folder; {EXPECTED_LAYOUT}")
-    single = _case_from_folder(root)
-    if single is not None:
-        found = [single]
-    else:
-        found = [c for c in (_case_from_folder(p) for p in sorted(root.iterdir()) if p.is_dir()) if c is not None]
-    if not found:
-        raise DataError(f"data folder {root} holds no case folders; {EXPECTED_LAYOUT}")
-    by_name = {c.name: c for c in found}
-    if cases is not None:
-        wanted = list(dict.fromkeys(cases))
-        unknown = [n for n in wanted if n not in by_name]
-        if unknown:
-            hints = {n: difflib.get_close_matches(n, list(by_name), n=1) for n in unknown}
-            said = ", ".join(f"{n!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for n, h in hints.items())
-            raise DataError(f"case(s) {said} not found in {root}; available: {', '.join(by_name)}")
-        found = [by_name[n] for n in sorted(wanted)]
-    if exclude_cases is not None:
-        excluded = set(exclude_cases)
-        for name in sorted(excluded - set(by_name)):
-            logger.warning("--exclude-cases: no case named %r in %s", name, root)
-        found = [c for c in found if c.name not in excluded]
-    if max_cases is not None:
-        if max_cases < 1:
-            raise ConfigError(f"max_cases must be >= 1, got {max_cases}")
-        found = found[:max_cases]
-    if not found:
-        raise DataError(f"no case of {root} is left after the case filters")
-    return found
-
-
 def _select_labels(case: Case, labels: Sequence[str] | None) -> dict[int, str]:
     if not labels:
-        return dict(case.labels)
+        return dict(case.names)
     wanted = {str(t).strip().lower() for t in labels}
-    return {v: n for v, n in case.labels.items() if str(v) in wanted or n.lower() in wanted}
+    return {v: n for v, n in case.names.items() if str(v) in wanted or n.lower() in wanted}
 
 
 def _read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
-    images = []
-    for file in (IMAGE_FILE, LABEL_FILE):
-        path = case.folder / file
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise DataError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
-        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise DataError(
-                f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s); "
-                "a 3D scalar image is needed"
-            )
-        images.append(image)
-    image, label = images
-    same = (
-        image.GetSize() == label.GetSize()
-        and np.allclose(image.GetSpacing(), label.GetSpacing(), rtol=1e-4, atol=1e-5)
-        and np.allclose(image.GetOrigin(), label.GetOrigin(), rtol=0, atol=1e-3)
-        and np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-4)
-    )
-    if not same:
+    """The case's image and label map, which must lie on one grid (no resampling here)."""
+    image, label = read_case_images(case)
+    if not same_grid(image, label, spacing=(1e-4, 1e-5), origin=(0.0, 1e-3), direction=(1e-5, 1e-4)):
         raise DataError(
-            f"case {case.name}: {LABEL_FILE} (size {label.GetSize()}, spacing {label.GetSpacing()}) is not on the grid of "
-            f"{IMAGE_FILE} (size {image.GetSize()}, spacing {image.GetSpacing()}); resample the label onto the image"
+            f"case {case.case_id}: {case.label_path.name} (size {label.GetSize()}, spacing {label.GetSpacing()}) is not on the grid of "
+            f"{case.image_path.name} (size {image.GetSize()}, spacing {image.GetSpacing()}); resample the label onto the image"
         )
     return image, label
 
@@ -427,7 +317,8 @@ def run_structure(
     segmenter.reset()
     wanted = set(clicks)
     spacing = tuple(float(s) for s in spacing_zyx_mm)
-    click = first_click(gt_zyx, rng, click_mode, spacing)
+    user = SimulatedUser(gt_zyx, rng, click_mode, spacing)
+    click = user.click()
     elapsed = 0.0
     out: dict[int, tuple[float, float, float]] = {}
     last: tuple[float, float] | None = None
@@ -443,7 +334,7 @@ def run_structure(
                 last = (dice(pred, gt_zyx), normalized_surface_distance(pred, gt_zyx, spacing, tolerance_mm))
             out[k] = (last[0], last[1], elapsed)
         if click is not None and k < max(clicks):
-            click = next_click(pred, gt_zyx, rng, click_mode, spacing)
+            click = user.click(pred)
             if click is None:
                 logger.debug("perfect mask after %d click(s): the simulated user stops", k)
     return out
@@ -540,31 +431,31 @@ def evaluate(
         label_zyx = sitk.GetArrayViewFromImage(label_image)
         spacing_zyx = tuple(float(s) for s in image.GetSpacing()[::-1])
         present = _voxel_counts(label_zyx)
-        unnamed = sorted(v for v in present if v != 0 and v not in case.labels)
+        unnamed = sorted(v for v in present if v != 0 and v not in case.names)
         if unnamed:
-            logger.warning("case %s: label value(s) %s are not named in %s and are not evaluated", case.name, unnamed, LABELS_JSON)
+            logger.warning("case %s: label value(s) %s are not named in its label table and are not evaluated", case.case_id, unnamed)
         segmenter: ClickSegmenter | None = None
         for value, name in structures.items():
             voxels = present.get(value, 0)
             reason = None
             if voxels == 0:
-                reason = f"absent from {LABEL_FILE}"
+                reason = f"absent from {case.label_path.name}"
             elif voxels < min_voxels:
                 reason = f"only {voxels} voxel(s), fewer than {min_voxels}"
             if reason is not None:
-                logger.info("skip %s/%d %s: %s", case.name, value, name, reason)
-                skipped.append(Skipped(case.name, value, name, voxels, reason))
+                logger.info("skip %s/%d %s: %s", case.case_id, value, name, reason)
+                skipped.append(Skipped(case.case_id, value, name, voxels, reason))
             else:
                 if segmenter is None:
                     segmenter = factory(image)
                 gt = np.asarray(label_zyx) == value
-                metrics = run_structure(segmenter, gt, spacing_zyx, click_counts, structure_rng(seed, case.name, value), mode, tolerance_mm)
-                rows.extend(Row(case.name, value, name, voxels, k, *metrics[k]) for k in click_counts)
-                logger.debug("%s/%d %s: Dice %s", case.name, value, name, {k: round(m[0], 3) for k, m in metrics.items()})
+                metrics = run_structure(segmenter, gt, spacing_zyx, click_counts, structure_rng(seed, case.case_id, value), mode, tolerance_mm)
+                rows.extend(Row(case.case_id, value, name, voxels, k, *metrics[k]) for k in click_counts)
+                logger.debug("%s/%d %s: Dice %s", case.case_id, value, name, {k: round(m[0], 3) for k, m in metrics.items()})
             done += 1
             if progress is not None:
-                progress(done, total, f"{case.name}/{name}")
-        logger.info("case %s: %d structure(s) in %.1f s", case.name, len(structures), time.perf_counter() - case_start)
+                progress(done, total, f"{case.case_id}/{name}")
+        logger.info("case %s: %d structure(s) in %.1f s", case.case_id, len(structures), time.perf_counter() - case_start)
 
     return EvaluationResult(
         rows=rows,
@@ -576,7 +467,7 @@ def evaluate(
         seed=int(seed),
         tolerance_mm=float(tolerance_mm),
         seconds=time.perf_counter() - started,
-        cases=[c.name for c, s in plan if s],
+        cases=[c.case_id for c, s in plan if s],
     )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SAMMed3DLib.clicks import CLICK_MODES, Click, bounding_box, error_masks, first_click, next_click
+from SAMMed3DLib.clicks import CLICK_MODES, Click, SimulatedUser, bounding_box, error_masks, first_click, next_click
 from SAMMed3DLib.errors import ConfigError, DataError
 
 
@@ -206,3 +206,30 @@ def test_invalid_inputs_raise_clear_errors() -> None:
         first_click(gt, rng, "center", spacing_mm=(1.0, 0.0, 1.0))
     with pytest.raises(ConfigError, match="spacing_mm must be 3 positive numbers"):
         next_click(gt, gt, rng, "center", spacing_mm=(1.0, 1.0))
+
+
+# -- the simulated user (the one click loop of evaluation, demo and training) ---------------------
+
+
+@pytest.mark.parametrize("mode", CLICK_MODES)
+def test_simulated_user_draws_the_clicks_of_first_and_next_click_in_order(mode: str) -> None:
+    pred, gt = _case()
+    user = SimulatedUser(gt, np.random.default_rng(7), mode, spacing_mm=(1.0, 1.0, 2.0))
+    got = [user.click(pred) for _ in range(4)]
+    rng = np.random.default_rng(7)
+    expected = [first_click(gt, rng, mode, (1.0, 1.0, 2.0))] + [next_click(pred, gt, rng, mode, (1.0, 1.0, 2.0)) for _ in range(3)]
+    assert got == expected and user.clicks == expected
+    assert user.indices == [c.index for c in expected] and user.labels == [int(c.positive) for c in expected]
+
+
+def test_simulated_user_stops_or_repeats_on_a_perfect_prediction() -> None:
+    gt = _ball((12, 12, 12), (6, 6, 6), 3)
+    user = SimulatedUser(gt, 0)
+    first = user.click()
+    assert first is not None and first.positive
+    assert user.click(gt.copy()) is None and user.clicks == [first]  # evaluation: the user is done
+    assert user.click_or_repeat(gt.copy()) == first and user.clicks == [first, first]  # training: same click again
+    with pytest.raises(DataError, match="needs the current prediction"):
+        user.click()
+    with pytest.raises(ConfigError, match="click mode 'edge'"):
+        SimulatedUser(gt, 0, "edge")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from SAMMed3DLib.atomic import atomic_write_json
 from SAMMed3DLib.model import build_sam3d
 from training.config import DEFAULT_MODEL_CONFIG
-from training.trainer import ClickLoop, mask_only_plan
+from training.interaction import ClickLoop, mask_only_plan
 
 
 def _batch(batch_size: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

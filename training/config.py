@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from SAMMed3DLib.atomic import atomic_write_json
+from SAMMed3DLib.card import DEFAULT_INPUT_SIZE
+from SAMMed3DLib.devices import is_device_name
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model.build import normalize_config
 
@@ -35,7 +37,7 @@ from SAMMed3DLib.model.build import normalize_config
 #: then geodesic click maps as two more head inputs (``--geodesic``, warm-started from that head).
 DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
     "image_encoder": {
-        "img_size": 128,
+        "img_size": DEFAULT_INPUT_SIZE,  # the card default: 128³ windows
         "patch_size": 16,
         "in_chans": 1,
         "embed_dim": 192,
@@ -52,7 +54,7 @@ DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
     "prompt_encoder": {
         "embed_dim": 144,
         "image_embedding_size": [8, 8, 8],
-        "input_image_size": [128, 128, 128],
+        "input_image_size": [DEFAULT_INPUT_SIZE] * 3,
         "mask_in_chans": 16,
         "click_maps": True,  # clicks also enter the dense prompt (PromptEncoder3D); learns far faster
     },
@@ -157,7 +159,7 @@ class TrainConfig:
             raise ConfigError("--flip-prob and --intensity-prob must lie in [0, 1]")
         if any(not 0 < f < 1 for f in self.decay_at):
             raise ConfigError(f"--decay-at fractions must lie in (0, 1), got {self.decay_at}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if not is_device_name(self.device, allow_mps=False):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if any(c < 1 for c in self.val_clicks + self.export_clicks):
             raise ConfigError("click counts must be ≥ 1")

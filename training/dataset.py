@@ -1,7 +1,8 @@
-"""Training samples from a prepared cache: one structure, one 128³ window, augmented, normalised.
+"""Training samples from a prepared cache: one structure, one model window, augmented, normalised.
 
 Each sample is drawn as the issue and the paper describe: a random case, a random structure of
-it, a ``window``³ crop around the structure at a random offset (the structure stays inside when
+it, a ``window``³ crop around the structure at a random offset (``window`` is the input size of
+the cache's :class:`~SAMMed3DLib.card.WindowSpec`, 128 for the default card; the structure stays inside when
 it fits; a larger structure is cut by a window that lies inside its bounding box), zero padding
 where the window leaves the volume, random flips of the three axes, then the inference
 normalisation (:func:`SAMMed3DLib.preprocessing.normalize_window` with the model card, so training
@@ -16,6 +17,11 @@ what makes ``--resume`` bit-for-bit without saving any data-loader state.
 Array conventions: cached arrays are (R, A, S) (see :mod:`training.prepare`); samples keep that
 order, so window tensor axes 2, 3, 4 run toward R, A, S like the inference window (before a
 flip, which mirrors an axis — an augmentation).
+
+One source of grid facts: the cache's ``index.json`` records the window spec (spacing, input
+size, orientation) of the card it was prepared for (:attr:`TrainingCache.window_spec`); the
+samples take the window size from it, and :func:`check_card_fits_cache` refuses a card that
+disagrees (the trainer calls it for the run's card and for an ``--init`` model's).
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ import torch
 from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
 from torch.utils.data import Dataset
 
-from SAMMed3DLib.card import ModelCard
-from SAMMed3DLib.errors import DataError
+from SAMMed3DLib.card import WINDOW_ORIENTATION, ModelCard, WindowSpec
+from SAMMed3DLib.errors import DataError, ModelCardError, SAMMed3DError
 from SAMMed3DLib.preprocessing import normalize_window
 
 logger = logging.getLogger(__name__)
@@ -46,6 +52,42 @@ class StructureRef:
     case: int
     value: int
     name: str
+
+
+def _window_spec(index: dict[str, Any], path: Path) -> WindowSpec:
+    """The window spec an ``index.json`` records.
+
+    Caches written before the spec was recorded give the same facts in their ``spacing_mm``,
+    ``options.window`` and ``orientation`` fields.
+    """
+    try:
+        if "window" in index:
+            return WindowSpec.from_dict(index["window"])
+        return WindowSpec(index["spacing_mm"], index["options"]["window"], index.get("orientation", WINDOW_ORIENTATION))
+    except (KeyError, TypeError, SAMMed3DError) as exc:
+        raise DataError(f"{path} records no valid window spec ({exc}); prepare the cache again with `python -m training.prepare`") from exc
+
+
+def check_card_fits_cache(card: ModelCard, cache: TrainingCache, what: str) -> None:
+    """Refuse a card whose window spec differs from the one ``cache`` was prepared for.
+
+    Args:
+        card: the model's card.
+        cache: the training cache.
+        what: how the user named the model, for the message (``"--init default"``).
+
+    Raises:
+        ModelCardError: spacing, input size or orientation differ; the message lists them and
+            says how to prepare a fitting cache.
+    """
+    problems = card.window_spec.mismatches(cache.window_spec)
+    if problems:
+        prepared = cache.index.get("card") or "the card defaults"
+        raise ModelCardError(
+            f"{what} (card {card.name!r}: {card.window_spec}) does not fit the training cache {cache.root} "
+            f"(prepared for {prepared}: {cache.window_spec}): {'; '.join(problems)}. Prepare a cache for this model with "
+            f"`python -m training.prepare SRC --out NEW_CACHE --model MODEL` (or --spacing/--window), or change the model"
+        )
 
 
 class TrainingCache:
@@ -72,8 +114,13 @@ class TrainingCache:
         if not self.cases:
             raise DataError(f"no case left in {self.root} after selecting {wanted} and excluding {list(exclude)}")
         self.structures = [StructureRef(i, s["value"], s["name"]) for i, c in enumerate(self.cases) for s in c["structures"]]
-        self.spacing_mm = float(self.index["spacing_mm"])
+        self.window_spec = _window_spec(self.index, index_path)
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def spacing_mm(self) -> float:
+        """Voxel size of the cached grids in mm (the window spec's)."""
+        return self.window_spec.spacing_mm
 
     @property
     def case_ids(self) -> list[str]:
@@ -155,9 +202,10 @@ class StructureSamples(Dataset):
         intensity_shift: float = 0.1,
         noise_std: float = 0.05,
     ) -> None:
+        check_card_fits_cache(card, cache, "the model")
         self.cache = cache
         self.card = card
-        self.window = card.input_size
+        self.window = cache.window_spec.input_size
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
         self.epoch = 0
@@ -221,8 +269,9 @@ def validation_samples(cache: TrainingCache, card: ModelCard) -> list[dict[str, 
         Dicts with ``image`` float32 (1, W, W, W), ``gt`` bool numpy (W, W, W), ``case``,
         ``structure``; window axes (R, A, S).
     """
+    check_card_fits_cache(card, cache, "the model")
     out = []
-    window = card.input_size
+    window = cache.window_spec.input_size
     for ref in cache.structures:
         image, label = cache.arrays(ref.case)
         lo, hi = cache.bbox(ref)

@@ -2,24 +2,30 @@
 
 Usage::
 
-    python -m training.prepare SRC [SRC ...] --out CACHE [--spacing 1.5]
+    python -m training.prepare SRC [SRC ...] --out CACHE [--model NAME|PATH]
 
 ``SRC`` is either a folder of case folders in the layout of ``../shared/data/train``
 (``<case>/image.nii.gz``, multi-label ``<case>/label.nii.gz``, ``<case>/labels.json``) or an
 nnU-Net raw dataset folder (``dataset.json`` + ``imagesTr/<case>_0000.nii.gz`` +
-``labelsTr/<case>.nii.gz``), or a single case folder.
+``labelsTr/<case>.nii.gz``), or a single case folder: the cases are found by
+:func:`SAMMed3DLib.cases.find_cases`, the finder ``sammed3d evaluate`` uses too.
 
 Design
 ------
-1. **Resample first, clean second.** Each case is resampled once onto an isotropic grid of
-   ``spacing`` mm whose array axes run toward patient **R, A, S** (the orientation of the
+0. **The model card fixes the grid.** The voxel size, the window side and the axis orientation
+   come from a model card's :class:`~SAMMed3DLib.card.WindowSpec` (``--model``: the model to be
+   trained or fine-tuned; without it the card defaults, which the official and the shipped
+   default models follow: 1.5 mm, 128³, RAS). ``index.json`` records that spec, and the trainer
+   refuses a model whose card disagrees with it.
+1. **Resample first, clean second.** Each case is resampled once onto an isotropic grid of the
+   card's spacing whose array axes run toward patient **R, A, S** (the orientation of the
    inference window, ``../shared/spec/SAM_MED3D_FACTS.md`` §3): image linear, label map nearest,
    0 outside the source image, no clipping. All cleaning then works on the same voxel size and on
    axis-aligned RAS axes, so "1.5 cm", "1 cm³" and "left/right" mean the same thing everywhere.
    The grid covers the source image's physical bounding box; its size per axis is
    ``floor(extent / spacing)`` (as torchio's ``Resample`` does), at least 1.
 2. **The paper's four cleaning steps** (SAM-Med3D §3.2), each a small pure function on numpy
-   arrays, applied per structure in this order:
+   arrays (:mod:`training.cleaning`, re-exported here), applied per structure in this order:
 
    a. *split* (step 2, first half) — the multi-class label map becomes one binary mask per
       class (:func:`split_classes`);
@@ -28,9 +34,10 @@ Design
       whole cases; a case whose *image* fails the same test is dropped as well;
    c. *background* (step 2, second half) — drop a mask whose background exceeds 99 % of "the
       whole volume" (:func:`background_fraction`). **Interpretation:** the volume a training
-      sample actually shows the model is a 128³ crop around the mask (the official pipeline
+      sample actually shows the model is a window-sized crop around the mask (the official pipeline
       crops/pads every sample to 128³ around its label), so the fraction is measured against
-      that crop, zero padding counting as background: ``1 − min(voxels, 128³) / 128³``. Measured on the whole scan instead, every
+      that crop (128³ for the default card), zero padding counting as background:
+      ``1 − min(voxels, 128³) / 128³``. Measured on the whole scan instead, every
       organ smaller than 1 % of a CT (a kidney in a 40-litre abdomen) would go, which is clearly
       not what the released data contains. 1 % of a 128³ crop at 1.5 mm is 20,972 voxels
       (≈ 71 ml), which still removes most small lesions and thin structures, so the threshold
@@ -44,7 +51,7 @@ Design
       ``<name>_left`` and ``<name>_right`` (:func:`split_left_right`); the halves pass (b) again.
 3. **Cache.** One uncompressed ``<case>.npz`` per case (``image`` float32 (R, A, S) and
    ``label`` uint8 (R, A, S), values 1..n = the case's cleaned structures) plus ``index.json``
-   (structure names, voxel counts, bounding boxes, case ids, spacing, the grid's LPS origin and
+   (the window spec, structure names, voxel counts, bounding boxes, case ids, the grid's LPS origin and
    direction — voxel (i, j, k) lies at ``origin_lps + direction·(i, j, k)·spacing`` — and
    everything dropped and why). Loading a case is one ``np.load``; no NIfTI decoding during training.
 """
@@ -52,205 +59,53 @@ Design
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from SAMMed3DLib.atomic import atomic_open, atomic_write_json
-from SAMMed3DLib.errors import DataError
+from SAMMed3DLib.card import (
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_SPACING_MM,
+    WINDOW_ORIENTATION,
+    ModelCard,
+    WindowSpec,
+    orientation_direction_lps,
+)
+from SAMMed3DLib.cases import Case, find_cases, read_case_images, same_grid
+from SAMMed3DLib.errors import DataError, SAMMed3DError
+
+from .cleaning import (
+    KEEP_COMPONENTS,
+    MAX_BACKGROUND_FRACTION,
+    MIN_EXTENT_MM,
+    MIN_VOLUME_ML,
+    background_fraction,
+    is_symmetric_name,
+    keep_largest_components,
+    mask_bbox,
+    passes_size_check,
+    split_classes,
+    split_left_right,
+)
 
 logger = logging.getLogger(__name__)
-
-#: Paper §3.2 step 1: masks (and images) under 1 cm³ are too small to see.
-MIN_VOLUME_ML = 1.0
-#: Paper §3.2 step 1: any bounding-box side under 1.5 cm is too thin to see.
-MIN_EXTENT_MM = 15.0
-#: Paper §3.2 step 2: drop a mask whose background exceeds 99 % of the (crop) volume.
-MAX_BACKGROUND_FRACTION = 0.99
-#: Paper §3.2 step 3: keep the top-5 connected components.
-KEEP_COMPONENTS = 5
-#: Side of the model window in voxels, over which the background fraction is measured.
-WINDOW = 128
-#: Structures that come in a left and a right copy (TotalSegmentator / AMOS / BTCV names).
-SYMMETRIC_STRUCTURES: tuple[str, ...] = (
-    "kidney", "lung", "adrenal_gland", "adrenal", "breast", "eye", "eyeball", "lens", "optic_nerve",
-    "parotid_gland", "submandibular_gland", "cochlea", "femur", "humerus", "scapula", "clavicula",
-    "clavicle", "hip", "gluteus_maximus", "gluteus_medius", "gluteus_minimus", "autochthon",
-    "iliopsoas", "psoas", "ovary", "ureter", "hippocampus", "amygdala", "thalamus", "caudate",
-    "putamen", "pallidum", "common_carotid_artery", "subclavian_artery", "iliac_artery",
-    "iliac_vena", "atrial_appendage", "lung_upper_lobe", "lung_lower_lobe",
-)
-_SIDE_WORDS = re.compile(r"(^|_)(left|right|l|r|lt|rt)(_|$)")
-#: Minimum size of the smaller side, relative to the larger, to call a mask a pair.
-PAIR_MIN_RATIO = 0.2
-
-
-# --------------------------------------------------------------------------------------------
-# Pure cleaning steps
-# --------------------------------------------------------------------------------------------
-
-
-def split_classes(label: np.ndarray, names: dict[int, str]) -> list[tuple[str, np.ndarray]]:
-    """Split a multi-class label map into one binary mask per class (paper §3.2 step 2).
-
-    Args:
-        label: integer label map, any shape and axis order; 0 is background.
-        names: class value → structure name. Values present in ``label`` but missing from
-            ``names`` are named ``label_<value>``.
-
-    Returns:
-        ``(name, mask)`` pairs, in increasing class value, for every class with ≥ 1 voxel;
-        ``mask`` is bool with ``label``'s shape.
-    """
-    present = [int(v) for v in np.unique(label) if v != 0]
-    return [(names.get(v, f"label_{v}"), label == v) for v in present]
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """Inclusive index bounding box ``(lo, hi)`` of a bool mask, or None when it is empty."""
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
-    if any(len(i) == 0 for i in idx):
-        return None
-    return tuple(int(i[0]) for i in idx), tuple(int(i[-1]) for i in idx)
-
-
-def passes_size_check(
-    mask: np.ndarray, spacing_mm: Sequence[float], min_volume_ml: float = MIN_VOLUME_ML, min_extent_mm: float = MIN_EXTENT_MM
-) -> tuple[bool, str]:
-    """Paper §3.2 step 1: is the mask at least ``min_volume_ml`` and ``min_extent_mm`` on every axis?
-
-    Args:
-        mask: bool mask on an axis-aligned grid.
-        spacing_mm: voxel size along each array axis, in mm (same order as ``mask``'s axes).
-        min_volume_ml: smallest kept volume in millilitres (cm³).
-        min_extent_mm: smallest kept bounding-box side in mm (side = voxel count × spacing).
-
-    Returns:
-        ``(keep, reason)``; ``reason`` says why a mask is dropped ("" when kept).
-    """
-    bbox = mask_bbox(mask)
-    if bbox is None:
-        return False, "empty"
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    volume_ml = int(mask.sum()) * voxel_ml
-    if volume_ml < min_volume_ml:
-        return False, f"volume {volume_ml:.3f} ml < {min_volume_ml} ml"
-    extent = [(hi - lo + 1) * s for lo, hi, s in zip(*bbox, spacing_mm)]
-    if min(extent) < min_extent_mm:
-        return False, f"bounding box {', '.join(f'{e:.1f}' for e in extent)} mm has a side < {min_extent_mm} mm"
-    return True, ""
-
-
-def background_fraction(mask: np.ndarray, window: int = WINDOW) -> float:
-    """Background fraction of a ``window``³ model crop that holds the mask (paper §3.2 step 2).
-
-    Our reading of "background occupies more than 99 % of the whole volume" (module docstring):
-    the volume is the model's input crop of ``window``³ voxels (zero padding included), and the
-    foreground is the mask's voxels, at most the whole crop:
-    ``1 − min(voxels, window³) / window³``. Counting voxels rather than what one particular crop
-    position contains keeps the test independent of shape: a left/right pair or a U-shaped
-    structure has an empty centre, and a crop centred on its bounding box would see nothing.
-
-    Args:
-        mask: bool mask, 3D (any grid; its voxels must have the crop's voxel size).
-        window: side of the cubic crop in voxels.
-
-    Returns:
-        Background fraction in [0, 1]; 1.0 for an empty mask.
-    """
-    crop = float(window) ** mask.ndim
-    return 1.0 - min(float(np.count_nonzero(mask)), crop) / crop
-
-
-def keep_largest_components(mask: np.ndarray, keep: int = KEEP_COMPONENTS) -> tuple[np.ndarray, int]:
-    """Paper §3.2 step 3: keep the ``keep`` largest connected components (26-connectivity).
-
-    Args:
-        mask: bool mask, 3D.
-        keep: number of components to keep.
-
-    Returns:
-        ``(cleaned mask, number of removed components)``.
-    """
-    labelled, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= keep:
-        return mask.copy(), 0
-    sizes = np.bincount(labelled.ravel())[1:]
-    order = np.argsort(-sizes, kind="stable")[:keep] + 1
-    return np.isin(labelled, order), n - keep
-
-
-def has_side(name: str) -> bool:
-    """True when a structure name already says left or right (``kidney_left``, ``l_eye``)."""
-    return bool(_SIDE_WORDS.search(name.lower()))
-
-
-def is_symmetric_name(name: str) -> bool:
-    """True for a paired structure named without a side (``kidney``, ``lung``, ``adrenal_gland``)."""
-    low = name.lower()
-    return not has_side(low) and low in SYMMETRIC_STRUCTURES
-
-
-def split_left_right(
-    mask: np.ndarray, lr_axis: int = 0, right_is_increasing: bool = True, min_ratio: float = PAIR_MIN_RATIO
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Paper §3.2 step 4: split a paired structure into (left, right) masks.
-
-    The mask is a pair when its two largest connected components each hold at least
-    ``min_ratio`` of the larger one's voxels and lie on either side of a sagittal plane: the
-    plane half-way between the two components' facing edges along ``lr_axis`` separates them
-    (no voxel of either crosses it). Every voxel of the mask (small fragments too) then goes to
-    the side of that plane it lies on.
-
-    Args:
-        mask: bool mask, 3D, on an axis-aligned grid.
-        lr_axis: the array axis along the patient's left–right direction.
-        right_is_increasing: True when index increases toward patient Right (RAS cache), False
-            when it increases toward Left (LPS arrays).
-        min_ratio: smaller/larger component size ratio below which the mask is not a pair.
-
-    Returns:
-        ``(left, right)`` bool masks, or None when the mask is not a left/right pair.
-    """
-    labelled, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n < 2:
-        return None
-    sizes = np.bincount(labelled.ravel())[1:]
-    a, b = (np.argsort(-sizes, kind="stable")[:2] + 1).tolist()
-    if sizes[b - 1] < min_ratio * sizes[a - 1]:
-        return None
-    other = tuple(ax for ax in range(3) if ax != lr_axis)
-    prof_a = np.flatnonzero((labelled == a).any(axis=other))
-    prof_b = np.flatnonzero((labelled == b).any(axis=other))
-    low, high = (prof_a, prof_b) if prof_a.mean() < prof_b.mean() else (prof_b, prof_a)
-    if low[-1] >= high[0]:
-        return None  # the two components overlap along the left-right axis: not a pair
-    plane = (low[-1] + high[0] + 1) // 2  # first index on the high side
-    coords = np.arange(mask.shape[lr_axis])
-    shape = [1, 1, 1]
-    shape[lr_axis] = -1
-    high_side = (coords >= plane).reshape(shape)
-    low_mask, high_mask = mask & ~high_side, mask & high_side
-    return (low_mask, high_mask) if right_is_increasing else (high_mask, low_mask)
-
 
 # --------------------------------------------------------------------------------------------
 # Geometry: resampling onto an RAS-canonical isotropic grid
 # --------------------------------------------------------------------------------------------
 
-#: Direction of the cache grid in LPS: index i → −x (Right), j → −y (Anterior), k → +z (Superior).
-RAS_DIRECTION_LPS: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+#: Direction of the cache grid in LPS, the model window's: index i → −x (Right), j → −y
+#: (Anterior), k → +z (Superior).
+CACHE_DIRECTION_LPS: tuple[float, ...] = orientation_direction_lps(WINDOW_ORIENTATION)
 
 
 def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -261,7 +116,7 @@ def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         spacing_mm: output voxel size in mm.
 
     Returns:
-        A float32 SimpleITK image of zeros with direction :data:`RAS_DIRECTION_LPS`; its size per
+        A float32 SimpleITK image of zeros with direction :data:`CACHE_DIRECTION_LPS`; its size per
         axis is ``max(1, floor(extent_mm / spacing_mm))`` and it is centred on the source.
     """
     size = np.array(image.GetSize(), dtype=float)
@@ -269,7 +124,7 @@ def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         (x, y, z) for x in (-0.5, size[0] - 0.5) for y in (-0.5, size[1] - 0.5) for z in (-0.5, size[2] - 0.5)
     ]
     corners_lps = np.array([image.TransformContinuousIndexToPhysicalPoint(c) for c in corners_idx])
-    direction = np.array(RAS_DIRECTION_LPS).reshape(3, 3)
+    direction = np.array(CACHE_DIRECTION_LPS).reshape(3, 3)
     corners_grid = corners_lps @ direction  # coordinates along the new axes (columns of direction)
     lo, hi = corners_grid.min(axis=0), corners_grid.max(axis=0)
     new_size = np.maximum(1, np.floor((hi - lo) / spacing_mm + 1e-6)).astype(int)
@@ -278,7 +133,7 @@ def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     origin_lps = direction @ first_centre_grid
     ref = sitk.Image([int(s) for s in new_size], sitk.sitkFloat32)
     ref.SetSpacing([spacing_mm] * 3)
-    ref.SetDirection(RAS_DIRECTION_LPS)
+    ref.SetDirection(CACHE_DIRECTION_LPS)
     ref.SetOrigin([float(v) for v in origin_lps])
     return ref
 
@@ -306,109 +161,36 @@ def resample_to_ras(image: sitk.Image, label: sitk.Image, spacing_mm: float) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SourceCase:
-    """One labelled case found in a source folder."""
-
-    case_id: str
-    image_path: Path
-    label_path: Path
-    names: dict[int, str]
-    modality: str = ""
-    region: str = ""
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}; check that the file is valid JSON") from exc
-
-
-def _nnunet_cases(root: Path) -> list[SourceCase]:
-    meta = _read_json(root / "dataset.json")
-    labels = meta.get("labels", {})
-    names: dict[int, str] = {}
-    for key, value in labels.items():
-        # nnU-Net v2: {"name": value}; v1: {"value": "name"}.
-        if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit() and not key.isdigit()):
-            names[int(value)] = str(key)
-        elif isinstance(value, list):  # v2 region-based labels: skip (not plain classes)
-            continue
-        else:
-            names[int(key)] = str(value)
-    names.pop(0, None)
-    modality = ""
-    channels = meta.get("channel_names") or meta.get("modality") or {}
-    if isinstance(channels, dict) and channels:
-        modality = str(channels.get("0", next(iter(channels.values()))))
-    suffix = meta.get("file_ending", ".nii.gz")
-    out = []
-    for image_path in sorted((root / "imagesTr").glob(f"*_0000{suffix}")):
-        case_id = image_path.name[: -len(f"_0000{suffix}")]
-        label_path = root / "labelsTr" / f"{case_id}{suffix}"
-        if not label_path.is_file():
-            logger.warning("nnU-Net case %s has no label %s; skipped", case_id, label_path)
-            continue
-        out.append(SourceCase(f"{root.name}_{case_id}", image_path, label_path, dict(names), modality, ""))
-    return out
-
-
-def _case_folder(folder: Path) -> SourceCase:
-    meta = _read_json(folder / "labels.json")
-    names = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
-    return SourceCase(folder.name, folder / "image.nii.gz", folder / "label.nii.gz", names, str(meta.get("modality", "")), str(meta.get("region", "")))
-
-
-def find_cases(sources: Iterable[str | os.PathLike[str]]) -> list[SourceCase]:
-    """List the labelled cases of each source folder (case folders or nnU-Net raw datasets).
-
-    Raises:
-        DataError: a source does not exist or holds no recognisable case.
-    """
-    cases: list[SourceCase] = []
-    for src in sources:
-        root = Path(src)
-        if not root.is_dir():
-            raise DataError(f"data source {root} is not a folder; pass a case folder, a folder of case folders or an nnU-Net raw dataset")
-        if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
-            found = _nnunet_cases(root)
-        elif (root / "labels.json").is_file():
-            found = [_case_folder(root)]
-        else:
-            found = [_case_folder(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "labels.json").is_file()]
-        if not found:
-            raise DataError(
-                f"no labelled case in {root}: expected <case>/image.nii.gz + label.nii.gz + labels.json, "
-                "or an nnU-Net raw folder with dataset.json, imagesTr/ and labelsTr/"
-            )
-        cases.extend(found)
-    ids = [c.case_id for c in cases]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise DataError(f"case ids occur more than once across the sources: {dupes}; rename the case folders")
-    return cases
-
-
-# --------------------------------------------------------------------------------------------
 # Preparing one case and the whole cache
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class PrepareOptions:
-    """Options of :func:`prepare`. Defaults follow the paper (§3.2)."""
+    """Options of :func:`prepare`. Cleaning defaults follow the paper (§3.2).
 
-    spacing_mm: float = 1.5
+    ``spacing_mm`` and ``window`` are the window spec of the model card the cache is prepared
+    for (:meth:`for_card`); their defaults are the card module's. ``card`` names that card
+    (``""``: the defaults).
+    """
+
+    spacing_mm: float = DEFAULT_SPACING_MM
     min_volume_ml: float = MIN_VOLUME_ML
     min_extent_mm: float = MIN_EXTENT_MM
     max_background: float = MAX_BACKGROUND_FRACTION
     keep_components: int = KEEP_COMPONENTS
-    window: int = WINDOW
+    window: int = DEFAULT_INPUT_SIZE
+    card: str = ""
+
+    @classmethod
+    def for_card(cls, card: ModelCard, **cleaning: Any) -> PrepareOptions:
+        """Options whose grid is ``card``'s window spec; ``cleaning`` sets the other fields."""
+        return cls(spacing_mm=card.spacing_mm, window=card.input_size, card=card.name, **cleaning)
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        """The window spec the cache is prepared for (recorded in ``index.json``)."""
+        return WindowSpec(self.spacing_mm, self.window, WINDOW_ORIENTATION)
 
 
 @dataclass
@@ -434,7 +216,7 @@ class CaseEntry:
     origin_lps: list[float]
     structures: list[dict[str, Any]] = field(default_factory=list)
     #: LPS direction (row-major 3×3) of the cache grid: index i → −x, j → −y, k → +z.
-    direction_lps: list[float] = field(default_factory=lambda: list(RAS_DIRECTION_LPS))
+    direction_lps: list[float] = field(default_factory=lambda: list(CACHE_DIRECTION_LPS))
 
 
 def clean_structures(
@@ -481,17 +263,9 @@ def clean_structures(
     return kept, dropped
 
 
-def prepare_case(case: SourceCase, out_dir: Path, opts: PrepareOptions) -> tuple[CaseEntry | None, list[Dropped]]:
+def prepare_case(case: Case, out_dir: Path, opts: PrepareOptions) -> tuple[CaseEntry | None, list[Dropped]]:
     """Resample, clean and cache one case. Returns its index entry (None when nothing is kept)."""
-    try:
-        image = sitk.ReadImage(str(case.image_path))
-        label = sitk.ReadImage(str(case.label_path))
-    except RuntimeError as exc:
-        raise DataError(f"cannot read case {case.case_id} ({case.image_path}, {case.label_path}): {exc}") from exc
-    if image.GetDimension() != 3 or label.GetDimension() != 3:
-        raise DataError(f"case {case.case_id}: image and label must be 3D, got {image.GetDimension()}D and {label.GetDimension()}D")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"case {case.case_id}: image has {image.GetNumberOfComponentsPerPixel()} components; give one channel")
+    image, label = read_case_images(case)
     if image.GetSize() != label.GetSize():
         raise DataError(f"case {case.case_id}: image size {image.GetSize()} differs from label size {label.GetSize()}")
     extent_mm = [n * s for n, s in zip(image.GetSize(), image.GetSpacing())]
@@ -518,7 +292,7 @@ def prepare_case(case: SourceCase, out_dir: Path, opts: PrepareOptions) -> tuple
     file_name = f"{case.case_id}.npz"
     _atomic_savez(out_dir / file_name, image=image_ras, label=out_label)
     entry = CaseEntry(
-        case.case_id, file_name, list(image_ras.shape), case.modality, case.region, str(case.image_path.parent),
+        case.case_id, file_name, list(image_ras.shape), case.modality, case.region, str(case.folder),
         [float(v) for v in ref.GetOrigin()], structures,
     )
     return entry, dropped
@@ -526,12 +300,7 @@ def prepare_case(case: SourceCase, out_dir: Path, opts: PrepareOptions) -> tuple
 
 def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
     """Same size and nearly the same geometry (label files often differ in the last digits)."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
-    )
+    return same_grid(a, b, spacing=(1e-5, tol), origin=(1e-5, tol * 10), direction=(1e-5, tol))
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -554,6 +323,7 @@ def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLik
         DataError: a source is unusable, or no structure survives cleaning.
     """
     opts = opts or PrepareOptions()
+    spec = opts.window_spec  # checks spacing and window
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cases = find_cases(sources)
@@ -577,8 +347,10 @@ def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLik
         by_step[d.step] = by_step.get(d.step, 0) + 1
     index = {
         "version": 1,
-        "spacing_mm": opts.spacing_mm,
-        "orientation": "RAS",
+        "window": spec.to_dict(),
+        "card": opts.card or None,
+        "spacing_mm": spec.spacing_mm,
+        "orientation": spec.orientation,
         "axes": "array axis 0 → patient Right, 1 → Anterior, 2 → Superior",
         "options": asdict(opts),
         "cases": [asdict(e) for e in entries],
@@ -591,28 +363,46 @@ def prepare(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLik
     return index
 
 
+def _card_of(model: str) -> ModelCard:
+    """The model card of a registry name or checkpoint path (loads the model on the CPU)."""
+    from SAMMed3DLib.checkpoint import load_model
+
+    return load_model(model, device="cpu").card
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m training.prepare SRC... --out CACHE``."""
+    """Command line: ``python -m training.prepare SRC... --out CACHE [--model NAME|PATH]``."""
+    defaults = WindowSpec()
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", help="case folders, folders of case folders, or nnU-Net raw dataset folders")
     parser.add_argument("--out", required=True, help="cache folder to write")
-    parser.add_argument("--spacing", type=float, default=1.5, help="isotropic output spacing in mm (default 1.5, the model card's)")
+    parser.add_argument("--model", help="registry name or checkpoint of the model to train or fine-tune: its card sets spacing and window "
+                        f"(default: the card defaults, {defaults})")
+    parser.add_argument("--spacing", type=float, help=f"isotropic output spacing in mm (default: the card's, {defaults.spacing_mm:g})")
+    parser.add_argument("--window", type=int, help=f"model window side in voxels, the crop of --max-background (default: the card's, {defaults.input_size})")
     parser.add_argument("--min-volume-ml", type=float, default=MIN_VOLUME_ML)
     parser.add_argument("--min-extent-mm", type=float, default=MIN_EXTENT_MM)
-    parser.add_argument("--max-background", type=float, default=MAX_BACKGROUND_FRACTION, help="drop masks whose background exceeds this fraction of the 128³ crop (paper: 0.99)")
+    parser.add_argument("--max-background", type=float, default=MAX_BACKGROUND_FRACTION, help="drop masks whose background exceeds this fraction of the window crop (paper: 0.99)")
     parser.add_argument("--keep-components", type=int, default=KEEP_COMPONENTS)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.spacing > 0 or not 0 < args.max_background <= 1 or args.keep_components < 1:
-        parser.error("--spacing must be > 0, --max-background in (0, 1], --keep-components ≥ 1")
-    opts = PrepareOptions(args.spacing, args.min_volume_ml, args.min_extent_mm, args.max_background, args.keep_components)
+    if (args.spacing is not None and not args.spacing > 0) or (args.window is not None and args.window < 1) or not 0 < args.max_background <= 1 or args.keep_components < 1:
+        parser.error("--spacing must be > 0, --window ≥ 1, --max-background in (0, 1], --keep-components ≥ 1")
+    cleaning = {"min_volume_ml": args.min_volume_ml, "min_extent_mm": args.min_extent_mm, "max_background": args.max_background, "keep_components": args.keep_components}
     try:
+        if args.model:
+            opts = PrepareOptions.for_card(_card_of(args.model), **cleaning)
+            for flag, given, own in (("--spacing", args.spacing, opts.spacing_mm), ("--window", args.window, opts.window)):
+                if given is not None and given != own:
+                    parser.error(f"{flag} {given:g} disagrees with the card of {args.model} ({own:g}); drop {flag} to prepare the cache for that model")
+        else:
+            opts = PrepareOptions(spacing_mm=args.spacing or defaults.spacing_mm, window=args.window or defaults.input_size, **cleaning)
         index = prepare(args.sources, args.out, opts)
-    except DataError as exc:
+    except SAMMed3DError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(index['cases'])} case(s), {index['n_structures']} structure(s) written to {args.out}; dropped per step: {index['dropped_by_step']}")
+    print(f"{len(index['cases'])} case(s), {index['n_structures']} structure(s) of {opts.window_spec} written to {args.out}; dropped per step: {index['dropped_by_step']}")
     for d in index["dropped"]:
         print(f"  dropped {d['case']}/{d['structure']} ({d['step']}): {d['reason']}")
     return 0

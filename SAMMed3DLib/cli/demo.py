@@ -75,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..clicks import first_click, next_click
+    from ..clicks import SimulatedUser
     from ..io import write_preview_png, write_segmentation
     from ..metrics import dice
     from ..session import Session
@@ -90,17 +90,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {model.card.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on {next(model.parameters()).device}")
     gt = sitk.GetArrayFromImage(label) > 0
     session = Session(model, image)
-    rng = np.random.default_rng(0)
-    click = first_click(gt, rng, mode="center")
+    user = SimulatedUser(gt, np.random.default_rng(0), mode="center")
     first_lps = None
     history = []
     pred = np.zeros_like(gt)
     for n in range(1, args.clicks + 1):
-        if n > 1:
-            click = next_click(pred, gt, rng, mode="center")
-            if click is None:
-                print("perfect mask: no error left to click on")
-                break
+        click = user.click(pred)
+        if click is None:
+            print("perfect mask: no error left to click on")
+            break
         index_xyz = np.array(click.index[::-1], dtype=np.float64)
         point_lps = session.geometry.index_to_lps(index_xyz)
         first_lps = point_lps if first_lps is None else first_lps
