@@ -51,7 +51,7 @@ from slicer.util import VTKObservationMixin
 from SAMMed3DModule import dependencies
 from SAMMed3DModule.choices import DeviceChoice, ModelChoice, WriteMode
 from SAMMed3DModule.module_logic import ParameterNodeLogic
-from SAMMed3DModule.worker import Job, ModelWorker
+from SAMMed3DModule.worker import Job, ModelWorker, waitPumpingEvents
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,16 @@ _addCoreFromSourceCheckout()
 #: Clicks closer together than this (ms) run the model once, with all of them: placing a point
 #: fires several MRML events, and a user's double click should not cost two decoder passes.
 DEBOUNCE_MS = 150
-#: How often the main thread checks the worker (ms); 30 ms keeps the UI fluid (SlicerNNInteractive
-#: pumps events at the same rate) and adds at most that much to the displayed latency.
-POLL_MS = 30
+#: One-key shortcuts, active only while the module is shown (installed in ``enter``, removed in
+#: ``exit`` and ``cleanup``, so a module Reload never binds them twice). Single keys, because
+#: Ctrl+Alt+letter is AltGr on many Windows keyboard layouts; text fields keep their keys.
+SHORTCUTS = {
+    "P": "place + points",
+    "N": "place − points",
+    "T": "toggle between + and − points",
+    "Z": "undo the last update",
+    "Y": "redo",
+}
 
 
 #
@@ -97,9 +104,9 @@ class SAMMed3D(ScriptedLoadableModule):
         self.parent.helpText = """
 Interactive 3D segmentation with <a href="https://github.com/uni-medical/SAM-Med3D">SAM-Med3D</a>.
 Select a volume and a segment, press <b>+</b> and click inside the structure in any view; add
-<b>−</b> points where the mask leaks. Every update can be undone (Ctrl+Alt+Z / Ctrl+Alt+Y).
+<b>−</b> points where the mask leaks. Every update can be undone (Z) and redone (Y).
 Clicks are saved with the segment, so a saved scene can be reloaded and refined later.
-Shortcuts: Ctrl+Alt+P place +, Ctrl+Alt+N place −, Ctrl+Alt+S next segment.
+Shortcuts while the module is shown: P place +, N place −, T toggle + / −, Z undo, Y redo.
 """
         self.parent.acknowledgementText = """
 SAM-Med3D by Wang et al. (uni-medical/SAM-Med3D, Apache-2.0). Built on the 3D Slicer scripted module
@@ -182,9 +189,6 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.onAutoRun)
-        self._poll = qt.QTimer()
-        self._poll.setInterval(POLL_MS)
-        self._poll.timeout.connect(self._onPoll)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -201,6 +205,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._removeShortcuts()
         self.removeObservers()
         self._worker.shutdown()
 
@@ -309,17 +314,24 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _installShortcuts(self) -> None:
         if self._shortcuts:
             return
-        bindings = {
-            "Ctrl+Alt+Z": self.onUndo,
-            "Ctrl+Alt+Y": self.onRedo,
-            "Ctrl+Alt+P": lambda: self.ui.positivePlaceWidget.setPlaceModeEnabled(True),
-            "Ctrl+Alt+N": lambda: self.ui.negativePlaceWidget.setPlaceModeEnabled(True),
-            "Ctrl+Alt+S": self.onNextSegment,
+        slots = {
+            "P": lambda: self._placePoints(positive=True),
+            "N": lambda: self._placePoints(positive=False),
+            "T": self._togglePointSign,
+            "Z": self.onUndo,
+            "Y": self.onRedo,
         }
-        for keys, slot in bindings.items():
+        for keys, slot in slots.items():
             shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
             shortcut.connect("activated()", slot)
             self._shortcuts.append(shortcut)
+
+    def _placePoints(self, positive: bool) -> None:
+        (self.ui.negativePlaceWidget if positive else self.ui.positivePlaceWidget).setPlaceModeEnabled(False)
+        (self.ui.positivePlaceWidget if positive else self.ui.negativePlaceWidget).setPlaceModeEnabled(True)
+
+    def _togglePointSign(self) -> None:
+        self._placePoints(positive=not self.ui.positivePlaceWidget.placeModeEnabled)
 
     def _removeShortcuts(self) -> None:
         for shortcut in self._shortcuts:
@@ -365,9 +377,10 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._startJob(lambda: self.logic.compute(request, self._setProgress, self._cancel, allowDownload))
 
     def _startJob(self, function: Callable[[], Any]) -> None:
+        """Run ``function`` on the worker and wait for it here, processing Qt events (see worker.py)."""
         self._cancel.clear()
         self._progress = (0.0, 0.0, "")
-        self._job = self._worker.submit(function)
+        self._job = job = self._worker.submit(function)
         if not self.logic.modelLoaded:
             self.ui.progressBar.setRange(0, 0)
             self.ui.progressBar.show()
@@ -376,13 +389,19 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.statusLabel.text = "Segmenting…"
         self._updateUndoButtons()
-        self._poll.start()
+
+        def pumpEvents() -> None:
+            self._showProgress()
+            slicer.app.processEvents()
+
+        waitPumpingEvents(job, pumpEvents)
+        self._finishJob(job)
 
     def _setProgress(self, done: float, total: float, message: str) -> None:
-        """Called on the worker thread: only stores the numbers; the poll timer shows them."""
+        """Called on the worker thread: only stores the numbers; the waiting main thread shows them."""
         self._progress = (done, total, message)
 
-    def _onPoll(self) -> None:
+    def _showProgress(self) -> None:
         done, total, message = self._progress
         if self.ui.progressBar.visible:
             if total > 0:
@@ -392,10 +411,8 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif message:
                 self.ui.progressBar.setRange(0, 0)
                 self.ui.statusLabel.text = message + "…"
-        job = self._job
-        if job is None or not job.done.is_set():
-            return
-        self._poll.stop()
+
+    def _finishJob(self, job: Job) -> None:
         self._job = None
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
@@ -407,6 +424,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 with slicer.util.RenderBlocker():
                     result = self.logic.apply(self._request, job.result)
                 clickToDisplay = time.perf_counter() - self._clickTime if self._clickTime else result.latencySeconds
+                self._clickTime = 0.0  # the next update measures from its own click
                 self.ui.statusLabel.text = (
                     f"{result.changedVoxels} voxels changed; model {result.modelSeconds * 1000:.0f} ms, "
                     f"click to display {clickToDisplay * 1000:.0f} ms" + (" (new session)" if result.newSession else "")

@@ -25,7 +25,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML outside
 from SAMMed3DModule import dependencies, segment_editor  # noqa: E402
 from SAMMed3DModule.choices import DeviceChoice, ModelChoice, WriteMode  # noqa: E402
 from SAMMed3DModule.module_logic import ParameterNodeLogic  # noqa: E402
-from SAMMed3DModule.worker import ModelWorker  # noqa: E402
+from SAMMed3DModule.worker import WAIT_S, ModelWorker, waitPumpingEvents  # noqa: E402
 from test_slicer_logic import scene  # noqa: E402, F401 - the MRML scene as Slicer sets it up at start-up
 
 # -- worker -----------------------------------------------------------------------------------------
@@ -57,6 +57,31 @@ def test_a_failing_job_hands_its_exception_to_the_main_thread_and_the_worker_goe
     assert isinstance(failing.error, ZeroDivisionError) and failing.result is None
     assert after.error is None and after.result == "still running"
     worker.shutdown()
+
+
+def test_the_main_thread_waits_with_the_gil_released_and_keeps_pumping_events() -> None:
+    """The worker needs the GIL, which the main thread only gives up while it waits in Python."""
+    worker = ModelWorker()
+    release = threading.Event()
+    pumps: list[float] = []
+
+    def pump() -> None:
+        pumps.append(0.0)
+        if len(pumps) == 3:
+            release.set()  # e.g. the user pressed Cancel: events keep flowing while the job runs
+
+    job = worker.submit(lambda: release.wait(10.0) and "done")
+    assert waitPumpingEvents(job, pump, intervalS=0.01) is job
+    assert job.done.is_set() and job.result == "done" and len(pumps) == 3
+    assert waitPumpingEvents(job, pump) is job and len(pumps) == 3, "a finished job is not waited for"
+    assert WAIT_S == pytest.approx(0.03)
+    worker.shutdown()
+
+
+@pytest.mark.parametrize("interval", [0.0, -0.03])
+def test_waiting_needs_a_positive_interval(interval) -> None:
+    with pytest.raises(ValueError, match="intervalS"):
+        waitPumpingEvents(ModelWorker().submit(lambda: None), lambda: None, intervalS=interval)
 
 
 def test_the_worker_restarts_its_thread_after_a_shutdown() -> None:

@@ -367,3 +367,33 @@ def test_worker_thread_is_persistent_and_documented() -> None:
 @pytest.mark.parametrize("name", ["SAMMed3DWidget", "SAMMed3DLogic", "SAMMed3DTest", "SAMMed3D"])
 def test_template_classes_exist(name: str) -> None:
     _class(_module_ast(), name)
+
+
+# -- shortcuts and waiting ----------------------------------------------------------------------
+
+
+def _widget_method(name: str) -> ast.FunctionDef:
+    cls = _class(_module_ast(), "SAMMed3DWidget")
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_shortcuts_are_single_keys_installed_on_enter_and_removed_on_exit_and_cleanup() -> None:
+    text = MODULE_SCRIPT.read_text(encoding="utf-8") + UI_FILE.read_text(encoding="utf-8")
+    assert "Ctrl+Alt+" not in text.replace("#: Ctrl+Alt+letter is AltGr", ""), "Ctrl+Alt+letter is AltGr on many layouts"
+    tree = _module_ast()
+    table = next(n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
+    documented = {k.value for k in table.keys}
+    installed = next(n.value for n in ast.walk(_widget_method("_installShortcuts")) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "slots")
+    assert {k.value for k in installed.keys} == documented and all(len(k) == 1 for k in documented)
+    for method, expected in (("enter", "_installShortcuts"), ("exit", "_removeShortcuts"), ("cleanup", "_removeShortcuts")):
+        calls = {c.func.attr for c in ast.walk(_widget_method(method)) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
+        assert expected in calls, f"{method}() must call {expected}() (a module Reload runs cleanup)"
+    help_text = MODULE_SCRIPT.read_text(encoding="utf-8").split("helpText", 1)[1].split('"""', 2)[1]
+    assert all(f"{k} " in help_text for k in documented), "the module's help lists every shortcut"
+
+
+def test_the_widget_waits_for_the_worker_pumping_events_instead_of_polling_from_the_event_loop() -> None:
+    source = ast.unparse(_class(_module_ast(), "SAMMed3DWidget"))
+    assert "waitPumpingEvents(" in ast.unparse(_widget_method("_startJob"))
+    assert "slicer.app.processEvents()" in ast.unparse(_widget_method("_startJob"))
+    assert "QTimer" not in source.replace("self._debounce = qt.QTimer()", ""), "a polling timer starves the worker of the GIL"
