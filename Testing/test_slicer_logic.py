@@ -269,6 +269,23 @@ def test_one_history_moves_segment_points_and_session_together(case) -> None:
     assert np.array_equal(segment_on_volume(segmentation, a, volume), session.mask_array)
 
 
+def test_undo_while_placing_a_point_adds_no_phantom_point(case) -> None:
+    """The place widget's preview point (following the mouse) is not a click: undo/redo ignore it."""
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    plus.AddControlPoint(*(centres[0] + 2.0))
+    # "place multiple" mode: right after the click, the widget adds the next point as a preview
+    preview = plus.AddControlPoint(*(centres[0] - 3.0))
+    plus.SetNthControlPointPosition(preview, *(centres[0] - 3.0), plus.PositionPreview)
+    logic.segment(volume, segmentation, a, plus, minus)
+    for step, defined in ((logic.undo, 1), (logic.redo, 2), (logic.undo, 1)):
+        step()
+        statuses = [plus.GetNthControlPointPositionStatus(n) for n in range(plus.GetNumberOfControlPoints())]
+        assert statuses == [plus.PositionDefined] * defined, statuses
+
+
 def test_other_segments_and_voxels_outside_the_window_are_untouched(case) -> None:
     scene, volume, centres, segmentation, a, b, logic = case
     shape = slicer.util.arrayFromVolume(volume).shape

@@ -100,15 +100,17 @@ class PointsSnapshot:
         for node in nodes:
             if node is None or node.GetScene() is None:
                 continue
-            count = node.GetNumberOfControlPoints()
-            pos = np.array([node.GetNthControlPointPosition(n) for n in range(count)], dtype=np.float64).reshape(-1, 3)
+            # Only defined points: the place widget's preview point (the one following the mouse)
+            # is not a click, and restoring it as a defined point would add a phantom + point.
+            defined = [n for n in range(node.GetNumberOfControlPoints()) if node.GetNthControlPointPositionStatus(n) == node.PositionDefined]
+            pos = np.array([node.GetNthControlPointPosition(n) for n in defined], dtype=np.float64).reshape(-1, 3)
             snap.nodes.append(node)
             snap.positions.append(pos)
-            snap.labels.append([node.GetNthControlPointLabel(n) for n in range(count)])
+            snap.labels.append([node.GetNthControlPointLabel(n) for n in defined])
         return snap
 
     def restore(self) -> None:
-        """Put the points back (nodes removed from the scene are skipped)."""
+        """Put the points back (nodes removed from the scene are skipped; a point being placed is dropped)."""
         for node, pos, labels in zip(self.nodes, self.positions, self.labels):
             if node.GetScene() is None:
                 continue
