@@ -261,7 +261,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.segmentSelector.setCurrentSegmentID(p.segmentId)
         self.ui.modelPathLineEdit.enabled = p.model == ModelChoice.FILE
         self.logic.configure(p)
-        ready = bool(p.inputVolume and p.segmentation and p.segmentId)
+        ready = bool(p.inputVolume and p.segmentation and self.logic.currentSegmentId(p))
         for widget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget, self.ui.runButton,
                        self.ui.resetButton, self.ui.clearPointsButton):
             widget.enabled = ready

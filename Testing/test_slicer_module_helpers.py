@@ -323,3 +323,17 @@ def test_pip_ensure_asks_for_missing_packages_only_and_installs_what_the_user_ac
     assert installed == ["sammed3d-no-such-package>=9.9"]
     requirements.write_text("numpy>=1.0\n", encoding="utf-8")
     dependencies.pipEnsure(str(requirements), lambda text: pytest.fail(f"asked although nothing is missing: {text}"))
+
+
+def test_a_segment_of_another_segmentation_is_not_kept_as_the_current_one(scene) -> None:
+    """Switching to a segmentation without segments emits no segment change: the stale ID is dropped."""
+    first = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentId = first.GetSegmentation().AddEmptySegment("liver")
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    parameters = types.SimpleNamespace(segmentation=first, segmentId=segmentId)
+    assert ParameterNodeLogic.currentSegmentId(parameters) == segmentId
+    parameters.segmentation = empty
+    assert ParameterNodeLogic.currentSegmentId(parameters) == "" and parameters.segmentId == ""
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 0, "no markups nodes for a stale segment"
+    parameters.segmentation, parameters.segmentId = None, segmentId
+    assert ParameterNodeLogic.currentSegmentId(parameters) == ""

@@ -49,6 +49,21 @@ class ParameterNodeLogic:
             return path
         return parameterNode.model.value
 
+    @staticmethod
+    def currentSegmentId(parameterNode: Any) -> str:
+        """The chosen segment if it exists in the chosen segmentation, else "" (and the stale ID is cleared).
+
+        The segment selector emits no ``currentSegmentChanged`` when the user switches to a
+        segmentation without segments, so the parameter node can still hold the previous
+        segmentation's segment: binding its points (or writing into it) would then error or leave
+        orphan markups nodes.
+        """
+        segmentId = parameterNode.segmentId
+        segmentation = parameterNode.segmentation
+        if segmentId and (segmentation is None or segmentation.GetSegmentation().GetSegment(segmentId) is None):
+            parameterNode.segmentId = segmentId = ""
+        return segmentId
+
     def configure(self, parameterNode: Any) -> None:
         """Apply model, device and window-following settings; changing them starts a new session."""
         spec = parameterNode.model.value if parameterNode.model != ModelChoice.FILE else str(parameterNode.modelPath)
