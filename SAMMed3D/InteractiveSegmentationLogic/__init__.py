@@ -12,6 +12,7 @@ keep them before the user agreed to install PyTorch.
 - :mod:`.points`: the clicks stored with each segment, snapshots for undo.
 - :mod:`.changes`: the segment blocks an update writes (masking applied), written with rollback.
 - :mod:`.model_holder`: which model runs, loaded (and downloaded) on first use.
+- :mod:`.updates`: the request, update, result and history record one update carries.
 - :mod:`.logic`: :class:`InteractiveSegmentationLogic` (prepare / compute / apply, the one
   undo/redo history of the editing session).
 - :mod:`.testing`: a predictable stand-in model and synthetic scenes for pytest and the self-test.
@@ -24,9 +25,23 @@ Example:
 
 from __future__ import annotations
 
-from .logic import MAX_UNDO, InteractiveSegmentationLogic, ModelUpdate, SegmentRequest, SegmentResult
-from .masking import WRITE_MODES, EditableArea, OverwriteMode, WriteOptions, write_options_for_mode
-from .points import NEGATIVE_COLOR, POSITIVE_COLOR, PointsSnapshot, ensure_points_nodes, get_points_nodes, points_role
+from .logic import MAX_UNDO, InteractiveSegmentationLogic
+from .masking import (
+    WRITE_MODES,
+    EditableArea,
+    OverwriteMode,
+    WriteOptions,
+    write_options_for_mode,
+)
+from .points import (
+    NEGATIVE_COLOR,
+    POSITIVE_COLOR,
+    PointsSnapshot,
+    ensure_points_nodes,
+    get_points_nodes,
+    points_role,
+)
+from .updates import ModelUpdate, SegmentRequest, SegmentResult
 
 __all__ = [
     "MAX_UNDO",

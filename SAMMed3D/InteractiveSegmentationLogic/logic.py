@@ -47,11 +47,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from SAMMed3DLib.errors import SessionStateError
 from SAMMed3DLib.geometry import ImageGeometry
@@ -59,7 +57,7 @@ from SAMMed3DLib.history import History
 from SAMMed3DLib.prompts import require_positive
 
 from . import labelmaps
-from .labelmaps import Extent, Lattice
+from .labelmaps import Lattice
 from .changes import SegmentChange, bbox_extent, compose_changes, sub_block, union_extent, write_changes
 from .masking import CODE_UNDECIDED, WriteOptions
 from .model_holder import ModelHolder, ProgressCallback
@@ -73,102 +71,12 @@ from .mrml_geometry import (
     volume_to_image,
 )
 from .points import PointsSnapshot, clear_points, ensure_points_nodes, get_points_nodes
+from .updates import ModelUpdate, SegmentRequest, SegmentResult, UndoRecord
 
 logger = logging.getLogger(__name__)
 
 #: Undo records kept (each holds only the changed blocks: typically < 1 MB).
 MAX_UNDO = 50
-
-
-@dataclass
-class SegmentResult:
-    """What one model update did.
-
-    Attributes:
-        segmentId: the segment written.
-        changedExtent: inclusive (i0, i1, j0, j1, k0, k1) on the segmentation lattice of the
-            voxels that changed in any segment, or None when no voxel changed.
-        changedVoxels: number of voxels of the target segment whose value changed.
-        latencySeconds: from the start of :meth:`prepare` to the end of :meth:`apply` (for
-            :meth:`segment`; the widget measures click to display itself).
-        modelSeconds: time spent in the model session (encoder when a window opens, decoder, paste).
-        newSession: whether this update started a new session (new volume/segment/model).
-        timings: the session's per-step seconds.
-    """
-
-    segmentId: str
-    changedExtent: Extent | None
-    changedVoxels: int
-    latencySeconds: float
-    modelSeconds: float
-    newSession: bool
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class SegmentRequest:
-    """Everything :meth:`InteractiveSegmentationLogic.compute` needs, read from MRML on the main thread.
-
-    Arrays: ``startMask`` (k, j, i) uint8 on the volume grid; points (N, 3) LPS mm.
-    """
-
-    volumeNode: Any
-    segmentationNode: Any
-    segmentId: str
-    positiveNode: Any
-    negativeNode: Any
-    options: WriteOptions
-    key: tuple
-    geometry: ImageGeometry
-    volumeIjkToLocal: np.ndarray
-    lattice: Lattice
-    positiveLps: np.ndarray
-    negativeLps: np.ndarray
-    pointsBefore: PointsSnapshot
-    pointsAfter: PointsSnapshot
-    image: sitk.Image | None = None
-    startMask: np.ndarray | None = None
-    startTime: float = 0.0
-
-    @property
-    def newSession(self) -> bool:
-        return self.image is not None
-
-
-@dataclass
-class ModelUpdate:
-    """The voxels a model update decided, on the volume grid.
-
-    Attributes:
-        region: (z, y, x) slices of the volume array holding every decided voxel, or None.
-        code: (k, j, i) uint8 on ``region``: 0 not decided, 1 background, 2 object (see masking).
-        sessionBefore / sessionAfter: the session's :class:`~SAMMed3DLib.session.SessionState`
-            around the update; maskChange: the session's mask change (None when nothing ran).
-    """
-
-    session: Any
-    region: tuple[slice, slice, slice] | None
-    code: np.ndarray | None
-    sessionBefore: Any
-    sessionAfter: Any
-    maskChange: Any
-    modelSeconds: float
-    timings: dict[str, float]
-
-
-@dataclass
-class _UndoRecord:
-    segmentationNode: Any
-    segmentId: str
-    lattice: Lattice
-    changes: list[SegmentChange]
-    pointsBefore: PointsSnapshot
-    pointsAfter: PointsSnapshot
-    session: Any = None
-    sessionBefore: Any = None  # SessionState
-    sessionAfter: Any = None
-    maskChange: Any = None  # the session's MaskChange
-    key: tuple | None = None
 
 
 class InteractiveSegmentationLogic:
@@ -209,7 +117,7 @@ class InteractiveSegmentationLogic:
         self.beforeWriteCallback: Callable[[Any], None] | None = None
         self._session: Any = None
         self._key: tuple | None = None
-        self._history: History[_UndoRecord] = History(limit=MAX_UNDO)
+        self._history: History[UndoRecord] = History(limit=MAX_UNDO)
         self._pointsState: dict[tuple[int, int], PointsSnapshot] = {}
 
     # -- model (see ModelHolder) ------------------------------------------------------------------
@@ -421,7 +329,7 @@ class InteractiveSegmentationLogic:
             self.endSession()
             raise
         changes = compose_changes(request, update)
-        record = _UndoRecord(
+        record = UndoRecord(
             segmentationNode=request.segmentationNode,
             segmentId=request.segmentId,
             lattice=request.lattice,
@@ -518,14 +426,14 @@ class InteractiveSegmentationLogic:
         self._stepOrDiscard(record, forward=True)
         return record.segmentId
 
-    def _stepOrDiscard(self, record: _UndoRecord, forward: bool) -> None:
+    def _stepOrDiscard(self, record: UndoRecord, forward: bool) -> None:
         try:
             self._step(record, forward)
         except SessionStateError:
             self._history.discard(record)  # its segmentation is gone: the step cannot come back
             raise
 
-    def _step(self, record: _UndoRecord, forward: bool) -> None:
+    def _step(self, record: UndoRecord, forward: bool) -> None:
         node = record.segmentationNode
         if node.GetScene() is None:
             raise SessionStateError(
@@ -538,7 +446,7 @@ class InteractiveSegmentationLogic:
         self.rememberPoints(snapshot)
         self._moveSession(record, forward)
 
-    def _moveSession(self, record: _UndoRecord, forward: bool) -> None:
+    def _moveSession(self, record: UndoRecord, forward: bool) -> None:
         """Put the session where the record's step left it (before or after), or drop it."""
         if record.session is None or record.session is not self._session:
             if record.key is not None and record.key == self._key:
@@ -562,7 +470,7 @@ class InteractiveSegmentationLogic:
         after = PointsSnapshot.take([positive, negative])
         self._pointsState[self._pointsKey(positive, negative)] = after
         self.endSession()
-        self._history.push(_UndoRecord(segmentationNode, segmentId, Lattice(np.eye(4), (0, -1, 0, -1, 0, -1)), [], before, after))
+        self._history.push(UndoRecord(segmentationNode, segmentId, Lattice(np.eye(4), (0, -1, 0, -1, 0, -1)), [], before, after))
 
     def resetSegment(self, segmentationNode: Any, segmentId: str) -> int:
         """Undo every update of the current session on this segment, then clear its clicks.
