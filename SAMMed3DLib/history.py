@@ -56,6 +56,10 @@ class History(Generic[T]):
         """The step :meth:`undo` would return, without moving."""
         return self._undo[-1] if self._undo else None
 
+    def upcoming(self) -> T | None:
+        """The step :meth:`redo` would return, without moving."""
+        return self._redo[-1] if self._redo else None
+
     def undo(self) -> T | None:
         """Move the last step to the redo stack and return it (None when there is none)."""
         if not self._undo:

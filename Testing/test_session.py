@@ -351,7 +351,8 @@ def test_history_stack_semantics() -> None:
     for step in ("a", "b", "c"):
         history.push(step)
     assert len(history) == 2 and history.last() == "c"  # "a" fell off the limit
-    assert history.undo() == "c" and history.can_redo and history.last() == "b"
+    assert history.upcoming() is None
+    assert history.undo() == "c" and history.can_redo and history.last() == "b" and history.upcoming() == "c"
     assert history.redo() == "c" and not history.can_redo
     history.undo()
     history.push("d")  # a new step forgets what could be redone

@@ -34,6 +34,7 @@ from InteractiveSegmentationLogic import (  # noqa: E402
     get_points_nodes,
     points_role,
 )
+from InteractiveSegmentationLogic import labelmaps  # noqa: E402
 from InteractiveSegmentationLogic.testing import (  # noqa: E402
     BRIGHT,
     SMALL_CONFIG,
@@ -284,6 +285,58 @@ def test_undo_while_placing_a_point_adds_no_phantom_point(case) -> None:
         step()
         statuses = [plus.GetNthControlPointPositionStatus(n) for n in range(plus.GetNumberOfControlPoints())]
         assert statuses == [plus.PositionDefined] * defined, statuses
+
+
+def _outside_undo(logic, forward: bool = False) -> None:
+    """What the Segment Editor's Ctrl+Z (Ctrl+Y) does to the last update: the segmentation's voxels
+    go back to the undo state saved before the write. The points and the module are not told."""
+    record = logic._history.upcoming() if forward else logic._history.last()
+    for change in record.changes:
+        labelmaps.write_segment_block(record.segmentationNode, change.segmentId, record.lattice, change.extent,
+                                      change.after if forward else change.before)
+
+
+def test_an_undo_in_the_segment_editor_moves_the_one_history_and_the_next_click_continues_from_there(case) -> None:
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    first = segment_on_volume(segmentation, a, volume).copy()
+    plus.AddControlPoint(*centres[1])  # the other sphere: a second window
+    logic.segment(volume, segmentation, a, plus, minus)
+    assert not np.array_equal(segment_on_volume(segmentation, a, volume), first)
+    _outside_undo(logic)  # Ctrl+Z in the Segment Editor: the second update's voxels go back
+    near = centres[0] - 1.5
+    plus.AddControlPoint(*near)  # the user clicks on before the module hears of it
+    result = logic.segment(volume, segmentation, a, plus, minus)
+    assert not result.newSession and logic.model.image_encoder.calls == 2, "both windows stay cached"
+    positions = [tuple(plus.GetNthControlPointPosition(n)) for n in range(plus.GetNumberOfControlPoints())]
+    np.testing.assert_allclose(positions, [centres[0], near]), "the undone click is gone, the new one stays"
+    np.testing.assert_array_equal(segment_on_volume(segmentation, a, volume), first)
+    assert np.array_equal(segment_on_volume(segmentation, a, volume), logic.session.mask_array)
+    np.testing.assert_array_equal(logic.session.labels, [1, 1])
+    # the module's undo and the Segment Editor's move the same history
+    logic.undo()  # the last click
+    np.testing.assert_array_equal(segment_on_volume(segmentation, a, volume), first)
+    _outside_undo(logic)  # and the first update, undone in the Segment Editor
+    assert logic.undo() is None and not segment_on_volume(segmentation, a, volume).any()
+    assert plus.GetNumberOfControlPoints() == 0
+    _outside_undo(logic, forward=True)  # Ctrl+Y there
+    assert logic.followOutsideUndo() == 1 and plus.GetNumberOfControlPoints() == 1
+    np.testing.assert_array_equal(segment_on_volume(segmentation, a, volume), first)
+
+
+def test_a_manual_edit_is_not_taken_for_an_undo(case) -> None:
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    record = logic._history.last()
+    change = record.changes[0]
+    painted = change.after.copy()
+    painted[painted.shape[0] // 2] = 0  # the user erases one slice of the update with another tool
+    labelmaps.write_segment_block(segmentation, a, record.lattice, change.extent, painted)
+    assert logic.followOutsideUndo() == 0 and plus.GetNumberOfControlPoints() == 1
 
 
 def test_other_segments_and_voxels_outside_the_window_are_untouched(case) -> None:

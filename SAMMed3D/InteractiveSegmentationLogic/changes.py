@@ -149,3 +149,20 @@ def write_changes(segmentationNode: Any, lattice: Lattice, changes: list[Segment
             except Exception:  # already failing: report the first error, log this one
                 logger.exception("could not roll back segment %r after a failed write", change.segmentId)
         raise
+
+
+def blocks_hold(segmentation_node: Any, lattice: Lattice, changes: list[SegmentChange], after: bool) -> bool:
+    """Whether every change's block of the segmentation now holds its ``after`` (or ``before``) voxels.
+
+    Read exactly on the lattice the changes were written on; a missing segment holds neither.
+    """
+    if not changes or segmentation_node.GetScene() is None:
+        return False
+    segmentation = segmentation_node.GetSegmentation()
+    for change in changes:
+        if segmentation.GetSegment(change.segmentId) is None:
+            return False
+        current = labelmaps.read_segment(segmentation_node, change.segmentId, lattice.ijk_to_local, change.extent)
+        if not np.array_equal(current, change.after if after else change.before):
+            return False
+    return True

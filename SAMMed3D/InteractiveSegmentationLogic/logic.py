@@ -34,10 +34,11 @@ Design:
   changed, the clicks before and after, and the session's states before and after with its mask
   change. Undo/redo write those blocks back (bit-exact: same lattice), restore the clicks and put
   the session back with :meth:`Session.restore <SAMMed3DLib.session.Session.restore>`, so the next
-  click stays decoder-only. The Segment Editor's own undo (``saveStateForUndo``) needs the
-  application; headless, this history is the only undo, and in Slicer the widget hooks
+  click stays decoder-only. In Slicer the widget hooks
   :attr:`~InteractiveSegmentationLogic.beforeWriteCallback` to also save a Segment Editor undo
-  state.
+  state, so Ctrl+Z there undoes a model update too; :meth:`followOutsideUndo` notices it (the
+  update's blocks hold their old voxels again) and moves this history, the clicks and the
+  session along, before every update, undo and redo. Headless, this history is the only undo.
 - Names are camelCase here, like Slicer's API (this package lives in the Slicer module folder).
 """
 
@@ -58,7 +59,7 @@ from SAMMed3DLib.prompts import require_positive
 
 from . import labelmaps
 from .labelmaps import Lattice
-from .changes import SegmentChange, bbox_extent, compose_changes, sub_block, union_extent, write_changes
+from .changes import SegmentChange, bbox_extent, blocks_hold, compose_changes, sub_block, union_extent, write_changes
 from .masking import CODE_UNDECIDED, WriteOptions
 from .model_holder import ModelHolder, ProgressCallback
 from .mrml_geometry import (
@@ -237,6 +238,7 @@ class InteractiveSegmentationLogic:
         require_in_scene(segmentationNode, "segmentation")
         require_in_scene(positivePointsNode, "positive points")
         labelmaps.require_segment(segmentationNode, segmentId)
+        self.followOutsideUndo()
         geometry = volume_geometry(volumeNode)
         positive = control_points_world_lps(positivePointsNode, "positive points")
         negative = control_points_world_lps(negativePointsNode, "negative points")
@@ -408,6 +410,7 @@ class InteractiveSegmentationLogic:
             SessionStateError: the segmentation of that update was removed from the scene (the
                 record is dropped).
         """
+        self.followOutsideUndo()
         record = self._history.undo()
         if record is None:
             return None
@@ -420,11 +423,38 @@ class InteractiveSegmentationLogic:
         Raises:
             SessionStateError: the segmentation of that update was removed from the scene.
         """
+        self.followOutsideUndo()
         record = self._history.redo()
         if record is None:
             return None
         self._stepOrDiscard(record, forward=True)
         return record.segmentId
+
+    def followOutsideUndo(self) -> int:
+        """Move this history along with an undo or redo made elsewhere (the Segment Editor's Ctrl+Z / Ctrl+Y).
+
+        The widget saves a Segment Editor undo state before every write, so the Segment Editor can
+        undo a model update by restoring the segmentation. When the last update's blocks hold
+        their voxels from before it, that update was undone outside: this history steps back too,
+        putting back its clicks and the session's state (the voxels are already there), so the
+        next click continues from where the user went back to. The same for a redo. Called before
+        every update, undo and redo.
+
+        Returns:
+            Steps followed: negative for undone, positive for redone, 0 when nothing moved.
+        """
+        moved = 0
+        while (record := self._history.last()) is not None and blocks_hold(record.segmentationNode, record.lattice, record.changes, after=False):
+            self._history.undo()
+            self._step(record, forward=False, writeVoxels=False)
+            moved -= 1
+        while moved == 0 and (record := self._history.upcoming()) is not None and blocks_hold(record.segmentationNode, record.lattice, record.changes, after=True):
+            self._history.redo()
+            self._step(record, forward=True, writeVoxels=False)
+            moved += 1
+        if moved:
+            logger.info("followed %d %s made outside the module", abs(moved), "undo step(s)" if moved < 0 else "redo step(s)")
+        return moved
 
     def _stepOrDiscard(self, record: UndoRecord, forward: bool) -> None:
         try:
@@ -433,16 +463,20 @@ class InteractiveSegmentationLogic:
             self._history.discard(record)  # its segmentation is gone: the step cannot come back
             raise
 
-    def _step(self, record: UndoRecord, forward: bool) -> None:
+    def _step(self, record: UndoRecord, forward: bool, writeVoxels: bool = True) -> None:
         node = record.segmentationNode
         if node.GetScene() is None:
             raise SessionStateError(
                 f"the segmentation {node_label(node)} of this step was removed from the scene; it cannot be "
                 f"{'redone' if forward else 'undone'}"
             )
-        self._writeChanges(node, record.lattice, record.changes, after=forward)
+        if writeVoxels:
+            self._writeChanges(node, record.lattice, record.changes, after=forward)
         snapshot = record.pointsAfter if forward else record.pointsBefore
-        snapshot.restore()
+        if writeVoxels:
+            snapshot.restore()
+        else:  # followed from outside: points placed since then stay
+            snapshot.restore_keeping_new(since=record.pointsBefore if forward else record.pointsAfter)
         self.rememberPoints(snapshot)
         self._moveSession(record, forward)
 

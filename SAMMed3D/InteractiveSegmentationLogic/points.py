@@ -121,6 +121,31 @@ class PointsSnapshot:
             node.EndModify(was)
 
 
+    def restore_keeping_new(self, since: PointsSnapshot) -> None:
+        """Put these points back, but keep the points placed after ``since`` was taken.
+
+        For an undo made outside the module (the Segment Editor's Ctrl+Z): the user may already
+        have placed the next point, which must survive the step back.
+        """
+        current = PointsSnapshot.take(self.nodes)
+        for node, pos, labels in zip(self.nodes, self.positions, self.labels):
+            if node.GetScene() is None or node not in current.nodes:
+                continue
+            now = current.nodes.index(node)
+            old = [tuple(p) for p in since.positions[since.nodes.index(node)]] if node in since.nodes else []
+            added = []
+            for p, label in zip(current.positions[now], current.labels[now]):
+                if tuple(p) in old:
+                    old.remove(tuple(p))
+                else:
+                    added.append((p, label))
+            was = node.StartModify()
+            node.RemoveAllControlPoints()
+            for p, label in list(zip(pos, labels)) + added:
+                node.AddControlPoint(float(p[0]), float(p[1]), float(p[2]), label)
+            node.EndModify(was)
+
+
 def clear_points(nodes: list[Any | None]) -> None:
     for node in nodes:
         if node is not None and node.GetScene() is not None:
