@@ -637,3 +637,64 @@ def test_a_checkpoint_path_loads_lazily_and_runs_the_real_network(scene, tmp_pat
     second = logic.segment(volume, segmentation, a, plus, minus)
     assert not second.newSession  # loading the model does not restart the session
     assert np.array_equal(segment_on_volume(segmentation, a, volume), logic.session.mask_array)
+
+
+# -- the main thread changes settings while the worker runs -------------------------------------
+
+
+def test_changing_the_model_between_prepare_and_compute_neither_crashes_nor_mixes_models(case) -> None:
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    plus.AddControlPoint(*(centres[0] + 2.0))
+    request = logic.prepare(volume, segmentation, a, plus, minus)  # continues the session
+    other = bright_spot_model()
+    logic.setModel(other, "cpu")  # the user picks another model while the worker runs
+    update = logic.compute(request)
+    result = logic.apply(request, update)
+    assert not result.newSession and logic.session is None, "the old session is not continued with the new model"
+    plus.AddControlPoint(*(centres[0] - 2.0))
+    result = logic.segment(volume, segmentation, a, plus, minus)
+    assert result.newSession and logic.session.model is other
+    np.testing.assert_array_equal(segment_on_volume(segmentation, a, volume), logic.session.mask_array)
+
+
+def test_a_first_update_prepared_before_a_model_change_does_not_adopt_its_session(case) -> None:
+    _, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    request = logic.prepare(volume, segmentation, a, plus, minus)
+    logic.setModel(bright_spot_model(), "cpu")
+    logic.apply(request, logic.compute(request))
+    assert segment_on_volume(segmentation, a, volume).any() and logic.session is None
+
+
+def test_changing_the_model_during_a_download_does_not_wait_for_it(monkeypatch) -> None:
+    """The choice lock is never held while a model downloads: the main thread must not freeze."""
+    import threading
+
+    from InteractiveSegmentationLogic.model_holder import ModelHolder
+    from SAMMed3DLib import registry
+
+    downloading, release = threading.Event(), threading.Event()
+
+    def slow_ensure_model(name, download=True, progress=None, cancel=None):  # noqa: ANN001
+        downloading.set()
+        release.wait(20)
+        return registry.default_registry().model_path(name)
+
+    monkeypatch.setattr(registry, "ensure_model", slow_ensure_model)
+    holder = ModelHolder("default", "cpu")
+    loaded: list = []
+    worker = threading.Thread(target=lambda: loaded.append(holder.load()))
+    worker.start()
+    assert downloading.wait(20)
+    chooser = threading.Thread(target=lambda: holder.choose(bright_spot_model(), "cpu"))
+    chooser.start()
+    chooser.join(5)
+    assert not chooser.is_alive(), "choosing another model waited for the download"
+    release.set()
+    worker.join(30)
+    assert loaded and loaded[0] is not holder.model, "the model loaded for the old choice is not kept"
+    assert holder.model is not None and holder.generation == 1

@@ -266,8 +266,10 @@ class InteractiveSegmentationLogic:
             pointsBefore=before,
             pointsAfter=after,
             startTime=started,
+            session=self._session if key == self._key else None,
+            modelGeneration=self._models.generation,
         )
-        if self._session is None or key != self._key:
+        if request.session is None:
             request.image, _ = volume_to_image(volumeNode)
             full = (0, geometry.size_xyz[0] - 1, 0, geometry.size_xyz[1] - 1, 0, geometry.size_xyz[2] - 1)
             request.startMask = labelmaps.read_segment(segmentationNode, segmentId, volume_ijk_to_local, full)
@@ -281,6 +283,10 @@ class InteractiveSegmentationLogic:
     ) -> ModelUpdate:
         """Run the model on all points of the request (no MRML access; worker thread allowed).
 
+        The main thread may change the model or end the session meanwhile: this update runs on
+        the session (and model) it was prepared for, and a session it starts is kept only if the
+        model choice is still the one the request was made with.
+
         Raises:
             PromptError: a point lies outside the image.
             DeviceError, CheckpointError, DownloadError: while loading or running the model.
@@ -288,20 +294,22 @@ class InteractiveSegmentationLogic:
         from SAMMed3DLib.session import Session
 
         model = self.loadModel(progressCallback, cancelEvent)
-        if request.newSession:
+        session = request.session
+        if session is None:
             session = Session(model, request.image, auto_extend=self.autoExtend, keep_history=False)
             if request.startMask is not None and request.startMask.any():
                 session.set_mask(request.startMask)
-            self._session, self._key = session, request.key
+            if request.modelGeneration == self._models.generation:
+                self._session, self._key = session, request.key
             logger.info("new session for segment %r on a %s volume", request.segmentId, "x".join(map(str, request.geometry.size_xyz)))
-        session = self._session
         before = session.state()
         started = time.perf_counter()
         try:
             result = session.set_points(request.positiveLps, request.negativeLps)
         except Exception:
             # the session may hold a partial replay: start over next time rather than guess
-            self.endSession()
+            if self._session is session:
+                self.endSession()
             raise
         modelSeconds = time.perf_counter() - started
         region, code = None, None

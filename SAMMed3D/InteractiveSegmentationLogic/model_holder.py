@@ -2,9 +2,11 @@
 
 The widget lets the user pick a model (registry name, checkpoint file) and a device at any time,
 while the worker thread may be loading or running the current one. :class:`ModelHolder` keeps
-the choice and the loaded network behind one lock, and a generation number that changes with
-every choice: it is part of the logic's session key, so a new model never reuses embeddings
-computed by the previous one.
+the choice and the loaded network behind a lock held only for an instant (never during a
+download or a load, so changing the choice never freezes the main thread), and a generation
+number that changes with every choice: it is part of the logic's session key, so a new model
+never reuses embeddings computed by the previous one, and a model loaded for an older choice is
+not kept.
 """
 
 from __future__ import annotations
@@ -93,21 +95,27 @@ class ModelHolder:
             UnknownModelError, CheckpointError, DownloadError, DeviceError: from the core loader.
         """
         with self._lock:
-            if self._model is None:
-                from SAMMed3DLib.checkpoint import load_model
-                from SAMMed3DLib.registry import ensure_model, is_registered
+            if self._model is not None:
+                return self._model
+            spec, device, generation = self.spec, self.device, self.generation
+        # Download and load without the lock: the main thread can change the choice (which
+        # must never wait minutes for a download) or cancel while this runs.
+        from SAMMed3DLib.checkpoint import load_model
+        from SAMMed3DLib.registry import ensure_model, is_registered
 
-                started = time.perf_counter()
-                spec = self.spec
-                if is_registered(spec):
+        started = time.perf_counter()
+        if is_registered(spec):
 
-                    def bytes_progress(done: int, total: int | None) -> None:
-                        if progress is not None:
-                            progress(float(done), float(total or 0), f"Downloading model {spec}")
-
-                    ensure_model(spec, download=allow_download, progress=bytes_progress, cancel=cancel)
+            def bytes_progress(done: int, total: int | None) -> None:
                 if progress is not None:
-                    progress(0.0, 0.0, f"Loading model {spec}")
-                self._model = load_model(spec, device=self.device)
-                logger.info("model %s loaded on %s in %.2f s", spec, self.device, time.perf_counter() - started)
-            return self._model
+                    progress(float(done), float(total or 0), f"Downloading model {spec}")
+
+            ensure_model(spec, download=allow_download, progress=bytes_progress, cancel=cancel)
+        if progress is not None:
+            progress(0.0, 0.0, f"Loading model {spec}")
+        model = load_model(spec, device=device)
+        logger.info("model %s loaded on %s in %.2f s", spec, device, time.perf_counter() - started)
+        with self._lock:
+            if self.generation == generation and self._model is None:
+                self._model = model  # still the choice: keep it; otherwise it serves this call only
+            return self._model if self.generation == generation else model

@@ -71,6 +71,8 @@ class SegmentRequest:
     image: sitk.Image | None = None
     startMask: np.ndarray | None = None
     startTime: float = 0.0
+    session: Any = None  # the session this update continues (None: a new one from image/startMask)
+    modelGeneration: int = 0  # the model choice the request was made with
 
     @property
     def newSession(self) -> bool:
