@@ -307,6 +307,41 @@ def test_pytorch_is_installed_through_the_extension_with_the_version_floor(monke
     assert dependencies.TORCH_REQUIREMENT == ">=2.2"
 
 
+@pytest.mark.parametrize(
+    ("version", "ok"),
+    [("2.2.0", True), ("2.13.0+cpu", True), ("2.2.0rc1", False), ("2.1.2+cu121", False), ("1.13.1", False), ("not a version", False)],
+)
+def test_the_torch_version_floor(version, ok) -> None:
+    assert dependencies.torchVersionOk(version) is ok
+
+
+@pytest.mark.parametrize("answer", [False, True], ids=["declined", "upgraded"])
+def test_an_old_pytorch_is_detected_and_upgraded_through_the_extension_after_asking(monkeypatch, tmp_path, answer) -> None:
+    calls, questions = [], []
+
+    class OldTorchLogic:
+        def torchInstalled(self) -> bool:
+            return True
+
+        def installTorch(self, **kwargs):
+            calls.append(kwargs)
+            return object()
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("", encoding="utf-8")
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=OldTorchLogic))
+    monkeypatch.setattr(dependencies, "installedTorchVersion", lambda: "2.0.1")
+    confirm = lambda text: questions.append(text) or answer  # noqa: E731
+    if answer:
+        with pytest.raises(RuntimeError, match="upgraded from 2.0.1: restart Slicer"):
+            dependencies.ensureDependencies(str(requirements), confirm=confirm)
+        assert calls == [{"askConfirmation": False, "torchVersionRequirement": dependencies.TORCH_REQUIREMENT}]
+    else:
+        assert dependencies.ensureDependencies(str(requirements), confirm=confirm) is False and calls == []
+    assert len(questions) == 1 and "PyTorch 2.0.1 is installed" in questions[0] and ">=2.2" in questions[0]
+
+
 def test_pip_ensure_asks_for_missing_packages_only_and_installs_what_the_user_accepts(monkeypatch, tmp_path) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\n-r other.txt\nnumpy>=1.0\nsammed3d-no-such-package>=9.9\n\n", encoding="utf-8")

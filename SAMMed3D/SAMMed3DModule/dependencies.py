@@ -48,8 +48,46 @@ def ensureDependencies(requirementsPath: str, confirm: Callable[[str], bool] | N
         torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
         if torch is None:
             return False
+    else:
+        installed = installedTorchVersion()
+        if installed is not None and not torchVersionOk(installed):
+            ask = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="SAM-Med3D"))
+            if not ask(
+                f"SAM-Med3D needs PyTorch {TORCH_REQUIREMENT}, but PyTorch {installed} is installed. Upgrade it now "
+                "through the PyTorch extension? Slicer must be restarted afterwards."
+            ):
+                return False
+            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                return False
+            raise RuntimeError(f"PyTorch was upgraded from {installed}: restart Slicer to use it (the old version is still loaded)")
     pipEnsure(requirementsPath, confirm)
     return True
+
+
+def installedTorchVersion() -> str | None:
+    """The installed torch's version from its package metadata, without importing it.
+
+    Importing torch locks its files (on Windows) and would keep an old version loaded; reading
+    the metadata does neither (PyTorchUtils checks ``torchInstalled`` the same way).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def torchVersionOk(installed: str) -> bool:
+    """Whether ``installed`` (e.g. ``"2.1.2+cu121"``) meets :data:`TORCH_REQUIREMENT`; local labels count as the release."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        release = Version(installed).public
+    except InvalidVersion:
+        return False
+    return SpecifierSet(TORCH_REQUIREMENT).contains(release, prereleases=True)
 
 
 def pipEnsure(requirementsPath: str, confirm: Callable[[str], bool] | None) -> None:
