@@ -315,6 +315,13 @@ def test_the_torch_version_floor(version, ok) -> None:
     assert dependencies.torchVersionOk(version) is ok
 
 
+def test_the_self_test_knows_when_pytorch_is_missing_or_too_old(monkeypatch) -> None:
+    for installed, expected in ((None, "found no PyTorch"), ("2.0.1", "found PyTorch 2.0.1"), ("2.13.0", None)):
+        monkeypatch.setattr(dependencies, "installedTorchVersion", lambda v=installed: v)
+        message = dependencies.torchMissingMessage()
+        assert (message is None) if expected is None else (expected in message and "install the PyTorch extension" in message)
+
+
 @pytest.mark.parametrize("answer", [False, True], ids=["declined", "upgraded"])
 def test_an_old_pytorch_is_detected_and_upgraded_through_the_extension_after_asking(monkeypatch, tmp_path, answer) -> None:
     calls, questions = [], []

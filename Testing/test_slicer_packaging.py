@@ -380,8 +380,8 @@ def _widget_method(name: str) -> ast.FunctionDef:
 def test_shortcuts_are_single_keys_installed_on_enter_and_removed_on_exit_and_cleanup() -> None:
     text = MODULE_SCRIPT.read_text(encoding="utf-8") + UI_FILE.read_text(encoding="utf-8")
     assert "Ctrl+Alt+" not in text.replace("#: Ctrl+Alt+letter is AltGr", ""), "Ctrl+Alt+letter is AltGr on many layouts"
-    tree = _module_ast()
-    table = next(n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
+    choices = _module_ast(MODULE / "SAMMed3DModule" / "choices.py")
+    table = next(n.value for n in choices.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
     documented = {k.value for k in table.keys}
     installed = next(n.value for n in ast.walk(_widget_method("_installShortcuts")) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "slots")
     assert {k.value for k in installed.keys} == documented and all(len(k) == 1 for k in documented)
@@ -397,3 +397,10 @@ def test_the_widget_waits_for_the_worker_pumping_events_instead_of_polling_from_
     assert "waitPumpingEvents(" in ast.unparse(_widget_method("_startJob"))
     assert "slicer.app.processEvents()" in ast.unparse(_widget_method("_startJob"))
     assert "QTimer" not in source.replace("self._debounce = qt.QTimer()", ""), "a polling timer starves the worker of the GIL"
+
+
+def test_the_self_test_skips_with_a_reason_without_pytorch_instead_of_failing() -> None:
+    run = next(n for n in _class(_module_ast(), "SAMMed3DTest").body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    first, guard = run.body[0], run.body[1]
+    assert isinstance(first, ast.Assign) and "torchMissingMessage" in ast.unparse(first), "check PyTorch before anything imports it"
+    assert isinstance(guard, ast.If) and "self.skipTest(" in ast.unparse(guard)

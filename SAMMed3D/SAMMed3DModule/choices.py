@@ -59,3 +59,15 @@ _LABELS: dict[enum.Enum, str] = {
     WriteMode.OVERWRITE_ALL: "overwrite all segments",
     WriteMode.SEGMENT_EDITOR: "use Segment Editor masking",
 }
+
+
+#: One-key shortcuts, active only while the module is shown (installed in the widget's ``enter``, removed
+#: in ``exit`` and ``cleanup``, so a module Reload never binds them twice). Single keys, because
+#: Ctrl+Alt+letter is AltGr on many Windows keyboard layouts; text fields keep their keys.
+SHORTCUTS = {
+    "P": "place + points",
+    "N": "place − points",
+    "T": "toggle between + and − points",
+    "Z": "undo the last update",
+    "Y": "redo",
+}

@@ -78,6 +78,15 @@ def installedTorchVersion() -> str | None:
         return None
 
 
+def torchMissingMessage() -> str | None:
+    """Why the model cannot run here (no PyTorch, or one older than the floor), or None when it can."""
+    installed = installedTorchVersion()
+    if installed is not None and torchVersionOk(installed):
+        return None
+    found = f"PyTorch {installed}" if installed else "no PyTorch"
+    return f"it needs PyTorch {TORCH_REQUIREMENT} and found {found} (install the PyTorch extension)"
+
+
 def torchVersionOk(installed: str) -> bool:
     """Whether ``installed`` (e.g. ``"2.1.2+cu121"``) meets :data:`TORCH_REQUIREMENT`; local labels count as the release."""
     from packaging.specifiers import SpecifierSet
