@@ -128,7 +128,7 @@ class SAMMed3DParameterNode:
     model: ModelChoice = ModelChoice.DEFAULT
     modelPath: pathlib.Path = pathlib.Path()
     device: DeviceChoice = DeviceChoice.AUTO
-    writeMode: WriteMode = WriteMode.ALLOW_OVERLAP
+    writeMode: WriteMode = WriteMode.SEGMENT_EDITOR  # behave as every other Segment Editor effect
     autoRun: bool = True
     autoExtend: bool = True
 

@@ -404,3 +404,10 @@ def test_the_self_test_skips_with_a_reason_without_pytorch_instead_of_failing() 
     first, guard = run.body[0], run.body[1]
     assert isinstance(first, ast.Assign) and "torchMissingMessage" in ast.unparse(first), "check PyTorch before anything imports it"
     assert isinstance(guard, ast.If) and "self.skipTest(" in ast.unparse(guard)
+
+
+def test_updates_follow_the_segment_editor_masking_by_default() -> None:
+    """Like every Segment Editor effect: a user who never opens the setting gets the editor's rules."""
+    node = _class(_module_ast(), "SAMMed3DParameterNode")
+    default = next(n.value for n in node.body if isinstance(n, ast.AnnAssign) and n.target.id == "writeMode")
+    assert ast.unparse(default) == "WriteMode.SEGMENT_EDITOR"

@@ -79,7 +79,7 @@ def test_missing_mask_segment_is_a_clear_error() -> None:
         ("allow_overlap", WriteOptions()),
         ("overwrite_visible", WriteOptions(overwrite="visible")),
         ("overwrite_all", WriteOptions(overwrite="all")),
-        ("segment_editor", WriteOptions()),
+        ("segment_editor", WriteOptions(overwrite="all")),  # no Segment Editor node: its defaults
     ],
 )
 def test_write_modes_of_the_module(mode, expected) -> None:

@@ -172,7 +172,8 @@ def write_options_for_mode(mode: str, segment_editor_node: Any | None = None) ->
     Args:
         mode: ``allow_overlap`` (never modify other segments), ``overwrite_visible``,
             ``overwrite_all``, or ``segment_editor`` (the masking settings of
-            ``segment_editor_node``; the defaults when there is none).
+            ``segment_editor_node``; the Segment Editor's own defaults when there is none:
+            editable everywhere, overwrite all other segments).
         segment_editor_node: a ``vtkMRMLSegmentEditorNode`` or None.
 
     Raises:
@@ -185,7 +186,11 @@ def write_options_for_mode(mode: str, segment_editor_node: Any | None = None) ->
     if mode == "overwrite_all":
         return WriteOptions(overwrite=OverwriteMode.ALL)
     if mode == "segment_editor":
-        return WriteOptions.from_segment_editor_node(segment_editor_node) if segment_editor_node is not None else WriteOptions()
+        if segment_editor_node is None:
+            import slicer
+
+            segment_editor_node = slicer.vtkMRMLSegmentEditorNode()  # its defaults: what the Segment Editor does untouched
+        return WriteOptions.from_segment_editor_node(segment_editor_node)
     close = difflib.get_close_matches(str(mode), WRITE_MODES, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"write mode {mode!r} is not one of {list(WRITE_MODES)}.{hint}")
