@@ -79,11 +79,6 @@ _addCoreFromSourceCheckout()
 DEBOUNCE_MS = 150
 
 
-#
-# SAMMed3D
-#
-
-
 class SAMMed3D(ScriptedLoadableModule):
     def __init__(self, parent: Any) -> None:
         ScriptedLoadableModule.__init__(self, parent)
@@ -172,6 +167,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             placeWidget.placeButton().show()
             placeWidget.deleteButton().show()
             placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        self.ui.modelPathLineEdit.nameFilters = self.logic.checkpointNameFilters()
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
 
@@ -216,7 +212,8 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
         self._bindPointsNodes(None, None)
         if self.logic is not None:
-            self.logic.endSession()
+            self.logic.closeScene()
+            self._updateUndoButtons()
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
         if self.parent.isEntered:

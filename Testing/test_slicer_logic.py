@@ -698,3 +698,14 @@ def test_changing_the_model_during_a_download_does_not_wait_for_it(monkeypatch) 
     worker.join(30)
     assert loaded and loaded[0] is not holder.model, "the model loaded for the old choice is not kept"
     assert holder.model is not None and holder.generation == 1
+
+
+def test_closing_the_scene_leaves_nothing_to_undo(case) -> None:
+    scene, volume, centres, segmentation, a, _, logic = case
+    plus, minus = logic.pointsNodesForSegment(segmentation, a)
+    plus.AddControlPoint(*centres[0])
+    logic.segment(volume, segmentation, a, plus, minus)
+    assert logic.canUndo
+    logic.closeScene()
+    scene.Clear()
+    assert not logic.canUndo and not logic.canRedo and logic.undo() is None and logic.session is None

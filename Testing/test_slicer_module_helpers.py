@@ -379,3 +379,13 @@ def test_a_segment_of_another_segmentation_is_not_kept_as_the_current_one(scene)
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 0, "no markups nodes for a stale segment"
     parameters.segmentation, parameters.segmentId = None, segmentId
     assert ParameterNodeLogic.currentSegmentId(parameters) == ""
+
+
+@pytest.mark.parametrize("has_safetensors", [False, True])
+def test_the_checkpoint_dialog_offers_safetensors_only_when_it_can_be_read(monkeypatch, has_safetensors) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if has_safetensors else None) if name == "safetensors" else real(name, *a))
+    (filters,) = ParameterNodeLogic.checkpointNameFilters()
+    assert "*.pth" in filters and ("*.safetensors" in filters) is has_safetensors

@@ -203,6 +203,12 @@ class InteractiveSegmentationLogic:
         self._session = None
         self._key = None
 
+    def closeScene(self) -> None:
+        """The scene is closing: end the session and forget the history (its nodes are going away)."""
+        self.endSession()
+        self._history.clear()
+        self._pointsState.clear()
+
     def _sessionKey(self, volumeNode: Any, geometry: ImageGeometry, segmentationNode: Any, segmentId: str) -> tuple:
         return (
             id(volumeNode),

@@ -50,6 +50,14 @@ class ParameterNodeLogic:
         return parameterNode.model.value
 
     @staticmethod
+    def checkpointNameFilters() -> list[str]:
+        """File-dialog filters for "Local file…": ``.safetensors`` only when that package is installed."""
+        import importlib.util
+
+        patterns = "*.pth *.pt" + (" *.safetensors" if importlib.util.find_spec("safetensors") is not None else "")
+        return [f"Checkpoints ({patterns})"]
+
+    @staticmethod
     def currentSegmentId(parameterNode: Any) -> str:
         """The chosen segment if it exists in the chosen segmentation, else "" (and the stale ID is cleared).
 
@@ -188,3 +196,9 @@ class ParameterNodeLogic:
     def endSession(self) -> None:
         if self._impl is not None:
             self._impl.endSession()
+
+    def closeScene(self) -> None:
+        """The scene closes: nothing of it can be undone any more (the undo buttons turn off)."""
+        self._baseline = None
+        if self._impl is not None:
+            self._impl.closeScene()
