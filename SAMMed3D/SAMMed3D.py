@@ -56,6 +56,11 @@ from SAMMed3DModule.worker import Job, ModelWorker, waitPumpingEvents
 logger = logging.getLogger(__name__)
 
 
+# OpenMP's passive waiting, before anything imports torch (see SAMMed3DLib/__init__.py for why).
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _addCoreFromSourceCheckout() -> None:
     """Make ``SAMMed3DLib`` importable when the module runs from a source checkout.
 
@@ -99,11 +104,6 @@ template (Kitware, Isomics, PerkLab) and the PyTorch extension (PyTorchUtils).
 """
 
 
-#
-# SAMMed3DParameterNode
-#
-
-
 @parameterNodeWrapper
 class SAMMed3DParameterNode:
     """The module's settings, stored in the scene.
@@ -126,11 +126,6 @@ class SAMMed3DParameterNode:
     writeMode: WriteMode = WriteMode.SEGMENT_EDITOR  # behave as every other Segment Editor effect
     autoRun: bool = True
     autoExtend: bool = True
-
-
-#
-# SAMMed3DWidget
-#
 
 
 class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -487,11 +482,6 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "New segment: place + points inside the next structure."
 
 
-#
-# SAMMed3DLogic
-#
-
-
 class SAMMed3DLogic(ParameterNodeLogic, ScriptedLoadableModuleLogic):
     """Thin module logic: reads the parameter node and delegates to ``InteractiveSegmentationLogic``.
 
@@ -517,11 +507,6 @@ class SAMMed3DLogic(ParameterNodeLogic, ScriptedLoadableModuleLogic):
         """
         requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
         return dependencies.ensureDependencies(requirements, confirm)
-
-
-#
-# SAMMed3DTest
-#
 
 
 class SAMMed3DTest(ScriptedLoadableModuleTest):

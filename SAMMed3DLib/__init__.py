@@ -12,7 +12,19 @@ before torch may be installed) can be imported without importing torch.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+# OpenMP threads that spin while waiting collapse when another process holds a core: the
+# vit_b_ori encoder took 4.9 s instead of 1.4 s and a click 0.9 s instead of 33 ms on 2 threads
+# of a 2-core machine with one core busy (benchmarks/README.md); through the Python API a first
+# mask took 20 s instead of 7 s. Passive waiting removes the collapse. It only counts before
+# torch (and its OpenMP runtime) is first imported, so it is set here, for the CLI, the Python
+# API and Slicer alike (SAMMed3D.py sets it too, before anything may import torch). A value set
+# by the user wins; once torch is loaded, changing it would be a lie, so it is left alone.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import SAMMed3DError
 

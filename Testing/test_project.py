@@ -60,3 +60,16 @@ def test_the_built_wheel_carries_the_core_and_the_shipped_model(tmp_path: Path) 
     assert not any(n.startswith(("SAMMed3D/", "Testing/")) for n in names), "the wheel holds the core and training only"
     size = zipfile.ZipFile(wheel).getinfo("SAMMed3DLib/Resources/Models/default.pth").file_size
     assert size == (ROOT / "SAMMed3DLib" / "Resources" / "Models" / "default.pth").stat().st_size
+
+
+def test_the_package_sets_passive_openmp_waiting_before_torch_loads_unless_the_user_chose() -> None:
+    """Through the Python API too (not only the CLI): spinning OpenMP threads collapse on a busy core."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, SAMMed3DLib, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"

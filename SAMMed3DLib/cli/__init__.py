@@ -15,12 +15,8 @@ import os
 import re
 import sys
 
-# OpenMP threads that spin while waiting collapse when another process holds a core: the
-# vit_b_ori encoder took 4.9 s instead of 1.4 s and a click 0.9 s instead of 33 ms on 2 threads
-# of a 2-core machine with one core busy (benchmarks/README.md). Passive waiting removes the
-# collapse. It must be set before torch (and its OpenMP runtime) is imported; the sub-commands
-# import torch lazily, after this line. A value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's passive waiting is set by the package itself (SAMMed3DLib/__init__.py), before any
+# sub-command imports torch.
 
 from ..errors import SAMMed3DError
 
