@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clicks", type=int, default=10, help="follow-up clicks to time (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    p.add_argument("--no-cold", action="store_true", help="skip the fresh-process (cold) first click")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
 
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark import format_table, run_click_latency, to_json
     from ..checkpoint import resolve_device
 
-    result = run_click_latency(threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)))
+    result = run_click_latency(threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)), cold=not args.no_cold)
     text = to_json(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
