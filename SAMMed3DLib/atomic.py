@@ -17,6 +17,11 @@ Design:
   propagates unchanged: callers turn it into their own error (:class:`~SAMMed3DLib.errors.OutputError`,
   :class:`~SAMMed3DLib.errors.CheckpointError`) with their own advice. A missing folder is the
   caller's to report as well (the writers here raise ``FileNotFoundError`` for it).
+- Several files at once: :func:`atomic_files` stages one temporary file per destination and
+  moves them all only when the block succeeds (after fsyncing every one of them), so a command
+  with several outputs replaces all of them or none. The moves are renames inside folders that
+  just took a new file; should one still fail, the error propagates and the outputs already moved
+  are logged.
 - Standard library only, so torch-free modules (the registry and downloader) can use it.
 """
 
@@ -31,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_path", "atomic_write_json", "atomic_write_text", "move_into_place"]
+__all__ = ["AtomicFiles", "atomic_files", "atomic_open", "atomic_path", "atomic_write_json", "atomic_write_text", "move_into_place"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,20 +85,127 @@ def move_into_place(source: str | os.PathLike[str], target: str | os.PathLike[st
     _fsync_folder(Path(target).parent)
 
 
-@contextlib.contextmanager
-def _temporary(path: str | os.PathLike[str], suffix: str, sync_file: bool) -> Iterator[Path]:
-    target = Path(path)
-    temp = target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
-    try:
-        yield temp
-        if sync_file:
-            _fsync_file(temp)
-        os.replace(temp, target)
-    except BaseException:  # also KeyboardInterrupt: never leave a half-written temporary file
-        with contextlib.suppress(OSError):  # keep the original error, whatever happens here
+class AtomicFiles:
+    """Temporary files that replace their destinations together, when :meth:`commit` is called.
+
+    Use it through :func:`atomic_files`, which commits when its block ends normally and
+    discards everything when it raises.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (temporary file, destination), in staging order
+
+    def path(self, destination: str | os.PathLike[str], *, suffix: str = ".tmp") -> Path:
+        """Reserve a temporary path for ``destination`` (not created; the caller's writer creates it).
+
+        Args:
+            destination: the file to replace at commit; its folder must exist.
+            suffix: ending of the temporary file's name (the writer may pick its format from it).
+
+        Returns:
+            ``.<name>.<random hex><suffix>`` in the destination's folder.
+        """
+        target = Path(destination)
+        temp = target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
+        self._staged.append((temp, target))
+        return temp
+
+    @contextlib.contextmanager
+    def open(
+        self,
+        destination: str | os.PathLike[str],
+        mode: str = "wb",
+        *,
+        suffix: str = ".tmp",
+        encoding: str | None = None,
+        newline: str | None = None,
+    ) -> Iterator[IO[Any]]:
+        """Open a new temporary file for ``destination``; arguments as for :func:`atomic_open`."""
+        if mode not in _WRITE_MODES:
+            raise ValueError(f"atomic_open writes a new file: mode must be one of {', '.join(_WRITE_MODES)}, got {mode!r}")
+        temp = self.path(destination, suffix=suffix)
+        # O_EXCL: never write into another file; 0o666 lets the umask decide the permissions, as open() does.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            handle = os.fdopen(fd, mode, encoding=encoding, newline=newline)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            with handle:
+                yield handle
+        except BaseException:  # a half-written file must not be committed, even if the caller goes on
+            self.drop(temp)
+            raise
+
+    @property
+    def destinations(self) -> list[Path]:
+        """The destinations staged so far (not moved yet), in staging order."""
+        return [target for _, target in self._staged]
+
+    def drop(self, temp: Path) -> None:
+        """Remove one staged temporary file (e.g. after its writer failed) and forget it."""
+        self._staged = [(t, d) for t, d in self._staged if t != temp]
+        with contextlib.suppress(OSError):
             temp.unlink()
+
+    def commit(self) -> list[Path]:
+        """Fsync every staged file, then move each over its destination; return the destinations.
+
+        Raises:
+            OSError: a staged file is missing or cannot be synced (nothing was moved), or a move
+                failed (the destinations moved before it are logged; the rest are unchanged).
+        """
+        for temp, _ in self._staged:
+            _fsync_file(temp)
+        moved: list[Path] = []
+        try:
+            for temp, target in self._staged:
+                os.replace(temp, target)
+                moved.append(target)
+        except OSError:
+            if moved:
+                logger.error("moving the outputs into place failed after %s had been replaced", ", ".join(map(str, moved)))
+            raise
+        finally:
+            self._staged = self._staged[len(moved) :]
+        for folder in dict.fromkeys(target.parent for target in moved):
+            _fsync_folder(folder)
+        return moved
+
+    def discard(self) -> None:
+        """Remove every staged temporary file; the destinations stay as they were."""
+        for temp, _ in self._staged:
+            with contextlib.suppress(OSError):  # keep the caller's error, whatever happens here
+                temp.unlink()
+        self._staged = []
+
+
+@contextlib.contextmanager
+def atomic_files() -> Iterator[AtomicFiles]:
+    """Write several files all-or-nothing: every one replaces its destination, or none does.
+
+    Example:
+        >>> with atomic_files() as files:  # doctest: +SKIP
+        ...     sitk.WriteImage(mask, str(files.path("seg.nii.gz", suffix=".nii.gz")))
+        ...     with files.open("report.csv", "w", encoding="utf-8") as handle:
+        ...         handle.write(text)
+
+    Yields:
+        An :class:`AtomicFiles`. When the block ends normally every staged file is fsynced and
+        moved into place; when it raises (``KeyboardInterrupt`` included), every staged file is
+        removed and the exception propagates unchanged.
+
+    Raises:
+        OSError: a staged file cannot be synced or moved (see :meth:`AtomicFiles.commit`).
+    """
+    files = AtomicFiles()
+    try:
+        yield files
+        files.commit()
+    except BaseException:
+        files.discard()
         raise
-    _fsync_folder(target.parent)
 
 
 @contextlib.contextmanager
@@ -116,8 +228,8 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
     Raises:
         OSError: the written file cannot be synced or moved (e.g. ``path`` is a folder).
     """
-    with _temporary(path, suffix, sync_file=True) as temp:
-        yield temp
+    with atomic_files() as files:
+        yield files.path(path, suffix=suffix)
 
 
 @contextlib.contextmanager
@@ -151,20 +263,8 @@ def atomic_open(
         OSError: the temporary file cannot be created (missing folder, no permission) or the
             file cannot be written, synced or moved.
     """
-    if mode not in _WRITE_MODES:
-        raise ValueError(f"atomic_open writes a new file: mode must be one of {', '.join(_WRITE_MODES)}, got {mode!r}")
-    with _temporary(path, suffix, sync_file=False) as temp:
-        # O_EXCL: never write into another file; 0o666 lets the umask decide the permissions, as open() does.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            handle = os.fdopen(fd, mode, encoding=encoding, newline=newline)
-        except BaseException:
-            os.close(fd)
-            raise
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_files() as files, files.open(path, mode, suffix=suffix, encoding=encoding, newline=newline) as handle:
+        yield handle
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:

@@ -73,3 +73,7 @@ class DeviceError(SAMMed3DError, RuntimeError):
 
 class OutputError(SAMMed3DError, OSError):
     """A result file cannot be written: unsupported extension, missing folder, no permission, no disk space."""
+
+
+class OutputConflictError(OutputError):
+    """An output path is the input (or another output) of the same command; writing it would destroy data."""

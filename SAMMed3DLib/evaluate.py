@@ -37,6 +37,7 @@ label map are skipped with a logged reason and counted in the summary.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import time
@@ -49,11 +50,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_open
+from .atomic import AtomicFiles
 from .cases import Case, find_cases, read_case_images, same_grid
 from .clicks import ClickMode, SimulatedUser, check_click_mode
 from .errors import ConfigError, DataError
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, dice, normalized_surface_distance
+from .outputs import check_output_path, readable_image, write_text_verified, write_verified
 
 logger = logging.getLogger(__name__)
 
@@ -233,31 +235,19 @@ class EvaluationResult:
             "seconds": round(self.seconds, 3),
         }
 
-    def write_csv(self, path: str | Path) -> Path:
-        """Write the per-structure rows (columns :data:`CSV_COLUMNS`)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(CSV_COLUMNS)
-            for r in self.rows:
-                writer.writerow([r.case, r.label, r.name, r.voxels, r.clicks, f"{r.dice:.6f}", f"{r.nsd:.6f}", f"{r.seconds:.4f}"])
-        return path
+    def write_csv(self, path: str | Path, files: AtomicFiles | None = None) -> Path:
+        """Write the per-structure rows (columns :data:`CSV_COLUMNS`); see :func:`write_csv_rows`."""
+        rows = [[r.case, r.label, r.name, r.voxels, r.clicks, f"{r.dice:.6f}", f"{r.nsd:.6f}", f"{r.seconds:.4f}"] for r in self.rows]
+        return write_csv_rows(path, [CSV_COLUMNS, *rows], files=files)
 
-    def write_summary_csv(self, path: str | Path) -> Path:
-        """Write means per click count: over all structures (case "ALL"), then per case."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(("case", "clicks", "structures", "mean_dice", "mean_nsd"))
-            dice_all, nsd_all = self.mean_dice(), self.mean_nsd()
-            for k in self.clicks:
-                writer.writerow(("ALL", k, self.structures, f"{dice_all[k]:.6f}", f"{nsd_all[k]:.6f}"))
-            for case, m in self.per_case().items():
-                for k in self.clicks:
-                    writer.writerow((case, k, m["structures"], f"{m['dice'][k]:.6f}", f"{m['nsd'][k]:.6f}"))
-        return path
+    def write_summary_csv(self, path: str | Path, files: AtomicFiles | None = None) -> Path:
+        """Write means per click count: over all structures (case "ALL"), then per case; see :func:`write_csv_rows`."""
+        dice_all, nsd_all = self.mean_dice(), self.mean_nsd()
+        rows: list[Sequence[Any]] = [("case", "clicks", "structures", "mean_dice", "mean_nsd")]
+        rows += [("ALL", k, self.structures, f"{dice_all[k]:.6f}", f"{nsd_all[k]:.6f}") for k in self.clicks]
+        for case, m in self.per_case().items():
+            rows += [(case, k, m["structures"], f"{m['dice'][k]:.6f}", f"{m['nsd'][k]:.6f}") for k in self.clicks]
+        return write_csv_rows(path, rows, files=files)
 
     def summary_text(self) -> str:
         """A small table for people: mean Dice/NSD per click count, overall and per case."""
@@ -277,6 +267,23 @@ class EvaluationResult:
 
 
 # -- protocol ---------------------------------------------------------------------------------------
+
+
+def write_csv_rows(path: str | Path, rows: Iterable[Sequence[Any]], files: AtomicFiles | None = None) -> Path:
+    """Write ``rows`` as a CSV file all-or-nothing, re-read byte for byte; missing folders are created.
+
+    Args:
+        path: the CSV file.
+        rows: the header, then the rows.
+        files: stage it in this transaction (:func:`~SAMMed3DLib.outputs.all_or_nothing`); None: now.
+
+    Raises:
+        OutputError: the path cannot take a file (a folder, read-only), or the write failed.
+    """
+    path = check_output_path(path, "CSV file", create_folders=True)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return write_text_verified(path, buffer.getvalue(), files=files, make_folders=True)
 
 
 def check_clicks(clicks: Iterable[int]) -> tuple[int, ...]:
@@ -479,16 +486,19 @@ def check_matplotlib() -> None:
         raise ConfigError("--plot needs matplotlib: `pip install matplotlib` (or the package's `demo` extra)") from exc
 
 
-def plot_mean_dice(results: EvaluationResult | Sequence[EvaluationResult], png_path: str | Path) -> Path:
+def plot_mean_dice(results: EvaluationResult | Sequence[EvaluationResult], png_path: str | Path, files: AtomicFiles | None = None) -> Path:
     """Draw mean Dice (solid) and NSD (dashed) against the number of clicks into a PNG.
 
     Args:
         results: one result, or several to compare (e.g. the model and the growcut baseline).
-        png_path: output file.
+        png_path: output .png file (missing folders are created; written atomically, decoded back).
+        files: stage it in this transaction (:func:`~SAMMed3DLib.outputs.all_or_nothing`); None: now.
 
     Raises:
         ConfigError: matplotlib is missing.
+        OutputError: the name does not end with .png, the path cannot take a file, or the write failed.
     """
+    path = check_output_path(png_path, "plot", extensions=(".png",), create_folders=True)
     check_matplotlib()
     import matplotlib
 
@@ -518,9 +528,7 @@ def plot_mean_dice(results: EvaluationResult | Sequence[EvaluationResult], png_p
         ax.set_title(f"{first.structures} structures, {first.click_mode} clicks, seed {first.seed}", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = Path(png_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        write_verified(path, lambda temp: fig.savefig(temp, format="png"), readable_image, suffix=".png", files=files, make_folders=True)
     finally:
         plt.close(fig)
     return path
@@ -542,4 +550,5 @@ __all__ = [
     "plot_mean_dice",
     "run_structure",
     "structure_rng",
+    "write_csv_rows",
 ]

@@ -9,9 +9,11 @@ Design:
   what SAM-Med3D cannot segment (2D, 4D, multi-component, non-finite voxels) with an
   :class:`~SAMMed3DLib.errors.ImageError` that says what was seen and what to do, and returns a
   float32 scalar 3D image.
-- Writers are atomic (:mod:`SAMMed3DLib.atomic`): they write a temporary file in the destination
-  folder, fsync it and ``os.replace`` it into place, so an error (full disk, permission, crash)
-  never leaves a half-written file and never destroys an existing one.
+- Writers are atomic and verified (:mod:`SAMMed3DLib.outputs`): they check the path first, write
+  a temporary file in the destination folder, read it back (every voxel, the geometry, NIfTI's
+  byte count), fsync it and ``os.replace`` it into place, so an error (full disk, file-size limit,
+  permission, crash) never leaves a half-written file and never destroys an existing one. Given
+  ``files`` (:func:`SAMMed3DLib.outputs.all_or_nothing`), several outputs replace theirs together.
 - ``.seg.nrrd`` files carry the custom fields 3D Slicer's segmentation storage node reads
   (``Segmentation_*`` and ``Segment0_*``; Slicer developer guide, "Segmentation labelmap file
   format"), so they open in Slicer as a named, coloured segment.
@@ -24,15 +26,16 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import AtomicFiles
 from .errors import ImageError, OutputError, PromptError
+from .outputs import check_output_path, read_back_difference, write_verified
 
 logger = logging.getLogger(__name__)
 
@@ -312,24 +315,14 @@ def image_from_array(
     return image
 
 
-def _atomic_write(path: Path, temp_extension: str, write: Callable[[str], None]) -> Path:
-    """Run ``write(temp_path)`` all-or-nothing (:func:`~SAMMed3DLib.atomic.atomic_path`); failures become OutputError.
-
-    ``temp_extension`` ends the temporary file's name: SimpleITK picks its writer from it.
-    """
-    folder = path.parent
-    if not folder.is_dir():
-        raise OutputError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist; create it first")
-    try:
-        with atomic_path(path, suffix=temp_extension) as temp:
-            write(str(temp))
-    except (OSError, RuntimeError) as exc:
-        message = _first_line(exc) if isinstance(exc, RuntimeError) else str(exc)
-        raise OutputError(
-            f"cannot write {str(path)!r}: {message}; check free disk space and write permission "
-            "(any existing file there was left unchanged)"
-        ) from exc
-    return path
+def _verify_mask(temp: Path, expected: sitk.Image) -> str | None:
+    """Why the written ``temp`` is not ``expected`` (None when it is); see :func:`~SAMMed3DLib.outputs.read_back_difference`."""
+    if _suffix(temp, (".nii", ".nii.gz")) is not None:  # SimpleITK reads a truncated NIfTI as zeros, without an error
+        announced = _nifti_expected_bytes(temp)
+        held = 0 if announced is None else temp.stat().st_size if temp.name.lower().endswith(".nii") else _gzip_payload_bytes(temp, announced)
+        if announced is not None and held < announced:
+            return f"the file written holds {held} of the {announced} bytes its header announces"
+    return read_back_difference(temp, expected)
 
 
 def _extent_ijk(mask_zyx: np.ndarray) -> list[int]:
@@ -369,8 +362,9 @@ def write_segmentation(
     path: str | os.PathLike[str],
     segment_name: str = "Segment_1",
     color_rgb: Sequence[float] = (0.9, 0.4, 0.2),
+    files: AtomicFiles | None = None,
 ) -> Path:
-    """Write a label mask atomically; the format follows the extension.
+    """Write a label mask atomically and verified; the format follows the extension.
 
     - ``.seg.nrrd``: a 3D Slicer segmentation with one segment (all non-zero voxels, stored as
       label 1) named ``segment_name`` with colour ``color_rgb``;
@@ -382,19 +376,20 @@ def write_segmentation(
         path: destination file.
         segment_name: segment name (``.seg.nrrd`` only).
         color_rgb: segment colour, 3 values in [0, 1] (``.seg.nrrd`` only).
+        files: stage the file in this transaction (:func:`~SAMMed3DLib.outputs.all_or_nothing`),
+            moved with the others when it commits; None: move it into place now.
 
     Returns:
         The written path.
 
     Raises:
-        OutputError: unsupported extension, missing folder, or the write failed (nothing
-            half-written is left; an existing file is unchanged).
+        OutputError: unsupported extension, missing or read-only folder, a folder in the way, or
+            the write failed or reads back differently (nothing half-written is left; an
+            existing file is unchanged).
         ImageError: the mask is not a 3D integer image with values in 0..255.
     """
-    path = Path(path)
+    path = check_output_path(path, "segmentation", extensions=tuple(SEGMENTATION_EXTENSIONS))
     extension = _suffix(path, tuple(SEGMENTATION_EXTENSIONS))
-    if extension is None:
-        raise OutputError(f"cannot write segmentation {str(path)!r}: unsupported extension; use one of {', '.join(SEGMENTATION_EXTENSIONS)}")
     if not isinstance(mask, sitk.Image) or mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
         got = (
             f"a {mask.GetDimension()}D image with {mask.GetNumberOfComponentsPerPixel()} component(s)" if isinstance(mask, sitk.Image) else type(mask).__name__
@@ -417,8 +412,17 @@ def write_segmentation(
             labelled.SetMetaData(key, value)
         out = labelled
     compress = extension != ".nii"
-    _atomic_write(path, SEGMENTATION_EXTENSIONS[extension], lambda temp: sitk.WriteImage(out, temp, useCompression=compress))
-    logger.info("wrote segmentation %s (%d non-zero voxels)", path, int(np.count_nonzero(sitk.GetArrayViewFromImage(out))))
+    write_verified(
+        path,
+        lambda temp: sitk.WriteImage(out, str(temp), useCompression=compress),
+        lambda temp: _verify_mask(temp, out),
+        suffix=SEGMENTATION_EXTENSIONS[extension],
+        files=files,
+        describe=_first_line,
+    )
+    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(out)))
+    if files is None:  # in a transaction the caller reports the write once every output is in place
+        logger.info("wrote segmentation %s (%d non-zero voxels)", path, voxels)
     return path
 
 
@@ -452,6 +456,7 @@ def write_preview_png(
     point_lps: Sequence[float],
     path: str | os.PathLike[str],
     max_panel_px: int = 384,
+    files: AtomicFiles | None = None,
 ) -> Path:
     """Write axial | coronal | sagittal slices through a point, mask overlaid, as one PNG.
 
@@ -465,8 +470,9 @@ def write_preview_png(
         image: 3D scalar image (LPS geometry).
         mask: label image in the same physical space (any grid), or None for no overlay.
         point_lps: (3,) LPS mm where the three planes cross.
-        path: destination .png file (written atomically).
+        path: destination .png file (written atomically, decoded back and compared).
         max_panel_px: largest side of one panel in pixels.
+        files: stage the file in this transaction, as for :func:`write_segmentation`.
 
     Returns:
         The written path.
@@ -474,11 +480,10 @@ def write_preview_png(
     Raises:
         ImageError: the image or mask is not 3D scalar.
         PromptError: ``point_lps`` is not 3 finite numbers.
-        OutputError: the file name does not end with .png, or the file cannot be written.
+        OutputError: the file name does not end with .png, or the file cannot be written (or
+            reads back differently).
     """
-    path = Path(path)
-    if _suffix(path, (".png",)) is None:
-        raise OutputError(f"cannot write preview {str(path)!r}: the file name must end with .png")
+    path = check_output_path(path, "preview", extensions=(".png",))
     image = validate_image(image)
     if mask is not None and (not isinstance(mask, sitk.Image) or mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1):
         raise ImageError("the preview mask must be a 3D scalar SimpleITK image or None")
@@ -526,4 +531,11 @@ def write_preview_png(
         if index < len(panels) - 1:
             padded.append(gap)
     picture = sitk.GetImageFromArray(np.concatenate(padded, axis=1), isVector=True)
-    return _atomic_write(path, ".png", lambda temp: sitk.WriteImage(picture, temp))
+    return write_verified(
+        path,
+        lambda temp: sitk.WriteImage(picture, str(temp)),
+        lambda temp: read_back_difference(temp, picture),
+        suffix=".png",
+        files=files,
+        describe=_first_line,
+    )

@@ -3,47 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMMed3DLib import build_sam3d, save_model
-from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.cli import main
 from SAMMed3DLib.geometry import lps_to_ras
-
-SMALL = {
-    "image_encoder": {
-        "img_size": 128, "patch_size": 16, "embed_dim": 48, "depth": 2, "num_heads": 4, "out_chans": 48,
-        "use_rel_pos": True, "window_size": 0,
-    },
-    "prompt_encoder": {"embed_dim": 48, "image_embedding_size": 8, "input_image_size": 128, "mask_in_chans": 16},
-    "mask_decoder": {"transformer_dim": 48},
-}
-
-
-@pytest.fixture(scope="module")
-def small_model_path(tmp_path_factory) -> Path:
-    model = build_sam3d(SMALL)
-    path = tmp_path_factory.mktemp("model") / "small.pth"
-    save_model(model, path, card=ModelCard(name="small", config=model.config))
-    return path
-
-
-@pytest.fixture
-def ct_file(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    arr = rng.normal(40, 10, size=(30, 60, 70)).astype(np.float32)
-    arr[10:20, 20:40, 25:45] += 200
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing((0.9, 0.8, 2.5))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    image.SetDirection(sitk.VersorTransform((1.0, 0.2, 0.1), 0.3).GetMatrix())
-    path = tmp_path / "ct.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def _run(argv: list[str]) -> int:

@@ -4,13 +4,14 @@ The sample is the MNI152 T1 template that nilearn's wheel ships (with its white-
 probability map as the reference). Without nilearn, a generated phantom is used instead. The
 demo simulates a user: a first click at the centre of the structure, then clicks at the centre
 of the largest error, printing Dice after each; it writes the segmentation (Slicer .seg.nrrd),
-a preview PNG and a JSON summary.
+a preview PNG and a JSON summary, all three or none (:func:`SAMMed3DLib.outputs.all_or_nothing`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import atomic_write_json
 from ._common import add_model_args, load_model_from_args
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from ..clicks import SimulatedUser
     from ..io import write_preview_png, write_segmentation
     from ..metrics import dice
+    from ..outputs import all_or_nothing, write_text_verified
     from ..session import Session
 
     if args.clicks < 1:
@@ -110,10 +111,11 @@ def run(args: argparse.Namespace) -> int:
         history.append({"click": n, "positive": bool(click.positive), "dice": round(d, 4), "seconds": round(seconds, 3)})
         print(f"click {n:2d} {'+' if click.positive else '-'} at LPS {np.round(point_lps, 1).tolist()} mm: Dice {d:.3f} ({seconds:.2f} s)")
     seg_path = out / f"{name}.seg.nrrd"
-    write_segmentation(session.mask, seg_path, segment_name=name)
     preview = out / "preview.png"
-    write_preview_png(image, session.mask, first_lps, preview)
     summary = {"sample": description, "structure": name, "model": model.card.name, "clicks": history}
-    atomic_write_json(out / "summary.json", summary, indent=2)
+    with all_or_nothing() as files:
+        write_segmentation(session.mask, seg_path, segment_name=name, files=files)
+        write_preview_png(image, session.mask, first_lps, preview, files=files)
+        write_text_verified(out / "summary.json", json.dumps(summary, indent=2), files=files)
     print(f"wrote {seg_path}, {preview} and {out / 'summary.json'}")
     return 0

@@ -1,4 +1,9 @@
-"""``sammed3d evaluate``: the paper's click protocol on a labelled data folder → CSV (+ JSON, plot)."""
+"""``sammed3d evaluate``: the paper's click protocol on a labelled data folder → CSV (+ JSON, plot).
+
+Every output (the CSV, the ``*_summary.csv`` beside it, the ``--plot`` PNG) is checked before the
+evaluation starts, none may be a file of the evaluated cases, and all are written all-or-nothing at
+the end (:func:`SAMMed3DLib.outputs.all_or_nothing`), each re-read before it replaces a file.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 
 from ..clicks import CLICK_MODES
 from ..evaluate import DEFAULT_CLICKS, METHODS, MIN_STRUCTURE_VOXELS
+from ..errors import OutputError
 from ..metrics import DEFAULT_NSD_TOLERANCE_MM
 from ._common import add_model_args, apply_threads, load_model_from_args
 
@@ -49,13 +55,35 @@ def summary_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_summary{out.suffix or '.csv'}")
 
 
+def _case_files(data_dir: str) -> list[tuple[str, Path]]:
+    """The images, label maps and label tables of DATA_DIR's cases: no output may replace them."""
+    from ..cases import LABELS_JSON, NNUNET_JSON, find_cases
+
+    files = []
+    for case in find_cases(data_dir):
+        candidates = (
+            ("image", case.image_path),
+            ("label map", case.label_path),
+            ("labels", case.folder / LABELS_JSON),
+            ("dataset", case.folder.parent / NNUNET_JSON),
+        )
+        files += [(f"case {case.case_id}'s {what}", path) for what, path in candidates if path.is_file()]
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..evaluate import check_matplotlib, evaluate, plot_mean_dice
+    from ..outputs import all_or_nothing, check_distinct, check_output_path
 
-    if args.plot:
-        check_matplotlib()  # fail before a long run, not after it
+    # Fail before a long run, not after it.
+    out = check_output_path(args.out, "the --out file", create_folders=True)
+    summary = check_output_path(summary_path(out), "the summary file", create_folders=True)
+    plot = check_output_path(args.plot, "the --plot file", extensions=(".png",), create_folders=True) if args.plot else None
+    check_distinct([("--out", out), ("the summary file", summary), ("--plot", plot)], inputs=_case_files(args.data_dir))
+    if plot is not None:
+        check_matplotlib()
     if args.method == "model":
         model = load_model_from_args(args)
     else:
@@ -90,16 +118,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
 
-    out = Path(args.out)
-    result.write_csv(out)
-    summary = result.write_summary_csv(summary_path(out))
-    if args.plot:
-        plot_mean_dice(result, args.plot)
-    if args.json:
-        print(json.dumps(result.to_json_dict() | {"csv": str(out)}, sort_keys=False))
-    else:
-        print(result.summary_text())
-        print(f"wrote {out} and {summary}" + (f" and {args.plot}" if args.plot else ""))
+    with all_or_nothing() as files:
+        result.write_csv(out, files=files)
+        result.write_summary_csv(summary, files=files)
+        if plot is not None:
+            plot_mean_dice(result, plot, files=files)
+    try:
+        if args.json:
+            print(json.dumps(result.to_json_dict() | {"csv": str(out)}, sort_keys=False), flush=True)
+        else:
+            print(result.summary_text())
+            print(f"wrote {out} and {summary}" + (f" and {plot}" if plot else ""), flush=True)
+    except OSError as exc:  # e.g. stdout redirected to a full disk
+        raise OutputError(f"cannot print the summary to standard output: {exc}; the CSV files were written: {out}, {summary}") from exc
     if result.structures == 0:
         logger.error("no structure was evaluated (all %d skipped)", len(result.skipped))
         return 1

@@ -1,4 +1,9 @@
-"""``sammed3d segment``: image + clicks → segmentation file (and an optional preview PNG)."""
+"""``sammed3d segment``: image + clicks → segmentation file (and an optional preview PNG).
+
+The outputs are checked before the image and the model are loaded (extension, folder, neither one
+is the input image nor the other output), and written all-or-nothing with
+:func:`SAMMed3DLib.outputs.all_or_nothing`: both are verified before either replaces a file.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..geometry import ras_to_lps
-    from ..io import read_image, write_preview_png, write_segmentation
+    from ..io import SEGMENTATION_EXTENSIONS, read_image, write_preview_png, write_segmentation
+    from ..outputs import all_or_nothing, check_distinct, check_output_path
     from ..session import Session
 
     if not args.clicks:
@@ -63,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         color = ()
     if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
         raise PromptError(f"--color must be three numbers between 0 and 1 like 0.9,0.4,0.2; got {args.color!r}")
-    out = Path(args.out)
+    out = check_output_path(args.out, "the --out file", extensions=tuple(SEGMENTATION_EXTENSIONS))
+    preview = check_output_path(args.preview, "the --preview file", extensions=(".png",)) if args.preview else None
+    check_distinct([("--out", out), ("--preview", preview)], inputs=[("the input image", Path(args.image))])
     t0 = time.perf_counter()
     image = read_image(args.image)
     model = load_model_from_args(args)
@@ -75,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.ijk:
         points = session.geometry.index_to_lps(points)
     result = session.predict(points, labels)
-    write_segmentation(result.mask, out, segment_name=args.name, color_rgb=color)
+    with all_or_nothing() as files:
+        write_segmentation(result.mask, out, segment_name=args.name, color_rgb=color, files=files)
+        if preview is not None:
+            write_preview_png(image, result.mask, points[0], preview, files=files)
     voxels = int(np.count_nonzero(session.mask_array))
     spacing = np.prod(image.GetSpacing())
     logger.info(
@@ -86,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
         len(labels),
         time.perf_counter() - t0,
     )
-    if args.preview:
-        write_preview_png(image, result.mask, points[0], args.preview)
-        logger.info("wrote preview %s", args.preview)
+    if preview is not None:
+        logger.info("wrote preview %s", preview)
     return 0
