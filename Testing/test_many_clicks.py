@@ -1,4 +1,5 @@
-"""Many clicks in one session: click maps without an N × grid tensor.
+"""Many clicks in one session: click maps without an N × grid tensor, a bounded undo history,
+packed mask changes, and progress for ``predict`` and ``sammed3d segment``.
 
 The 1,000-click memory and time figures are in ``benchmarks/many_clicks.py``; these tests stay
 small and check the properties that keep those figures flat.
@@ -6,15 +7,34 @@ small and check the properties that keep those figures flat.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from SAMMed3DLib import build_sam3d, save_model
+from SAMMed3DLib.card import ModelCard
+from SAMMed3DLib.cli import main
+from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model import click_maps
 from SAMMed3DLib.model.click_maps import ClickMapCache, click_distance_maps, reuse_click_maps
+from SAMMed3DLib.model.sam3d import Sam3D
+from SAMMed3DLib.session import DEFAULT_HISTORY_LIMIT, Session
+from SAMMed3DLib.steps import MaskChange, PackedMaskChange
 
 CPU = torch.device("cpu")
+
+SMALL = {
+    "image_encoder": {
+        "img_size": 128, "patch_size": 16, "embed_dim": 48, "depth": 1, "num_heads": 4, "out_chans": 48,
+        "use_rel_pos": True, "window_size": 0,
+    },
+    "prompt_encoder": {"embed_dim": 48, "image_embedding_size": 8, "input_image_size": 128, "mask_in_chans": 16},
+    "mask_decoder": {"transformer_dim": 48},
+}  # fmt: skip
 
 
 def dense_click_maps(coords, labels, input_size, grid, reach, batch, device):  # noqa: ANN001
@@ -124,3 +144,150 @@ def test_cached_click_maps_evaluate_only_the_new_click() -> None:
     with _LargestTensor() as full:
         click_distance_maps(coords, labels, (128,) * 3, (64,) * 3, 8.0, 1, CPU)
     assert probe.largest <= 64**3 * 8 < full.largest  # one click's box and the grid, not 301 boxes
+
+
+# -- packed mask changes -------------------------------------------------------------------------
+
+
+def _blocks(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    if kind == "empty":
+        return np.zeros((0, 4, 5), np.uint8), np.zeros((0, 4, 5), np.uint8)
+    if kind == "sphere_moved":
+        z, y, x = np.mgrid[0:30, 0:40, 0:50]
+        return ((x - 25) ** 2 + (y - 20) ** 2 + (z - 15) ** 2 < 100).astype(np.uint8), ((x - 27) ** 2 + (y - 20) ** 2 + (z - 15) ** 2 < 120).astype(np.uint8)
+    if kind == "random_odd_size":
+        return rng.integers(0, 2, (7, 11, 13), dtype=np.uint8), rng.integers(0, 2, (7, 11, 13), dtype=np.uint8)
+    if kind == "label_values":
+        return np.full((3, 3, 3), 2, np.uint8), np.zeros((3, 3, 3), np.uint8)
+    return np.zeros((3, 3, 3), bool), np.ones((3, 3, 3), bool)  # "bool"
+
+
+@pytest.mark.parametrize(
+    ("kind", "packs"),
+    [("empty", True), ("sphere_moved", True), ("random_odd_size", True), ("label_values", False), ("bool", False)],
+)
+def test_packed_mask_change_round_trips_exactly(kind, packs) -> None:
+    before, after = _blocks(kind)
+    region = tuple(slice(1, 1 + s) for s in before.shape)
+    change = MaskChange(region, before, after)
+    packed = change.packed()
+    assert isinstance(packed, PackedMaskChange) is packs
+    if not packs:
+        assert packed is change  # kept as it is: nothing is lost
+        return
+    back = packed.unpacked()
+    assert back.region == region and back.before.dtype == np.uint8
+    np.testing.assert_array_equal(back.before, before)
+    np.testing.assert_array_equal(back.after, after)
+    if kind == "sphere_moved":
+        assert packed.nbytes * 50 < before.nbytes + after.nbytes  # 120 kB of blocks in a few kB
+
+
+# -- a bounded history -----------------------------------------------------------------------------
+
+
+class _Encoder(torch.nn.Module):
+    img_size = 128
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((1, 48, 8, 8, 8))
+
+
+class GrowingModel(Sam3D):
+    """Predicts a ball at the window centre whose radius grows with the number of clicks."""
+
+    def __init__(self) -> None:
+        base = build_sam3d(SMALL)
+        super().__init__(_Encoder(), base.prompt_encoder, base.mask_decoder, base.config)
+        self.card = ModelCard(name="growing", config=base.config)
+
+    def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
+        n = 0 if coords is None else coords.shape[1]
+        axis = torch.arange(32, dtype=torch.float32) - 15.5
+        distance = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2).sqrt()
+        return (1.0 + n - distance)[None, None], torch.zeros(1, 1)
+
+
+@pytest.fixture
+def volume() -> sitk.Image:
+    image = sitk.GetImageFromArray(np.zeros((40, 50, 60), np.float32))
+    image.SetSpacing((1.5, 1.5, 1.5))
+    return image
+
+
+def _centre(image: sitk.Image) -> np.ndarray:
+    return np.array(image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()]))
+
+
+@pytest.mark.parametrize("limit", [1, 3, None])
+def test_history_keeps_the_last_limit_steps_and_undoes_them_exactly(volume, limit) -> None:
+    session = Session(GrowingModel(), volume, auto_extend=False, history_limit=limit)
+    centre = _centre(volume)
+    masks = [session.mask_array.copy()]
+    for i in range(6):
+        session.click(centre + np.array([0.5 * i, 0.0, 0.0]))
+        masks.append(session.mask_array.copy())
+    assert all((a != b).any() for a, b in zip(masks, masks[1:])), "every click changes the mask"
+    kept = 6 if limit is None else limit
+    for back in range(1, kept + 1):
+        assert session.undo() is not None
+        np.testing.assert_array_equal(session.mask_array, masks[-1 - back])
+        assert len(session.points_lps) == 6 - back
+    assert session.undo() is None, "older steps were forgotten"
+    for forward in range(1, kept + 1):
+        assert session.redo() is not None
+        np.testing.assert_array_equal(session.mask_array, masks[6 - kept + forward])
+
+
+def test_default_history_limit() -> None:
+    assert DEFAULT_HISTORY_LIMIT == 50
+    session = Session(GrowingModel())
+    assert session._history.limit == DEFAULT_HISTORY_LIMIT
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5, True, "50"])
+def test_invalid_history_limit_is_refused(limit) -> None:
+    with pytest.raises(ConfigError, match=rf"history_limit must be a positive integer \(undo steps kept\) or None \(no limit\), got {limit!r}"):
+        Session(GrowingModel(), history_limit=limit)
+
+
+def test_numpy_integer_history_limit_is_accepted() -> None:
+    assert Session(GrowingModel(), history_limit=np.int64(4))._history.limit == 4
+
+
+# -- progress ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["new_clicks", "replay"])
+def test_predict_reports_progress_per_click(volume, replay) -> None:
+    session = Session(GrowingModel(), volume, auto_extend=False)
+    centre = _centre(volume)
+    points = np.stack([centre + np.array([i, 0.0, 0.0]) for i in range(5)])
+    if replay:
+        session.predict(points[::-1], [1] * 5)  # not a prefix of the next call: it replays everything
+    calls: list[tuple[int, int]] = []
+    session.predict(points, [1, 0, 1, 0, 1], progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 5) for i in range(1, 6)]
+
+
+@pytest.fixture(scope="module")
+def small_model_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_sam3d(SMALL)
+    path = tmp_path_factory.mktemp("model") / "small.pth"
+    save_model(model, path, card=ModelCard(name="small", config=model.config))
+    return path
+
+
+@pytest.mark.parametrize(("clicks", "bar"), [(2, False), (12, True)])
+def test_segment_shows_a_progress_bar_for_many_clicks(tmp_path, small_model_path, capsys, clicks, bar) -> None:
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (20, 30, 40)).astype(np.float32))
+    path = tmp_path / "image.nrrd"
+    sitk.WriteImage(image, str(path))
+    argv = ["segment", str(path), "--ijk", "--model", str(small_model_path), "--out", str(tmp_path / "m.nii.gz"), "--threads", "1"]
+    for i in range(clicks):
+        argv += ["--point" if i % 2 == 0 else "--negative", f"{10 + i},15,10"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert (f"{clicks}/{clicks}" in err and "segment:" in err) is bar, err
