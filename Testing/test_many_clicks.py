@@ -291,3 +291,14 @@ def test_segment_shows_a_progress_bar_for_many_clicks(tmp_path, small_model_path
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert (f"{clicks}/{clicks}" in err and "segment:" in err) is bar, err
+
+
+def test_a_window_keeps_only_its_own_logits_alive(volume) -> None:
+    """The decoder's single mask is a view of its four masks; the window keeps a copy of it alone."""
+    torch.manual_seed(0)
+    model = build_sam3d(SMALL)
+    model.card = ModelCard(name="small", config=model.config)
+    session = Session(model, volume, auto_extend=False)
+    session.click(_centre(volume))
+    logits = session._windows[0].logits
+    assert logits.shape == (1, 1, 32, 32, 32) and logits.untyped_storage().nbytes() == logits.nbytes
