@@ -273,11 +273,16 @@ def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
         ``(image, label)`` as SimpleITK images (the label's grid is not compared with the image's).
 
     Raises:
-        DataError: a file is unreadable (the message gives the reader's last line), or is not a 3D
-            scalar image.
+        DataError: a file is unreadable (the message gives the reader's last line), is a FIFO,
+            socket or device (which could block the reader forever), or is not a 3D scalar image.
     """
+    from .special_files import special_file_kind
+
     images = []
     for path in (case.image_path, case.label_path):
+        kind = special_file_kind(Path(path))
+        if kind is not None:
+            raise DataError(f"cannot read {path}: it is {kind}, not a regular file, and reading it could block forever")
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:

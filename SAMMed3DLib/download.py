@@ -17,7 +17,19 @@ Design:
   unverified file.
 - **Progress and cancel**: ``progress(done_bytes, total_bytes_or_None)`` is called as bytes
   arrive (tqdm in the CLI, a dialog in Slicer); a ``threading.Event`` cancels between chunks,
-  keeping the ``.part`` for a later resume.
+  keeping the ``.part`` for a later resume. So does Ctrl+C (``KeyboardInterrupt``, which the CLI
+  turns into exit status 130): bytes are appended in order, so whatever reached the ``.part``
+  is a prefix of the file, and the next call resumes after it.
+- **Stalls**: the socket timeout (``timeout_s``) ends a silent connection, but not one that
+  trickles (a byte every few seconds would keep a 400 MB download going for years). Reads
+  return what one ``recv`` gives, and fewer than ``stall_min_bytes`` in ``stall_s`` seconds
+  (:data:`STALL_MIN_BYTES` in :data:`STALL_S`: about 1 kB/s) counts as a dropped connection:
+  retried with resume, then reported, the ``.part`` kept. A server that trickles its *headers*
+  is bounded only by ``timeout_s`` per byte (urllib reads them itself).
+- **One download per file**: a :class:`~SAMMed3DLib.locks.FileLock` on the destination
+  serialises downloads of the same file into one cache (two processes must never append to one
+  ``.part``). One that had to wait and then finds the file in place (of the expected size)
+  returns it instead of downloading it again.
 - The environment variables of the model cache (:data:`CACHE_ENV`, :data:`URL_ENV_PREFIX`) are
   defined here, because this client's error messages tell users to set them; the registry reads
   them.
@@ -40,11 +52,14 @@ from pathlib import Path
 
 from .atomic import move_into_place
 from .errors import DownloadError, IntegrityError, OperationCancelledError
+from .locks import FileLock
 
 __all__ = [
     "CACHE_ENV",
     "CHUNK_BYTES",
     "DEFAULT_TIMEOUT_S",
+    "STALL_MIN_BYTES",
+    "STALL_S",
     "URL_ENV_PREFIX",
     "ProgressCallback",
     "download_file",
@@ -62,6 +77,10 @@ URL_ENV_PREFIX = "SAMMED3D_MODEL_URL_"
 #: steps; the per-step overhead is negligible next to the network).
 CHUNK_BYTES = 256 * 1024
 DEFAULT_TIMEOUT_S = 30.0
+#: A download that receives fewer than :data:`STALL_MIN_BYTES` in this many seconds has stalled.
+STALL_S = 60.0
+#: 64 KiB a minute (about 1 kB/s): at that rate the 400 MB turbo checkpoint would take five days.
+STALL_MIN_BYTES = 64 * 1024
 
 ProgressCallback = Callable[[int, "int | None"], None]
 
@@ -121,6 +140,8 @@ def _fetch_once(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     timeout_s: float,
+    stall_s: float,
+    stall_min_bytes: int,
 ) -> int | None:
     """One HTTP request appending to ``part``; returns the total size the server announced.
 
@@ -183,12 +204,14 @@ def _fetch_once(
             handle = open(part, "ab" if offset else "wb")  # noqa: SIM115 (closed in finally)
         except OSError as exc:
             raise DownloadError(f"cannot write {part}: {exc.strerror or exc}; check that the folder is writable") from exc
+        read = getattr(response, "read1", response.read)  # read1: what one recv gives, so stalls are seen
+        since, since_done = time.monotonic(), done
         try:
             while True:
                 if cancel is not None and cancel.is_set():
                     raise OperationCancelledError(f"download of {url} cancelled; {done} bytes kept in {part}, the next download resumes")
                 try:
-                    chunk = response.read(CHUNK_BYTES)
+                    chunk = read(CHUNK_BYTES)
                 except (OSError, http.client.HTTPException) as exc:
                     raise _TransientError(f"connection lost after {done} bytes ({type(exc).__name__}: {exc})") from exc
                 if not chunk:
@@ -203,6 +226,14 @@ def _fetch_once(
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
+                now = time.monotonic()
+                if now - since >= stall_s:
+                    if done - since_done < stall_min_bytes:  # what came is kept: the resume starts after it
+                        raise _TransientError(
+                            f"the server stalled: {done - since_done} bytes in the last {now - since:.0f} s (fewer than "
+                            f"{format_bytes(stall_min_bytes)}) after {done} bytes"
+                        )
+                    since, since_done = now, done
             handle.flush()
             os.fsync(handle.fileno())
         finally:
@@ -232,6 +263,9 @@ def download_file(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     retries: int = 3,
     retry_wait_s: float = 2.0,
+    stall_s: float = STALL_S,
+    stall_min_bytes: int = STALL_MIN_BYTES,
+    restart: bool = False,
 ) -> Path:
     """Download ``url`` to ``dest`` through ``<dest>.part``, resumable and verified.
 
@@ -245,11 +279,15 @@ def download_file(
         progress: ``progress(done_bytes, total_bytes_or_None)``, called as bytes arrive.
         cancel: set it (from any thread) to stop between chunks; the ``.part`` is kept.
         timeout_s: socket timeout per connect/read.
-        retries: how many times a dropped connection, timeout or 5xx is retried (resuming).
+        retries: how many times a dropped connection, timeout, stall or 5xx is retried (resuming).
         retry_wait_s: pause before a retry.
+        stall_s, stall_min_bytes: fewer than ``stall_min_bytes`` received in ``stall_s`` seconds
+            is a stall (see the module docstring).
+        restart: discard a partial file first instead of resuming it (done under the lock, so a
+            download running elsewhere keeps its own).
 
     Returns:
-        ``dest``.
+        ``dest``; a file another process downloaded while this call waited for it is reused.
 
     Raises:
         DownloadError: network failure after the retries (the ``.part`` is kept for a resume),
@@ -258,16 +296,41 @@ def download_file(
         OperationCancelledError: ``cancel`` was set.
     """
     target = Path(dest).expanduser()
-    part = partial_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create the folder {target.parent}: {exc.strerror or exc}; set {CACHE_ENV} to a writable folder") from exc
+    with FileLock(target, cancel=cancel) as lock:
+        if lock.waited and target.is_file() and (size is None or target.stat().st_size == size):
+            logger.info("%s was downloaded by another process meanwhile; using it", target)
+            return target
+        part = partial_path(target)
+        if restart:
+            part.unlink(missing_ok=True)
+        return _download_locked(url, target, part, size, sha256, verify, progress, cancel, timeout_s, retries, retry_wait_s, stall_s, stall_min_bytes)
+
+
+def _download_locked(
+    url: str,
+    target: Path,
+    part: Path,
+    size: int | None,
+    sha256: str | None,
+    verify: Callable[[Path], None] | None,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    timeout_s: float,
+    retries: int,
+    retry_wait_s: float,
+    stall_s: float,
+    stall_min_bytes: int,
+) -> Path:
+    """:func:`download_file` once its lock is held: fetch (with retries), verify, move into place."""
     started = time.perf_counter()
     attempt = 0
     while True:
         try:
-            total = _fetch_once(url, part, size, progress, cancel, timeout_s)
+            total = _fetch_once(url, part, size, progress, cancel, timeout_s, stall_s, stall_min_bytes)
             break
         except _TransientError as exc:
             attempt += 1

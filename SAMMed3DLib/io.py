@@ -164,19 +164,24 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
         float32 scalar 3D SimpleITK image with the file's LPS geometry.
 
     Raises:
-        ImageError: the path does not exist, cannot be read (corrupt, truncated, unsupported
-            format), is not a scalar 3D image, or has NaN/inf voxels.
+        ImageError: the path does not exist, is neither a regular file nor a folder (a FIFO,
+            socket or device, which could block the reader forever), cannot be read (corrupt,
+            truncated, unsupported format), is not a scalar 3D image, or has NaN/inf voxels.
 
     Note:
         SimpleITK's NIfTI reader turns NaN voxels into 0, so NaN is only reported for the other
         formats; truncated NIfTI files, which SimpleITK reads silently, are detected here.
     """
+    from . import special_files
+
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image {str(path)!r} does not exist; check the path (supported: {', '.join(IMAGE_EXTENSIONS)} files or a DICOM folder)")
+    special_files.refuse_special_file(path)
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        special_files.refuse_special_data_file(path)
         try:
             if _suffix(path, (".nii", ".nii.gz")) is not None:
                 _check_nifti_complete(path)
@@ -190,6 +195,9 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
+    from . import special_files
+
+    special_files.refuse_special_entries(folder)  # GDCM opens every file of the folder
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:

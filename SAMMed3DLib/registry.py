@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .download import CACHE_ENV, DEFAULT_TIMEOUT_S, URL_ENV_PREFIX, ProgressCallback, download_file, format_bytes, partial_path
+from .download import CACHE_ENV, DEFAULT_TIMEOUT_S, STALL_S, URL_ENV_PREFIX, ProgressCallback, download_file, format_bytes, partial_path
 from .errors import CheckpointError, ConfigError, DownloadError, UnknownModelError
 
 __all__ = [
@@ -365,10 +365,13 @@ class ModelRegistry:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = 3,
         retry_wait_s: float = 2.0,
+        stall_s: float = STALL_S,
     ) -> Path:
         """Download a model into the cache folder (see :func:`download_file`); return its path.
 
-        A model already downloaded is returned as is unless ``force``. ``url`` replaces the
+        A model already downloaded is returned as is unless ``force`` (which also discards a
+        partial download). Concurrent downloads of one model into one cache are serialised; the
+        later ones reuse the first one's file. ``url`` replaces the
         registry's (and the environment's) URL. When the registry has no SHA-256 for it, the file
         must load as a checkpoint with the expected architecture's keys and shapes.
 
@@ -383,8 +386,6 @@ class ModelRegistry:
         if dest.is_file() and not force:
             logger.info("model %s is already downloaded: %s", name, dest)
             return dest
-        if force:
-            partial_path(dest).unlink(missing_ok=True)
         source = url or self.url(name)
         verify = None if entry.sha256 is not None else _verify_structure(entry.architecture)
         logger.info("downloading %s from %s to %s", name, source, dest)
@@ -399,6 +400,8 @@ class ModelRegistry:
             timeout_s=timeout_s,
             retries=retries,
             retry_wait_s=retry_wait_s,
+            stall_s=stall_s,
+            restart=force,
         )
 
     def ensure_model(

@@ -40,6 +40,7 @@ import torch
 from .card import ModelCard
 from .errors import DeviceError
 from .geometry import ImageGeometry, Window, extract_window
+from .model.click_maps import ClickMapCache, reuse_click_maps
 from .model.sam3d import Sam3D
 from .paste import window_distance, window_footprint
 from .preprocessing import normalize_window
@@ -100,6 +101,10 @@ class WindowStack:
         self.image = image
         self.geometry = geometry
         self.states: list[WindowState] = []
+        # The click maps of the window decoded last: its next click adds one click to them
+        # instead of recomputing all (0.17 s at 1,000 clicks; model/click_maps.py).
+        self._click_maps = ClickMapCache()
+        self._click_maps_of: WindowState | None = None
 
     def __len__(self) -> int:
         return len(self.states)
@@ -156,6 +161,7 @@ class WindowStack:
             logger.warning("CUDA ran out of memory for the image encoder; moving the model to the CPU and retrying")
             torch.cuda.empty_cache()
             self.model.to("cpu")
+            self._click_maps.clear()
             for w in self.states:
                 w.embedding = w.embedding.cpu()
                 w.logits = w.logits.cpu() if w.logits is not None else None
@@ -184,8 +190,14 @@ class WindowStack:
         if prev is None:
             prev = torch.zeros((1, 1, *self.model.low_res_size), dtype=torch.float32, device=dev)
         coords_in, labs_in = (coords, labs) if coords.shape[1] else (None, None)
-        with torch.inference_mode():
+        if self._click_maps_of is not state:
+            self._click_maps.clear()
+            self._click_maps_of = state
+        with torch.inference_mode(), reuse_click_maps(self._click_maps):
             logits, _ = self.model.predict_low_res(state.embedding, coords_in, labs_in, prev)
+            # A view of the decoder's four-mask output: the copy keeps 128 kB a click alive (in
+            # the window and in every undo step that refers to it) instead of 512 kB.
+            logits = logits.clone()
             output = self.model.refine(state.image, logits, coords_in, labs_in)
         state.logits, state.output = logits, output
 

@@ -15,7 +15,7 @@ from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.checkpoint import load_model, save_model
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model import VIT_B_ORI, build_sam3d, infer_config, normalize_config
-from SAMMed3DLib.model.common import click_distance_maps
+from SAMMed3DLib.model.click_maps import click_distance_maps
 from SAMMed3DLib.session import Session
 
 #: 32³ input, 2³ tokens, 8³ low-res logits, 16³ fine grid.

@@ -11,7 +11,9 @@ import copy
 import hashlib
 import http.server
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import torch
 
 from SAMMed3DLib import build_sam3d, load_model, save_model
 from SAMMed3DLib import cli as sammed3d_cli
-from SAMMed3DLib import download
+from SAMMed3DLib import download, locks
 from SAMMed3DLib import registry as reg
 from SAMMed3DLib.errors import (
     CheckpointError,
@@ -64,6 +66,15 @@ def _isolated_cache(tmp_path, monkeypatch) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # A local HTTP server with controllable misbehaviour
+
+
+#: Misbehaving-server timings: "trickle" sends a byte every TRICKLE_S; "slow" sends pieces of
+#: SLOW_PIECE_BYTES with SLOW_PAUSE_S between them (2.8 MB in about 0.9 s); "pause_half" sends
+#: the first half at once, then pauses PAUSE_S before the rest.
+TRICKLE_S = 0.05
+SLOW_PIECE_BYTES = 64 * 1024
+SLOW_PAUSE_S = 0.02
+PAUSE_S = 5.0
 
 
 class _State:
@@ -114,6 +125,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if mode == "trickle":  # full length announced, then one byte every TRICKLE_S
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_S)
+            except OSError:  # the client gave up
+                pass
+            return
         start = 0
         if range_header and mode != "ignore_range":
             start = int(range_header.removeprefix("bytes=").split("-")[0])
@@ -123,6 +146,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
+        pieces = {"slow": range(start, len(data), SLOW_PIECE_BYTES), "pause_half": (start, max(start, len(data) // 2))}.get(mode)
+        if pieces is not None:  # slow: a piece every SLOW_PAUSE_S; pause_half: PAUSE_S after the first half
+            pause = SLOW_PAUSE_S if mode == "slow" else PAUSE_S
+            ends = list(pieces[1:]) + [len(data)]
+            try:
+                for begin, end in zip(pieces, ends):
+                    self.wfile.write(data[begin:end])
+                    self.wfile.flush()
+                    if end < len(data):
+                        time.sleep(pause)
+            except OSError:
+                pass
+            return
         self.wfile.write(data[start:])
 
 
@@ -424,6 +460,122 @@ def test_stalled_server_times_out(server, tmp_path, small_checkpoint) -> None:
     with pytest.raises(DownloadError, match=r"timed out"):
         _registry(tmp_path / "c", url=url).download_model("tiny", timeout_s=0.5, retries=0)
     assert time.perf_counter() - started < 2.5
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_trickling_server_is_a_stall_and_the_part_file_resumes(server, tmp_path, small_checkpoint, retries) -> None:
+    """One byte every 50 ms never hits the socket timeout; the stall check ends it."""
+    url = server.serve("/tiny.pth", small_checkpoint, mode="trickle")
+    registry = _registry(tmp_path / "c", url=url, size=len(small_checkpoint))
+    started = time.perf_counter()
+    with pytest.raises(DownloadError, match=r"the server stalled: \d+ bytes in the last \d+ s \(fewer than 65\.5 kB\).*kept in .*tiny\.pth\.part.*resume"):
+        registry.download_model("tiny", stall_s=0.4, retries=retries, retry_wait_s=0)
+    assert time.perf_counter() - started < 0.4 * (retries + 1) + 2.0
+    kept = (tmp_path / "c" / "tiny.pth.part").stat().st_size
+    assert 0 < kept < len(small_checkpoint)
+    assert len(server.ranges("/tiny.pth")) == retries + 1 and all(r is not None for r in server.ranges("/tiny.pth")[1:])
+    assert not (tmp_path / "c" / "tiny.pth.lock").exists()
+
+    server.state.modes["/tiny.pth"] = "normal"
+    assert registry.download_model("tiny").read_bytes() == small_checkpoint
+    assert server.ranges("/tiny.pth")[-1] == f"bytes={kept}-"
+
+
+def test_a_slow_but_steady_server_is_no_stall(server, tmp_path, small_checkpoint) -> None:
+    url = server.serve("/tiny.pth", small_checkpoint, mode="slow")  # ~0.9 s, 64 kB every 20 ms
+    path = _registry(tmp_path / "c", url=url).download_model("tiny", stall_s=0.1, retries=0)
+    assert path.read_bytes() == small_checkpoint and server.ranges("/tiny.pth") == [None]
+
+
+def test_ctrl_c_keeps_a_resumable_part_file(server, tmp_path, small_checkpoint) -> None:
+    url = server.serve("/tiny.pth", small_checkpoint)
+    registry = _registry(tmp_path / "c", url=url, size=len(small_checkpoint))
+
+    def progress(done: int, total: int | None) -> None:
+        if done >= download.CHUNK_BYTES:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        registry.download_model("tiny", progress)
+    kept = (tmp_path / "c" / "tiny.pth.part").stat().st_size
+    assert download.CHUNK_BYTES <= kept < len(small_checkpoint)
+    assert not (tmp_path / "c" / "tiny.pth.lock").exists()  # the lock went with the interrupted call
+
+    assert registry.download_model("tiny").read_bytes() == small_checkpoint
+    assert server.ranges("/tiny.pth") == [None, f"bytes={kept}-"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill (POSIX)")
+def test_cli_ctrl_c_exits_130_and_the_next_run_resumes(server, turbo_shaped_checkpoint, _isolated_cache, monkeypatch, capsys) -> None:
+    """A real SIGINT to the main thread while it waits for the second half of the file."""
+    monkeypatch.setenv("SAMMED3D_MODEL_URL_SAM_MED3D_TURBO", server.serve("/turbo.pth", turbo_shaped_checkpoint, mode="pause_half"))
+    part = _isolated_cache / "sam_med3d_turbo.pth.part"
+    main_thread = threading.get_ident()
+
+    def interrupt_when_half_is_there() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (part.exists() and part.stat().st_size >= len(turbo_shaped_checkpoint) // 3):
+            time.sleep(0.02)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_half_is_there, daemon=True).start()
+    assert _cli(["models", "download", "sam_med3d_turbo"], monkeypatch) == 130
+    err = capsys.readouterr().err
+    assert "download interrupted; run `sammed3d models download sam_med3d_turbo` again to resume" in err
+    assert err.rstrip().endswith("sammed3d models: interrupted")
+    kept = part.stat().st_size
+    assert 0 < kept < len(turbo_shaped_checkpoint) and not (_isolated_cache / "sam_med3d_turbo.pth.lock").exists()
+
+    server.state.modes["/turbo.pth"] = "normal"
+    assert _cli(["models", "download", "sam_med3d_turbo"], monkeypatch) == 0
+    assert (_isolated_cache / "sam_med3d_turbo.pth").read_bytes() == turbo_shaped_checkpoint
+    assert server.ranges("/turbo.pth")[-1] == f"bytes={kept}-"
+
+
+@pytest.mark.parametrize("use_flock", [True, False], ids=["flock", "exclusive_create"])
+def test_concurrent_downloads_of_one_model_share_one_transfer(server, tmp_path, small_checkpoint, monkeypatch, use_flock) -> None:
+    if use_flock and locks.fcntl is None:
+        pytest.skip("no fcntl on this platform")
+    if not use_flock:
+        monkeypatch.setattr(locks, "fcntl", None)  # what Windows gets
+    url = server.serve("/tiny.pth", small_checkpoint, mode="slow")
+    registry = _registry(tmp_path / "c", url=url, size=len(small_checkpoint))
+    results: list[object] = []
+
+    def fetch() -> None:
+        try:
+            results.append(registry.download_model("tiny"))
+        except Exception as exc:  # noqa: BLE001 - checked below
+            results.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)  # the first one is under way when the others start
+    for thread in threads:
+        thread.join(30)
+    assert results == [tmp_path / "c" / "tiny.pth"] * 3
+    assert server.ranges("/tiny.pth") == [None]  # one transfer; the others reused its file
+    assert (tmp_path / "c" / "tiny.pth").read_bytes() == small_checkpoint
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["tiny.pth"]  # no .part, no .lock
+
+
+def test_a_second_process_waits_for_the_first_download(server, tmp_path, small_checkpoint) -> None:
+    url = server.serve("/tiny.pth", small_checkpoint, mode="slow")
+    dest = tmp_path / "c" / "tiny.pth"
+    script = "import sys; from SAMMed3DLib.download import download_file; print(download_file(sys.argv[1], sys.argv[2], size=int(sys.argv[3])))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", script, url, str(dest), str(len(small_checkpoint))], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not download.partial_path(dest).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the child's transfer has started
+        assert download.download_file(url, dest, size=len(small_checkpoint)) == dest
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 0 and out.strip() == str(dest)
+    assert server.ranges("/tiny.pth") == [None] and dest.read_bytes() == small_checkpoint
 
 
 def test_not_enough_disk_space(server, tmp_path, small_checkpoint) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import click_distance_maps
+from .click_maps import click_distance_maps
 from .geodesic import geodesic_distance
 
 #: Configuration keys of the head (``config["fine_head"]``) and their defaults. The defaults

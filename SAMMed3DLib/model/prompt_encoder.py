@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import PromptError
-from .common import LayerNorm3d, click_distance_maps
+from .click_maps import click_distance_maps
+from .common import LayerNorm3d
 
 
 class PositionEmbeddingRandom3D(nn.Module):
