@@ -355,7 +355,7 @@ class InteractiveSegmentationLogic:
             session=update.session,
             sessionBefore=update.sessionBefore,
             sessionAfter=update.sessionAfter,
-            maskChange=update.maskChange,
+            maskChange=update.maskChange.packed() if update.maskChange is not None else None,  # ~1 bit a voxel, zlib
             key=request.key,
         )
         self._writeChanges(request.segmentationNode, request.lattice, changes, after=True)
@@ -500,7 +500,7 @@ class InteractiveSegmentationLogic:
             if record.key is not None and record.key == self._key:
                 self.endSession()  # same segment, other session: rebuild it from the voxels
             return
-        change = record.maskChange
+        change = record.maskChange.unpacked() if hasattr(record.maskChange, "unpacked") else record.maskChange
         state = record.sessionAfter if forward else record.sessionBefore
         if change is None:
             self._session.restore(state)
