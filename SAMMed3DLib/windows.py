@@ -11,7 +11,7 @@ object). Each :class:`WindowState` is a ``card.input_size``³ window of ``card.s
 
 The stack answers the questions the session asks on every click: which window a click belongs
 to (:meth:`WindowStack.containing`), which voxels of the original grid a window decides
-(:meth:`footprint`, :meth:`covered`), and where the object leaves a window
+(:meth:`footprint`, :meth:`owned`), and where the object leaves a window
 (:meth:`border_seed`, the start of the next automatic window). It never touches the mask: that
 is the session's.
 
@@ -207,18 +207,6 @@ class WindowStack:
         for s in states:
             region = union_region(region, window_footprint(s.window, self.geometry))
         return region
-
-    def covered(self, region: Slices3, states: Sequence[WindowState]) -> np.ndarray:
-        """Boolean (z, y, x) block of ``region``: voxel centre inside any of ``states``' windows."""
-        zz, yy, xx = np.meshgrid(*(np.arange(s.start, s.stop) for s in region), indexing="ij")
-        index_xyz = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1).astype(np.float64)
-        points = self.geometry.index_to_lps(index_xyz)
-        covered = np.zeros(len(points), dtype=bool)
-        size = self.card.input_size
-        for s in states:
-            idx = s.window.lps_to_index(points)
-            covered |= np.all((idx >= -0.5) & (idx <= size - 0.5), axis=1)
-        return covered.reshape(zz.shape)
 
     def owned(self, state: WindowState, region: Slices3) -> np.ndarray:
         """Boolean (z, y, x) block of ``region``: the voxels ``state``'s window decides (see module docstring).
