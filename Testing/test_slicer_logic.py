@@ -543,6 +543,7 @@ def test_clear_points_next_segment_and_reset(case) -> None:
     assert plus.GetNumberOfControlPoints() == 1
 
     new_id = logic.addNextSegment(segmentation, "C")
+    assert segmentation.GetSegmentation().GetSegment(new_id).GetName() == "C"
     new_plus, new_minus = get_points_nodes(segmentation, new_id)
     assert new_plus is not None and new_minus is not None and new_plus is not plus
     new_plus.AddControlPoint(*centres[1])

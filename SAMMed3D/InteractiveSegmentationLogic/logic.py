@@ -544,7 +544,7 @@ class InteractiveSegmentationLogic:
     def addNextSegment(self, segmentationNode: Any, name: str = "") -> str:
         """Add an empty segment (the previous ones are kept), with its points nodes; returns its ID."""
         require_in_scene(segmentationNode, "segmentation")
-        segmentId = segmentationNode.GetSegmentation().AddEmptySegment(name)
+        segmentId = segmentationNode.GetSegmentation().AddEmptySegment("", name)  # (ID, name): Slicer picks the ID
         self.pointsNodesForSegment(segmentationNode, segmentId, create=True)
         self.endSession()
         return segmentId

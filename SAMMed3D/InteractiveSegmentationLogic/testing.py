@@ -62,6 +62,36 @@ def bright_spot_model() -> Any:
     return BrightSpotModel()
 
 
+def click_following_model() -> Any:
+    """Like :func:`bright_spot_model`, but following the clicks: a bright voxel of the window is
+    predicted when its nearest click is a positive one.
+
+    So a − click on a part of the segment removes the bright voxels nearer to it than to every
+    + click, whatever the trained weights would do: pages and scripts that pass clicks on can be
+    checked for the sign and the place of every click.
+    """
+    import torch
+
+    model = bright_spot_model()
+    model.card.name = "click-following"
+    bright = type(model).predict_low_res
+
+    def predict_low_res(image_embeddings, coords, labels, mask_logits):  # type: ignore[no-untyped-def]
+        logits, iou = bright(model, image_embeddings, coords, labels, mask_logits)
+        if coords is None or labels is None or not bool((labels == 0).any()):
+            return logits, iou
+        grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in logits.shape[2:]), indexing="ij"), -1)
+        points = coords[0].to(torch.float32) * (logits.shape[2] / image_embeddings.shape[2])
+        distance = torch.cdist(grid.reshape(-1, 3), points).reshape(*logits.shape[2:], -1)
+        positive = labels[0] > 0
+        nearest_positive = distance[..., positive].min(-1).values if bool(positive.any()) else torch.full(logits.shape[2:], float("inf"))
+        nearest_negative = distance[..., ~positive].min(-1).values
+        return torch.where((nearest_negative < nearest_positive)[None, None], torch.full_like(logits, -10.0), logits), iou
+
+    model.predict_low_res = predict_low_res
+    return model
+
+
 def rotation_matrix(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
     """(3, 3) rotation about ``axis`` (Rodrigues)."""
     a = np.asarray(axis, dtype=np.float64)

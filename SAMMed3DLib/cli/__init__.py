@@ -20,7 +20,7 @@ import sys
 from ..errors import SAMMed3DError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("models", "segment", "evaluate", "demo", "benchmark")
+COMMAND_MODULES: tuple[str, ...] = ("models", "segment", "evaluate", "demo", "benchmark", "web")
 
 logger = logging.getLogger(__name__)
 
