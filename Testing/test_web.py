@@ -313,6 +313,7 @@ def test_segments_each_keep_their_own_clicks(scene) -> None:
 
     editor, volume, placed = _editor(scene, bright_spot_model())
     first = editor.segment_id
+    assert editor.segments() == [{"id": first, "name": "Segment_1", "color": "#e66633"}]
     first_positive, _ = editor.points_nodes()
 
     async def session() -> None:

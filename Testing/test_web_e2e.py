@@ -135,6 +135,18 @@ def page(web, browser, case):
 # -- helpers ------------------------------------------------------------------------------------
 
 
+def _until(condition, timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _status(page) -> str:
     return page.inner_text("#sam-status")
 
@@ -261,6 +273,14 @@ def test_the_page_shows_the_four_views_and_the_centre_slice_of_the_volume(page, 
 
     # the axial view shows the centre slice: within one slice (2.5 mm) of the volume's centre
     assert centre_offset() <= SPACING[2] / 2 + 1e-6
+    # the mouse wheel moves through the slices, one slice a notch, and places no point
+    box = _image_box(page)
+    before = _view_geometry(web)["offset"]
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, 100)
+    assert _until(lambda: abs(_view_geometry(web)["offset"] - before) > 1e-6), "the wheel did not move the slice"
+    assert abs(abs(_view_geometry(web)["offset"] - before) - SPACING[2]) < 1e-3
+    assert _points(web, positive=True).shape == (0, 3)
 
 
 def test_a_click_in_the_axial_view_places_a_positive_point_where_the_view_shows_it_and_fills_the_segment(page, web, case) -> None:
@@ -353,6 +373,30 @@ def test_save_writes_a_segmentation_nifti_and_markups_that_load_back(page, web, 
         assert reader.ReadData(markups)
         assert markups.GetNumberOfControlPoints() == 1
         assert np.allclose(markups.GetNthControlPointPosition(0), _points(web, positive=sign)[0], atol=1e-3)
+    # Download: the same files, zipped, to the browser's machine
+    import zipfile
+
+    with page.expect_download(timeout=UPDATE_TIMEOUT_MS) as download:
+        page.click("#sam-download")
+    assert download.value.suggested_filename == "phantom-seg.zip"
+    archive = zipfile.ZipFile(download.value.path())
+    assert sorted(archive.namelist()) == sorted(p.name for p in [seg, nifti, out / "phantom-seg.labels.json", positive[0], negative[0]])
+    assert archive.read(nifti.name) and archive.getinfo(seg.name).file_size > 0
+
+
+def test_an_uploaded_volume_replaces_the_shown_one(page, web, case, tmp_path) -> None:
+    upload = tmp_path / "uploaded-ct.nrrd"
+    small = sitk.RegionOfInterest(case["image"], [80, 70, 30], [10, 10, 5])
+    sitk.WriteImage(small, str(upload))
+    page.locator("input[type=file]").first.set_input_files(str(upload))
+    page.wait_for_function("document.querySelector('#sam-save-name').value === 'uploaded-ct'", timeout=UPDATE_TIMEOUT_MS)
+    _wait_status(page, "voxels=0", "steps=0")
+
+    def shown():
+        volume = web.app.editor.volume
+        return volume.GetName(), tuple(volume.GetImageData().GetDimensions())
+
+    assert shown() == ("uploaded-ct", (80, 70, 30))
 
 
 def _ijk_to_ras(volume, ijk) -> np.ndarray:
@@ -373,3 +417,52 @@ def _write_screenshot(page, case) -> None:
     target = SCREENSHOT if os.environ.get("SAMMED3D_UPDATE_SCREENSHOT") else case["folder"] / "web.png"
     picture.save(target, optimize=True)
     assert target.stat().st_size < 300_000, f"{target} is {target.stat().st_size} bytes; keep it under 300 kB"
+
+
+def test_the_command_serves_on_loopback_from_a_given_segmentation_and_stops_on_ctrl_c(browser, case, tmp_path) -> None:
+    """``sammed3d web IMAGE --segmentation SEG`` as a user runs it: the loaded segment is the
+    starting mask (the status counts it before any click), a click refines it, Ctrl+C stops."""
+    import signal
+    import socket
+    import time
+
+    label = sitk.GetImageFromArray(case["sphere"].astype(np.uint8))
+    label.CopyInformation(case["image"])
+    seg = tmp_path / "start.nii.gz"
+    sitk.WriteImage(label, str(seg))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = "import sys; from SAMMed3DLib.cli import main; sys.argv[0] = 'sammed3d'; sys.exit(main())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "SAMMed3D")])}
+    args = ["web", str(case["path"]), "--segmentation", str(seg), "--port", str(port), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "open http://" in line:
+                break
+        assert f"open http://127.0.0.1:{port}/" in "".join(lines), ("".join(lines), process.poll())
+        assert f"ssh -L {port}:127.0.0.1:{port}" in "".join(lines) + process.stdout.readline()
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#sam-view-axial img", timeout=60_000)
+        assert _voxels_in_status(_wait_status(page, "steps=0")) == int(case["sphere"].sum())
+        box = _image_box(page)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        text = _wait_status(page, "steps=1", "points +1")
+        assert _voxels_in_status(text) > 0
+        page.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+    assert process.returncode in (0, 130) and "Traceback" not in err, (process.returncode, err[-2000:])

@@ -20,9 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "web",
         help="segment in a browser: slice and 3D views, ± clicks, undo, save (needs the web extra)",
-        description=__doc__,
+        description=(
+            "Serve the interactive loop as a web page: slice and 3D views of IMAGE on Slicer core, + and - clicks "
+            "through the Slicer module's logic, undo, several segments, save. Needs the web extra "
+            '(pip install -e ".[web]") in a source checkout. Serves on 127.0.0.1: reach it from another machine '
+            "through an SSH tunnel (ssh -L 8080:127.0.0.1:8080 HOST)."
+        ),
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="NIfTI, NRRD, MHA file or DICOM folder to show (or upload one in the page)")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="NIfTI, NRRD, MHA file or DICOM folder to show (or upload one in the page)")
     p.add_argument("--segmentation", metavar="SEG", help="start from this segmentation (.seg.nrrd, or a label image on IMAGE)")
     p.add_argument("--sample", action="store_true", help="show the demo's sample volume (MNI152 T1, or a phantom without nilearn)")
     p.add_argument("--out", default="sammed3d-web", help="folder the Save button writes into (default: %(default)s)")
@@ -40,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.images and args.sample:
+    if args.image and args.sample:
         raise ConfigError("give IMAGE or --sample, not both")
     warning = server.check_host(args.host, args.allow_remote)
     options = WebOptions(
-        images=tuple(args.images),
+        images=(args.image,) if args.image else (),
         segmentation=args.segmentation,
         model=args.model,
         device=args.device,

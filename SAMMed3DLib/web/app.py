@@ -35,7 +35,7 @@ class WebOptions:
     """What ``sammed3d web`` was asked for.
 
     Attributes:
-        images: volumes given on the command line (the first is shown).
+        images: the volume given on the command line (a one-item sequence; empty: upload one).
         segmentation: a segmentation to start from (``.seg.nrrd`` or a label image), or None.
         model, device: the model (registry name or checkpoint path) and device.
         out_dir: where Save writes.
@@ -116,12 +116,12 @@ class WebApp:
     # -- loading ---------------------------------------------------------------------------------
 
     def load_paths(self, images: Sequence[str], segmentation: str | None = None) -> Any:
-        """Load the first of ``images`` (files or DICOM folders, read as the CLI reads them)."""
+        """Show the first of ``images`` (a file or a DICOM folder, read as the CLI reads it)."""
         from ..io import read_image
 
         path = Path(images[0])
         image = read_image(path)
-        self.inputs = [(f"the input image {str(p)!r}", Path(p)) for p in images]
+        self.inputs = [(f"the input image {str(path)!r}", path)]
         if segmentation is not None:
             self.inputs.append((f"the input segmentation {segmentation!r}", Path(segmentation)))
         return self.show_image(image, web_scene.volume_name(path), segmentation)
@@ -203,34 +203,44 @@ class WebApp:
     def add_segment(self) -> None:
         if self.editor.segmentation is None:
             return
-        self.editor.add_segment(str(self.server.state.sam_new_segment_name or "").strip())
+        try:
+            self.editor.add_segment(str(self.server.state.sam_new_segment_name or "").strip())
+        except SAMMed3DError as exc:
+            self.editor.info.message = f"error: {exc}"
+            self.push_state()
+            return
         self.server.state.sam_new_segment_name = ""
 
     def save(self) -> list[Path]:
         """Save into the output folder (the page's Save button)."""
-        return self._save(Path(self.options.out_dir))
+        return self._save(Path(self.options.out_dir), "saved")
 
-    def _save(self, folder: Path) -> list[Path]:
+    def _save(self, folder: Path, done: str) -> list[Path]:
         editor = self.editor
-        if editor.segmentation is None or editor.busy:
+        if editor.segmentation is None:
+            return []
+        if editor.busy:
+            self._saved("not saved: an update is running; save when it is written")
             return []
         stem = str(self.server.state.sam_save_name or "segmentation").strip()
         nodes = {i: editor.points_nodes(i) for i in web_scene.segment_ids(editor.segmentation)}
         try:
             written = saving.save(folder, stem, editor.volume, editor.segmentation, nodes, inputs=self.inputs)
         except SAMMed3DError as exc:
-            with self.server.state as state:
-                state.sam_saved = f"not saved: {exc}"
+            self._saved(f"not {done}: {exc}")
             return []
-        with self.server.state as state:
-            state.sam_saved = "saved " + ", ".join(p.name for p in written)
-        logger.info("saved %s", ", ".join(str(p) for p in written))
+        self._saved(f"{done} " + ", ".join(p.name for p in written))
+        logger.info("%s %s", done, ", ".join(str(p) for p in written))
         return written
+
+    def _saved(self, text: str) -> None:
+        with self.server.state as state:
+            state.sam_saved = text
 
     def download(self) -> Any:
         """The saved files as a zip archive for the browser (nothing is kept on the server)."""
         with tempfile.TemporaryDirectory(prefix="sammed3d-download-") as folder:
-            written = self._save(Path(folder))
+            written = self._save(Path(folder), "downloaded")
             payload = saving.zipped(written) if written else b""
         return self.server.protocol.addAttachment(payload)
 

@@ -178,6 +178,15 @@ def segment_mask(segmentation_node: Any, segment_id: str, volume_node: Any) -> n
     return labelmaps.read_segment(segmentation_node, segment_id, world_to_local @ volume_ijk_to_world_ras(volume_node), extent)
 
 
+def segment_mtime(segmentation_node: Any, segment_id: str) -> int:
+    """A number that changes whenever the segment's voxels do (its labelmap's modification time)."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        return -1
+    labelmap = segment.GetRepresentation("Binary labelmap")
+    return int(labelmap.GetMTime()) if labelmap is not None else 0
+
+
 def segment_voxels(segmentation_node: Any, segment_id: str, volume_node: Any) -> int:
     """How many voxels of the volume's grid the segment covers."""
     return int(np.count_nonzero(segment_mask(segmentation_node, segment_id, volume_node)))
