@@ -255,3 +255,25 @@ def box_window_spacing(box: Box, size: int, spacing_mm: float, margin_voxels: in
     """
     usable = max(size - 1 - 2 * margin_voxels, 1)
     return float(max(spacing_mm, float(np.max(box.extent_mm)) / usable))
+
+
+#: Default of ``box=`` in ``Session.predict`` and ``Session.set_points``: keep the current box.
+KEEP_BOX: Any = object()
+
+
+def as_box(box: Any) -> Box | None:
+    """A :class:`Box` from a Box, two corners, or None."""
+    if box is None or isinstance(box, Box):
+        return box
+    try:
+        corner_a, corner_b = box
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"a box is two opposite corners ((x, y, z), (x, y, z)) in LPS mm, got {box!r}") from exc
+    return Box.from_corners(corner_a, corner_b)
+
+
+def same_box(a: Box | None, b: Box | None) -> bool:
+    """Whether two boxes (or None) are the same."""
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a.lo_lps, b.lo_lps) and np.array_equal(a.hi_lps, b.hi_lps))

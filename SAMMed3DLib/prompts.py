@@ -90,14 +90,12 @@ def order_clicks(
         (P + Q, 3) float64 points and (P + Q,) int64 labels.
 
     Raises:
-        PromptError: there is no positive point (and ``allow_negative_first`` is False), or no point at all.
+        PromptError: there is no positive point and ``allow_negative_first`` is False.
     """
     positive_lps = as_points(positive_lps)
     negative_lps = as_points(negative_lps)
     if not allow_negative_first:
         require_positive(positive_lps)
-    elif len(positive_lps) + len(negative_lps) == 0:
-        raise PromptError("no point: place a + point (object here) or a - point (not object here)")
     remaining = [(p, 1) for p in positive_lps] + [(p, 0) for p in negative_lps]
     ordered: list[tuple[np.ndarray, int]] = []
     for point, label in zip(np.asarray(previous_lps).reshape(-1, 3), np.asarray(previous_labels).reshape(-1)):
@@ -106,7 +104,7 @@ def order_clicks(
                 ordered.append(remaining.pop(i))
                 break
     ordered += remaining
-    if ordered[0][1] == 0 and not allow_negative_first:
+    if ordered and ordered[0][1] == 0 and not allow_negative_first:
         first_positive = next(i for i, (_, label) in enumerate(ordered) if label == 1)
         ordered.insert(0, ordered.pop(first_positive))
     points = np.array([p for p, _ in ordered], dtype=np.float64).reshape(-1, 3)

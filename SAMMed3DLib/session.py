@@ -42,13 +42,14 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from .card import ModelCard, official_card
-from .editing import Box
+from .editing import KEEP_BOX, Box, as_box, same_box
 from .errors import ConfigError, PromptError, SessionStateError
 from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
 from .history import History
@@ -364,7 +365,7 @@ class Session(WindowSteps):
         self._require_image()
         return self.click(self.geometry.index_to_lps(np.asarray(index_xyz, dtype=np.float64)), positive)
 
-    def set_points(self, positive_lps: np.ndarray, negative_lps: np.ndarray) -> ClickResult:
+    def set_points(self, positive_lps: np.ndarray, negative_lps: np.ndarray, box: Any = KEEP_BOX) -> ClickResult:
         """Bring the session to exactly these positive and negative points, in any order.
 
         For an editor that keeps the object's points as two sets (Slicer's markups nodes): the
@@ -373,18 +374,22 @@ class Session(WindowSteps):
         pass and only a moved or deleted one replays. See :meth:`predict`.
 
         Args:
-            positive_lps: (P, 3) LPS mm, P ≥ 1.
+            positive_lps: (P, 3) LPS mm, P ≥ 1 (P = 0 allowed when editing a mask or inside a box).
             negative_lps: (Q, 3) LPS mm.
+            box: see :meth:`predict`.
         """
         self._require_image()
-        points, labels = order_clicks(self.points_lps, self.labels, positive_lps, negative_lps, allow_negative_first=self._can_start_negative)
-        return self.predict(points, labels)
+        new_box = self._box if box is KEEP_BOX else as_box(box)
+        allow = self._editing or new_box is not None
+        points, labels = order_clicks(self.points_lps, self.labels, positive_lps, negative_lps, allow_negative_first=allow)
+        return self.predict(points, labels, box=new_box)
 
     def predict(
         self,
         points_lps: np.ndarray | Sequence[Sequence[float]],
         labels: Sequence[int] | np.ndarray,
         progress: Callable[[int, int], None] | None = None,
+        box: Any = KEEP_BOX,
     ) -> ClickResult:
         """Bring the session to exactly these clicks (in order) and return the mask.
 
@@ -398,15 +403,20 @@ class Session(WindowSteps):
             labels: (N,) 1 positive / 0 negative.
             progress: ``progress(done, total)``, called after each click that runs (the
                 ``sammed3d segment`` command's bar for many clicks).
+            box: the object's box as two LPS corners (or a :class:`~SAMMed3DLib.editing.Box`), or
+                None for none; by default the current one is kept. A changed box replays the object.
         """
         self._require_image()
         pts = as_points(points_lps)
         labs = as_labels(labels, len(pts))
+        new_box = self._box if box is KEEP_BOX else as_box(box)
+        if new_box is not None:
+            self._check_point(new_box.center_lps)
         # Validate every click before anything changes: a bad point leaves the session as it was.
         checked = [self._check_point(p) for p in pts]
-        self._check_labels(labs, first=True, points=pts)
+        self._check_labels(labs, first=True, points=pts, box=new_box)
         n = len(self._points_lps)
-        is_prefix = n <= len(pts) and all(
+        is_prefix = same_box(new_box, self._box) and n <= len(pts) and all(
             np.array_equal(self._points_lps[i], pts[i]) and self._labels[i] == labs[i] for i in range(n)
         )
         t0 = time.perf_counter()
@@ -425,7 +435,7 @@ class Session(WindowSteps):
                 if progress is not None:
                     progress(done, len(pts) - n)
         else:
-            region, previous, ran = self._replay(self._box, checked, labs, timings, progress)
+            region, previous, ran = self._replay(new_box, checked, labs, timings, progress)
         timings["total"] = time.perf_counter() - t0
         change = self._change(region, previous)
         if len(pts) != n or not is_prefix:
@@ -448,9 +458,7 @@ class Session(WindowSteps):
         self._require_image()
         box = Box.from_corners(corner_a_lps, corner_b_lps)
         self._check_point(box.center_lps)
-        positives = self.points_lps[self.labels == 1]
-        if len(positives) and not box.contains_lps(positives).all():
-            raise PromptError("a positive click lies outside the box: the box bounds the object, so draw it around every + point")
+        self._check_labels(list(self._labels), first=True, points=self.points_lps, box=box)
         return self._restart(box)
 
     def clear_box(self) -> ClickResult:
@@ -543,20 +551,17 @@ class Session(WindowSteps):
             result._detach()
         self._results.clear()
 
-    @property
-    def _can_start_negative(self) -> bool:
-        return self._editing or self._box is not None
-
-    def _check_labels(self, labels: Sequence[int], first: bool, points: np.ndarray) -> None:
+    def _check_labels(self, labels: Sequence[int], first: bool, points: np.ndarray, box: Any = KEEP_BOX) -> None:
         """Refuse a negative first click of a fresh object and positive clicks outside the box."""
-        if first and labels and not labels[0] and not self._can_start_negative:
+        box = self._box if box is KEEP_BOX else box
+        if first and labels and not labels[0] and not (self._editing or box is not None):
             raise PromptError(
                 "the first click of an object must be positive: click inside the structure first (a negative "
                 "click alone is valid only when correcting an existing mask, set_mask, or inside a box, set_box)"
             )
-        if self._box is not None:
+        if box is not None:
             positive = np.asarray(labels, dtype=np.int64) == 1
-            if positive.any() and not self._box.contains_lps(points[positive]).all():
+            if positive.any() and not box.contains_lps(points[positive]).all():
                 raise PromptError("a positive click lies outside the object's box: move the box around it (set_box) or clear_box()")
 
     def _check_point(self, point_lps: Sequence[float] | np.ndarray) -> np.ndarray:
