@@ -50,7 +50,7 @@ import SimpleITK as sitk
 
 from scipy import ndimage
 
-from .boxes import Box
+from .boxes import VoxelBox
 from .errors import ConfigError, ImageError, PromptError
 from .geometry import ImageGeometry
 
@@ -195,7 +195,7 @@ class GrowCutSession:
         Raises:
             PromptError: a corner is malformed, or the box holds no voxel of the image.
         """
-        box = Box.from_corners_lps(self._geometry, corner_a_lps, corner_b_lps)
+        box = VoxelBox.from_corners_lps(self._geometry, corner_a_lps, corner_b_lps)
         self._base_mask[...] = 0
         self.reset()
         lo = np.asarray(box.first_zyx) - 1

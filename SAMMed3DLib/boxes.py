@@ -1,12 +1,15 @@
 """3D box prompts on an image grid: the CVPR 2025 challenge's box of a structure, and its corners in LPS.
 
-A :class:`Box` is a block of voxels of one image, given by its first and last voxel along each
-array axis (both included, SimpleITK array order (z, y, x)). Its physical extent runs from the
-outer corner of its first voxel to the outer corner of its last one, so the two opposite corners
-(:meth:`Box.corners_lps`) are the continuous indices ``first - 0.5`` and ``last + 0.5`` mapped
-through the image geometry — exact on oblique and anisotropic grids, and
-:meth:`Box.from_corners_lps` gives the same voxels back. The box is a block of the image's own
-grid: on an oblique image its faces are oblique in LPS too.
+A :class:`VoxelBox` is a block of voxels of one image, given by its first and last voxel along each
+array axis (both included, SimpleITK array order (z, y, x)). Prompts give a box the way
+:meth:`SAMMed3DLib.session.Session.set_box` takes it: two opposite corners of a box whose faces
+are perpendicular to the L, P and S axes (:class:`SAMMed3DLib.editing.Box`).
+:meth:`VoxelBox.bounds_lps` gives those corners for a block: the least and greatest LPS coordinates of
+the outer corners of its voxels (continuous indices ``first - 0.5`` and ``last + 0.5`` through the
+image geometry), so every voxel of the block has its centre inside. On an image whose axes run
+along L, P and S (flipped or permuted included) the two boxes are the same voxels, exactly, and
+:meth:`VoxelBox.from_corners_lps` gives the block back; on an oblique image the LPS box is the one
+that holds the block, a little larger.
 
 :func:`cvpr25_box` is the box the CVPR 2025 "Foundation Models for Interactive 3D Biomedical
 Image Segmentation" challenge gives as the first prompt (its ``get_boxes.py``):
@@ -39,7 +42,7 @@ CVPR25_SHIFT_REFERENCE = 256
 
 
 @dataclass(frozen=True)
-class Box:
+class VoxelBox:
     """A block of voxels: ``first_zyx`` to ``last_zyx`` (array indices, both included).
 
     Raises:
@@ -78,17 +81,21 @@ class Box:
         out[self.slices] = True
         return out
 
-    def corners_lps(self, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
-        """Two opposite corners of the box's physical extent, LPS mm: the outer corners of its first and last voxels."""
-        first_xyz = np.array(self.first_zyx[::-1], dtype=np.float64) - 0.5
-        last_xyz = np.array(self.last_zyx[::-1], dtype=np.float64) + 0.5
-        return geometry.index_to_lps(first_xyz), geometry.index_to_lps(last_xyz)
+    def bounds_lps(self, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) LPS mm: two opposite corners of the LPS box holding the block's physical extent."""
+        first = np.array(self.first_zyx[::-1], dtype=np.float64) - 0.5
+        last = np.array(self.last_zyx[::-1], dtype=np.float64) + 0.5
+        corners = np.array([[(first, last)[c][axis] for axis, c in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+        points = geometry.index_to_lps(corners)
+        return points.min(axis=0), points.max(axis=0)
 
     @classmethod
-    def from_corners_lps(cls, geometry: ImageGeometry, corner_a_lps: Sequence[float], corner_b_lps: Sequence[float]) -> Box:
-        """The voxels of ``geometry`` whose centres lie in the index-space box spanned by two corners.
+    def from_corners_lps(cls, geometry: ImageGeometry, corner_a_lps: Sequence[float], corner_b_lps: Sequence[float]) -> VoxelBox:
+        """The smallest block of ``geometry``'s voxels holding every voxel whose centre lies in an LPS box.
 
-        The corners may be given in either order; the box is clipped to the image.
+        The LPS box is the one with faces perpendicular to L, P, S and these two opposite corners
+        (in either order), as :meth:`SAMMed3DLib.session.Session.set_box` reads it; the block is
+        clipped to the image.
 
         Raises:
             PromptError: a corner is not 3 finite numbers, or no voxel centre lies in the box
@@ -102,22 +109,22 @@ class Box:
                 raise PromptError(f"a box corner must be 3 numbers (x, y, z in mm), got {corner!r}") from exc
             if not np.all(np.isfinite(point)):
                 raise PromptError(f"a box corner must be finite, got {point.tolist()}")
-            corners.append(geometry.lps_to_index(point))
-        lo_xyz = np.minimum(*corners)
-        hi_xyz = np.maximum(*corners)
+            corners.append(point)
+        lo, hi = np.minimum(*corners), np.maximum(*corners)
+        box_corners = np.array([[(lo, hi)[c][axis] for axis, c in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+        index = geometry.lps_to_index(box_corners)
         size = np.asarray(geometry.size_xyz)
-        first = np.maximum(np.ceil(lo_xyz - 1e-6), 0).astype(int)
-        last = np.minimum(np.floor(hi_xyz + 1e-6), size - 1).astype(int)
+        first = np.maximum(np.ceil(index.min(axis=0) - 1e-6), 0).astype(int)
+        last = np.minimum(np.floor(index.max(axis=0) + 1e-6), size - 1).astype(int)
         if np.any(last < first):
             raise PromptError(
-                f"the box from LPS {np.round(corner_a_lps, 2).tolist()} to {np.round(corner_b_lps, 2).tolist()} mm holds no voxel "
-                f"of the image of size {list(geometry.size_xyz)} (voxel {np.round(lo_xyz, 1).tolist()} to {np.round(hi_xyz, 1).tolist()}): "
-                "draw the box over the image, at least one voxel thick"
+                f"the box from LPS {np.round(lo, 2).tolist()} to {np.round(hi, 2).tolist()} mm holds no voxel "
+                f"of the image of size {list(geometry.size_xyz)}: draw the box over the image, at least one voxel thick"
             )
         return cls(tuple(first[::-1].tolist()), tuple(last[::-1].tolist()))  # type: ignore[arg-type]
 
 
-def cvpr25_box(gt_zyx: np.ndarray, rng: np.random.Generator | None = None) -> Box:
+def cvpr25_box(gt_zyx: np.ndarray, rng: np.random.Generator | None = None) -> VoxelBox:
     """The CVPR 2025 challenge's box of a structure (see the module docstring).
 
     Args:
@@ -148,7 +155,7 @@ def cvpr25_box(gt_zyx: np.ndarray, rng: np.random.Generator | None = None) -> Bo
     dx, dy = int(shift * width / CVPR25_SHIFT_REFERENCE), int(shift * height / CVPR25_SHIFT_REFERENCE)
     first = (int(z_slices[0]), max(0, int(ys.min()) - dy), max(0, int(xs.min()) - dx))
     last = (int(z_slices[-1]), min(height - 1, int(ys.max()) + dy), min(width - 1, int(xs.max()) + dx))
-    return Box(first, last)
+    return VoxelBox(first, last)
 
 
-__all__ = ["Box", "CVPR25_MAX_SHIFT", "cvpr25_box"]
+__all__ = ["CVPR25_MAX_SHIFT", "VoxelBox", "cvpr25_box"]

@@ -186,7 +186,7 @@ def run_cvpr25_structure(
     segmenter.reset()
     spacing = tuple(float(s) for s in geometry.spacing_xyz_mm[::-1])
     box = cvpr25_box(gt_zyx, rng)
-    corner_a, corner_b = box.corners_lps(geometry)
+    corner_a, corner_b = box.bounds_lps(geometry)
     start = time.perf_counter()
     segmenter.set_box(corner_a, corner_b)  # type: ignore[attr-defined]
     elapsed = time.perf_counter() - start

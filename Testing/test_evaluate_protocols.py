@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMMed3DLib.boxes import Box, cvpr25_box
+from SAMMed3DLib.boxes import VoxelBox, cvpr25_box
 from SAMMed3DLib.clicks import cvpr25_click
 from SAMMed3DLib.cli import main
 from SAMMed3DLib.corruption import corrupt
@@ -31,8 +31,13 @@ def _ball(center: tuple[int, int, int], radius_mm: float) -> np.ndarray:
     return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, spacing_zyx)) <= radius_mm**2
 
 
-def _write_case(folder: Path, seed: int = 0) -> None:
-    """Bright noisy balls on a dark background, on an oblique anisotropic grid, with labels."""
+#: Index axes along -P, +S, -L (permuted and flipped), and an oblique grid.
+PERMUTED = (0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+OBLIQUE = sitk.VersorTransform((0.2, 0.1, 1.0), 0.4).GetMatrix()
+
+
+def _write_case(folder: Path, direction: tuple[float, ...], seed: int = 0) -> None:
+    """Bright noisy balls on a dark background, on an anisotropic grid, with labels."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     image = rng.normal(20.0, 4.0, SHAPE_ZYX).astype(np.float32)
@@ -45,7 +50,7 @@ def _write_case(folder: Path, seed: int = 0) -> None:
         out = sitk.GetImageFromArray(array)
         out.SetSpacing(SPACING_XYZ)
         out.SetOrigin((-30.0, 25.0, 60.0))
-        out.SetDirection(sitk.VersorTransform((0.2, 0.1, 1.0), 0.4).GetMatrix())
+        out.SetDirection(direction)
         sitk.WriteImage(out, str(folder / name))
     (folder / "labels.json").write_text(json.dumps({"labels": {str(v): s[0] for v, s in STRUCTURES.items()}}))
 
@@ -53,7 +58,8 @@ def _write_case(folder: Path, seed: int = 0) -> None:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("protocol_data")
-    _write_case(root / "oblique")
+    _write_case(root / "permuted", PERMUTED)
+    _write_case(root / "oblique", OBLIQUE, seed=1)
     return root
 
 
@@ -67,7 +73,7 @@ class BoxPainter:
         self.calls: list[tuple] = []
 
     def set_box(self, corner_a_lps, corner_b_lps) -> None:  # noqa: ANN001
-        box = Box.from_corners_lps(self.geometry, corner_a_lps, corner_b_lps)
+        box = VoxelBox.from_corners_lps(self.geometry, corner_a_lps, corner_b_lps)
         self._mask[...] = 0
         self._mask[box.slices] = 1
         self.calls.append(("box", box))
@@ -108,14 +114,14 @@ def test_cvpr25_gives_the_challenge_box_as_lps_corners_then_clicks_in_the_error(
         painters.append(BoxPainter(image))
         return painters[-1]
 
-    result = evaluate(data_dir, method=factory, protocol="cvpr25", seed=3)
+    result = evaluate(data_dir, method=factory, protocol="cvpr25", seed=3, cases=["permuted"])
     assert result.protocol == "cvpr25" and result.clicks == (0, 1, 2, 3, 4, 5) and result.tolerance_mm == 2.0
-    label = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "oblique" / "label.nii.gz")))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "permuted" / "label.nii.gz")))
     boxes = [c[1] for c in painters[0].calls if c[0] == "box"]
     for value, box in zip(STRUCTURES, boxes):
         gt = label == value
-        # The corners arrived through LPS on the oblique grid and give back the challenge's box exactly.
-        assert box == cvpr25_box(gt, structure_rng(3, "oblique", value))
+        # The corners arrived as an LPS box on the permuted grid and give back the challenge's box exactly.
+        assert box == cvpr25_box(gt, structure_rng(3, "permuted", value))
         rows = [r for r in result.rows if r.label == value]
         box_mask = box.mask(gt.shape)
         assert rows[0].clicks == 0 and rows[0].dice == pytest.approx(dice(box_mask, gt))
@@ -138,6 +144,21 @@ def test_cvpr25_gives_the_challenge_box_as_lps_corners_then_clicks_in_the_error(
     assert line["final_dice"] == pytest.approx(np.mean([s["dice"][-1] for s in line["per_structure"]]), abs=1e-6)
 
 
+def test_cvpr25_box_on_an_oblique_grid_holds_the_challenge_box(data_dir: Path) -> None:
+    painters: list[BoxPainter] = []
+
+    def factory(image: sitk.Image) -> BoxPainter:
+        painters.append(BoxPainter(image))
+        return painters[-1]
+
+    evaluate(data_dir, method=factory, protocol="cvpr25", clicks=[1], seed=3, cases=["oblique"])
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "oblique" / "label.nii.gz")))
+    boxes = [c[1] for c in painters[0].calls if c[0] == "box"]
+    for value, box in zip(STRUCTURES, boxes):
+        wanted = cvpr25_box(label == value, structure_rng(3, "oblique", value))
+        assert all(a <= b for a, b in zip(box.first_zyx, wanted.first_zyx)) and all(a >= b for a, b in zip(box.last_zyx, wanted.last_zyx))
+
+
 def test_correction_starts_from_the_seeded_corruption_and_reports_the_changes(data_dir: Path) -> None:
     painters: list[BoxPainter] = []
 
@@ -145,7 +166,7 @@ def test_correction_starts_from_the_seeded_corruption_and_reports_the_changes(da
         painters.append(BoxPainter(image))
         return painters[-1]
 
-    result = evaluate(data_dir, method=factory, protocol="correction", clicks=[4], corruption="dilate", seed=1)
+    result = evaluate(data_dir, method=factory, protocol="correction", clicks=[4], corruption="dilate", seed=1, cases=["oblique"])
     assert result.clicks == (0, 1, 2, 3, 4) and result.corruption == "dilate"
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "oblique" / "label.nii.gz")))
     masks = [c[1] for c in painters[0].calls if c[0] == "mask"]
@@ -178,7 +199,7 @@ def test_a_method_without_box_or_mask_input_is_refused_for_those_protocols(data_
 
 
 def test_grow_from_seeds_segments_a_ball_from_its_box_alone(data_dir: Path) -> None:
-    result = evaluate(data_dir, method="growcut", protocol="cvpr25", seed=0)
+    result = evaluate(data_dir, method="growcut", protocol="cvpr25", seed=0, cases=["oblique"])
     assert result.model == "grow-from-seeds" and result.structures == 2
     for r in result.rows:
         assert r.dice > 0.9, r  # the box alone (step 0) already finds each bright ball
@@ -187,7 +208,7 @@ def test_grow_from_seeds_segments_a_ball_from_its_box_alone(data_dir: Path) -> N
 
 
 def test_grow_from_seeds_corrects_an_existing_mask(data_dir: Path) -> None:
-    result = evaluate(data_dir, method="growcut", protocol="correction", seed=0)
+    result = evaluate(data_dir, method="growcut", protocol="correction", seed=0, cases=["oblique"])
     line = result.to_json_dict()
     assert 0.80 <= line["start_dice"] <= 0.95
     # The mask's seeds (eroded inside, outside the dilation) and one click recover the bright balls.
@@ -201,10 +222,10 @@ def test_grow_from_seeds_session_box_and_mask_prompts() -> None:
     image_zyx = np.where(ball, 200.0, 10.0).astype(np.float32)
     image = sitk.GetImageFromArray(image_zyx)
     image.SetSpacing(SPACING_XYZ)
-    image.SetDirection(sitk.VersorTransform((0.2, 0.1, 1.0), 0.4).GetMatrix())
+    image.SetDirection(OBLIQUE)
     geometry = ImageGeometry.from_image(image)
     session = GrowCutSession(image)
-    corners = cvpr25_box(ball).corners_lps(geometry)
+    corners = cvpr25_box(ball).bounds_lps(geometry)
     assert np.array_equal(session.set_box(*corners) != 0, ball)
 
     leak = ball | _ball((14, 20, 27), 5.0)  # a mask leaking into the background
@@ -224,7 +245,8 @@ def test_grow_from_seeds_session_box_and_mask_prompts() -> None:
 @pytest.mark.parametrize("protocol", ["cvpr25", "correction"])
 def test_cli_json_of_each_protocol_with_grow_from_seeds(data_dir: Path, tmp_path: Path, protocol: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / f"{protocol}.csv"
-    assert main(["evaluate", str(data_dir), "--protocol", protocol, "--method", "growcut", "--out", str(out), "--json"]) == 0
+    argv = ["evaluate", str(data_dir), "--protocol", protocol, "--method", "growcut", "--cases", "oblique", "--out", str(out), "--json"]
+    assert main(argv) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
     assert len(stdout) == 1
     line = json.loads(stdout[0])
@@ -239,7 +261,7 @@ def test_cli_json_of_each_protocol_with_grow_from_seeds(data_dir: Path, tmp_path
 
 
 def test_cli_human_summary_of_the_correction_protocol(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["evaluate", str(data_dir), "--protocol", "correction", "--corruption", "erode", "--clicks", "2", "--method", "growcut"]
+    argv = ["evaluate", str(data_dir), "--protocol", "correction", "--corruption", "erode", "--clicks", "2", "--method", "growcut", "--cases", "permuted"]
     assert main([*argv, "--out", str(tmp_path / "c.csv")]) == 0
     text = capsys.readouterr().out
     assert "correction protocol from erode masks" in text and "clicks (0: start)" in text and "worst first click" in text
@@ -252,7 +274,8 @@ def test_cli_human_summary_of_the_correction_protocol(data_dir: Path, tmp_path: 
 @pytest.mark.parametrize("protocol", ["paper", "cvpr25", "correction"])
 def test_cli_each_protocol_with_a_small_model(data_dir: Path, small_model_path: Path, tmp_path: Path, protocol: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.csv"
-    argv = ["evaluate", str(data_dir), "--protocol", protocol, "--model", str(small_model_path), "--device", "cpu", "--out", str(out), "--json"]
+    argv = ["evaluate", str(data_dir), "--protocol", protocol, "--model", str(small_model_path), "--device", "cpu", "--cases", "oblique"]
+    argv += ["--out", str(out), "--json"]
     assert main([*argv, "--clicks", "2"]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["protocol"] == protocol and line["model"] == "small" and line["structures"] == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SAMMed3DLib.boxes import Box, cvpr25_box
+from SAMMed3DLib.boxes import VoxelBox, cvpr25_box
 from SAMMed3DLib.clicks import cvpr25_click, next_click
 from SAMMed3DLib.corruption import CORRUPTIONS, corrupt
 from SAMMed3DLib.errors import ConfigError, DataError, PromptError
@@ -25,12 +25,17 @@ def _ellipsoid(shape: tuple[int, int, int], center: tuple[float, float, float], 
     return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, spacing)) <= radius_mm**2
 
 
-def _oblique_geometry(size_xyz: tuple[int, int, int]) -> ImageGeometry:
+def _geometry(size_xyz: tuple[int, int, int], direction: tuple[float, ...]) -> ImageGeometry:
     image = sitk.Image(list(size_xyz), sitk.sitkUInt8)
     image.SetSpacing((0.8, 1.1, 3.0))
     image.SetOrigin((-40.0, 12.5, 80.0))
-    image.SetDirection(sitk.VersorTransform((0.3, 1.0, 0.2), 0.5).GetMatrix())
+    image.SetDirection(direction)
     return ImageGeometry.from_image(image)
+
+
+#: Index axes along -P, +S, -L (permuted and flipped, as many scanners write them).
+PERMUTED = (0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+OBLIQUE = sitk.VersorTransform((0.3, 1.0, 0.2), 0.5).GetMatrix()
 
 
 # -- the cvpr25 click --------------------------------------------------------------------------------
@@ -147,28 +152,42 @@ def test_cvpr25_box_margin_is_the_challenges_and_seeded() -> None:
     assert cvpr25_box(edge, np.random.default_rng(1)).last_zyx == (2, 9, 599)
 
 
-def test_box_corners_are_voxel_corners_in_lps_on_an_oblique_grid() -> None:
-    geometry = _oblique_geometry((50, 40, 20))
-    box = Box((3, 10, 7), (8, 21, 30))
-    a, b = box.corners_lps(geometry)
-    np.testing.assert_allclose(geometry.lps_to_index(a), [6.5, 9.5, 2.5], atol=1e-9)
-    np.testing.assert_allclose(geometry.lps_to_index(b), [30.5, 21.5, 8.5], atol=1e-9)
-    # The diagonal's length is the box's physical size: 24 × 0.8, 12 × 1.1, 6 × 3.0 mm.
-    assert np.linalg.norm(b - a) == pytest.approx(np.linalg.norm([24 * 0.8, 12 * 1.1, 6 * 3.0]))
-    assert Box.from_corners_lps(geometry, a, b) == box
-    assert Box.from_corners_lps(geometry, b, a) == box  # either order
-    assert box.center_zyx == (5.5, 15.5, 18.5)
+def test_box_bounds_are_the_voxel_corners_in_lps_and_what_the_session_confines_to() -> None:
+    from SAMMed3DLib.editing import Box as LpsBox
+
+    geometry = _geometry((50, 40, 20), PERMUTED)
+    box = VoxelBox((3, 10, 7), (8, 21, 30))
+    lo, hi = box.bounds_lps(geometry)
+    corners = geometry.lps_to_index(np.array([lo, hi]))
+    np.testing.assert_allclose(np.sort(corners, axis=0), [[6.5, 9.5, 2.5], [30.5, 21.5, 8.5]], atol=1e-9)
+    # The box's physical size: 24 × 0.8, 12 × 1.1, 6 × 3.0 mm, along permuted LPS axes.
+    np.testing.assert_allclose(np.sort(hi - lo), np.sort([24 * 0.8, 12 * 1.1, 6 * 3.0]))
+    assert VoxelBox.from_corners_lps(geometry, lo, hi) == box
+    assert VoxelBox.from_corners_lps(geometry, hi, lo) == box  # either order
+    whole = tuple(slice(0, n) for n in geometry.shape_zyx)
+    assert np.array_equal(LpsBox.from_corners(lo, hi).region_mask(geometry, whole), box.mask(geometry.shape_zyx))
+    assert box.center_zyx == (5.5, 15.5, 18.5) and box.shape == (6, 12, 24)
+
+    # Oblique: the LPS box holds the block (every voxel centre inside), and gives back a block holding it.
+    geometry = _geometry((50, 40, 20), OBLIQUE)
+    lo, hi = box.bounds_lps(geometry)
+    inside = LpsBox.from_corners(lo, hi).region_mask(geometry, whole)
+    assert inside[box.slices].all() and inside.sum() > box.mask(geometry.shape_zyx).sum()
+    back = VoxelBox.from_corners_lps(geometry, lo, hi)
+    assert all(a <= b for a, b in zip(back.first_zyx, box.first_zyx)) and all(a >= b for a, b in zip(back.last_zyx, box.last_zyx))
 
 
 def test_box_from_corners_rejects_boxes_without_voxels() -> None:
-    geometry = _oblique_geometry((10, 10, 10))
+    geometry = _geometry((10, 10, 10), OBLIQUE)
     far = geometry.index_to_lps([40.0, 40.0, 40.0])
     with pytest.raises(PromptError, match="holds no voxel of the image"):
-        Box.from_corners_lps(geometry, far, far + 5.0)
+        VoxelBox.from_corners_lps(geometry, far, far + 5.0)
     with pytest.raises(PromptError, match="box corner must be finite"):
-        Box.from_corners_lps(geometry, [0.0, np.nan, 0.0], [1.0, 1.0, 1.0])
+        VoxelBox.from_corners_lps(geometry, [0.0, np.nan, 0.0], [1.0, 1.0, 1.0])
     with pytest.raises(PromptError, match="3 numbers"):
-        Box.from_corners_lps(geometry, [0.0, 1.0], [1.0, 1.0, 1.0])
+        VoxelBox.from_corners_lps(geometry, [0.0, 1.0], [1.0, 1.0, 1.0])
+    with pytest.raises(DataError, match="0 <= first <= last"):
+        VoxelBox((3, 2, 1), (2, 5, 5))
     with pytest.raises(DataError, match="is empty"):
         cvpr25_box(np.zeros((4, 4, 4), dtype=bool))
 
