@@ -18,9 +18,10 @@ whose cost is the sum of absolute intensity differences, 26-neighbourhood):
   voxel layer of its input, so the input is the region plus one voxel of margin where the
   image has it.
 
-A box (:meth:`GrowCutSession.set_box`, the ``cvpr25`` protocol's first prompt) becomes the region
-instead: background seeds on its faces one voxel outside the box (a face on the image border
-gets none) and an object seed sphere at its centre, then Grow from seeds runs at once. An
+A box (:meth:`GrowCutSession.set_box`, the ``cvpr25`` protocol's first prompt; clicks so far
+are kept) becomes the region instead: background seeds on its faces one voxel outside the box
+(a face on the image border gets none) and an object seed sphere at its centre, then Grow from
+seeds runs at once. An
 existing mask (:meth:`GrowCutSession.set_mask`, the ``correction`` protocol's start) becomes
 seeds the same way a user would paint them: its interior eroded by ``mask_band_mm`` (3 mm) as
 object, the outside of its dilation by the same band as background, in a region one voxel
@@ -184,10 +185,12 @@ class GrowCutSession:
         self.reset()
 
     def set_box(self, corner_a_lps: Sequence[float] | np.ndarray, corner_b_lps: Sequence[float] | np.ndarray) -> np.ndarray:
-        """A 3D box (two opposite corners, LPS mm) as the object's first prompt: run Grow from seeds in it.
+        """A 3D box (two opposite corners, LPS mm) as the object's prompt: run Grow from seeds in it.
 
-        Clears clicks and any mask set before. Background seeds go on the faces one voxel outside
-        the box, an object seed sphere at its centre (see the module docstring).
+        The box is read as :meth:`SAMMed3DLib.session.Session.set_box` reads it (faces
+        perpendicular to L, P, S; on an oblique image the block of voxels holding it). Background
+        seeds go on the faces one voxel outside the box, an object seed sphere at its centre (see
+        the module docstring); the clicks so far are kept, any mask set before is dropped.
 
         Returns:
             The session's (z, y, x) uint8 mask buffer (do not modify).
@@ -196,8 +199,10 @@ class GrowCutSession:
             PromptError: a corner is malformed, or the box holds no voxel of the image.
         """
         box = VoxelBox.from_corners_lps(self._geometry, corner_a_lps, corner_b_lps)
+        clicks = list(self._clicks)
         self._base_mask[...] = 0
         self.reset()
+        self._clicks.extend(clicks)
         lo = np.asarray(box.first_zyx) - 1
         hi = np.asarray(box.last_zyx) + 2
         self._start_region = (lo, hi)

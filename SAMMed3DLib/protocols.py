@@ -15,7 +15,10 @@ structure's true mask on the image grid, and returns ``{step: (dice, nsd, second
   at the voxel deepest inside the largest 26-connected error component
   (:func:`~SAMMed3DLib.clicks.cvpr25_click`, depth in mm), the method carrying its previous
   prediction forward. Dice and NSD (2 mm, counted 0 when Dice <= 0.2, as the challenge) after the
-  box (step 0) and after each click.
+  box (step 0) and after each click. The box comes from one slice, so a miss on another slice may
+  lie outside it; the session keeps its box as the object's bound, so before such a positive click
+  the box is widened to hold it (``set_box`` again, clicks kept), as a user would redraw it
+  (counted per structure as ``box_widened``).
 * ``correction`` (:func:`run_correction_structure`) — start from a corrupted copy of the truth
   (:func:`~SAMMed3DLib.corruption.corrupt`, seeded, near-correct by default: Dice 0.80–0.95),
   given to ``set_mask`` as the current answer; then N corrective clicks (default 3) by the cvpr25
@@ -34,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .boxes import cvpr25_box
+from .boxes import VoxelBox, cvpr25_box
 from .clicks import ClickMode, SimulatedUser, cvpr25_click
 from .corruption import corrupt
 from .errors import ConfigError
@@ -142,24 +145,49 @@ def run_structure(
 
 
 def _corrective_clicks(
-    segmenter: ClickSegmenter, gt: np.ndarray, spacing: tuple[float, ...], clicks: int, elapsed: float, tolerance_mm: float
-) -> Metrics:
-    """Step 0 (the mask as it is now), then ``clicks`` cvpr25 clicks, each recorded."""
+    segmenter: ClickSegmenter,
+    gt: np.ndarray,
+    spacing: tuple[float, ...],
+    clicks: int,
+    elapsed: float,
+    tolerance_mm: float,
+    box: tuple[VoxelBox, ImageGeometry] | None = None,
+) -> tuple[Metrics, int]:
+    """Step 0 (the mask as it is now), then ``clicks`` cvpr25 clicks, each recorded.
+
+    With ``box`` (the object's box and the image grid), a positive click outside the box first
+    widens the box to hold it (``set_box`` again; the session keeps the clicks and the box keeps
+    bounding the object), as a user would redraw it; that costs time in the click's step.
+
+    Returns:
+        ({step: (dice, nsd, seconds so far)}, how many times the box was widened).
+    """
     pred = np.asarray(segmenter.mask_array) != 0
     value = dice(pred, gt)
     out: Metrics = {0: (value, challenge_nsd(pred, gt, spacing, value, tolerance_mm), elapsed)}
+    widened = 0
     for k in range(1, clicks + 1):
         click = cvpr25_click(pred, gt, spacing)
         if click is None:
             out[k] = out[k - 1][:2] + (elapsed,)
             continue
         start = time.perf_counter()
+        if box is not None and click.positive:
+            current, geometry = box
+            lo, hi = current.bounds_lps(geometry)
+            point = geometry.index_to_lps(np.asarray(click.index[::-1], dtype=np.float64))
+            if np.any(point < lo - 1e-6) or np.any(point > hi + 1e-6):
+                first = tuple(min(a, i) for a, i in zip(current.first_zyx, click.index))
+                last = tuple(max(b, i) for b, i in zip(current.last_zyx, click.index))
+                box = (VoxelBox(first, last), geometry)  # type: ignore[arg-type]
+                segmenter.set_box(*box[0].bounds_lps(geometry))  # type: ignore[attr-defined]
+                widened += 1
         segmenter.click_index(click.index[::-1], click.positive)  # (z, y, x) → ITK (x, y, z)
         elapsed += time.perf_counter() - start
         pred = np.asarray(segmenter.mask_array) != 0
         value = dice(pred, gt)
         out[k] = (value, challenge_nsd(pred, gt, spacing, value, tolerance_mm), elapsed)
-    return out
+    return out, widened
 
 
 def run_cvpr25_structure(
@@ -190,7 +218,8 @@ def run_cvpr25_structure(
     start = time.perf_counter()
     segmenter.set_box(corner_a, corner_b)  # type: ignore[attr-defined]
     elapsed = time.perf_counter() - start
-    return _corrective_clicks(segmenter, gt_zyx, spacing, clicks, elapsed, tolerance_mm), {"box_zyx": [list(box.first_zyx), list(box.last_zyx)]}
+    metrics, widened = _corrective_clicks(segmenter, gt_zyx, spacing, clicks, elapsed, tolerance_mm, (box, geometry))
+    return metrics, {"box_zyx": [list(box.first_zyx), list(box.last_zyx)], "box_widened": widened}
 
 
 def run_correction_structure(
@@ -224,7 +253,7 @@ def run_correction_structure(
     segmenter.set_mask(start_mask.mask.astype(np.uint8))  # type: ignore[attr-defined]
     elapsed = time.perf_counter() - start
     facts = {"start": kind, "start_parts": list(start_mask.parts), "start_dice": round(start_mask.dice, 6)}
-    return _corrective_clicks(segmenter, gt_zyx, spacing, clicks, elapsed, tolerance_mm), facts
+    return _corrective_clicks(segmenter, gt_zyx, spacing, clicks, elapsed, tolerance_mm)[0], facts
 
 
 __all__ = [

@@ -159,6 +159,36 @@ def test_cvpr25_box_on_an_oblique_grid_holds_the_challenge_box(data_dir: Path) -
         assert all(a <= b for a, b in zip(box.first_zyx, wanted.first_zyx)) and all(a >= b for a, b in zip(box.last_zyx, wanted.last_zyx))
 
 
+def test_cvpr25_widens_the_box_before_a_positive_click_outside_it(tmp_path: Path) -> None:
+    """A mushroom: the median slice cuts the stem, so the cap's rim lies outside the box."""
+    folder = tmp_path / "mushroom"
+    folder.mkdir()
+    label = np.zeros(SHAPE_ZYX, dtype=np.uint8)
+    label[2:22, 18:24, 16:22] = 1  # stem: 20 slices of 6 × 6
+    label[22, 10:32, 8:30] = 1  # cap: one slice of 22 × 22
+    image = np.where(label > 0, 200.0, 20.0).astype(np.float32)
+    for array, name in ((image, "image.nii.gz"), (label, "label.nii.gz")):
+        out = sitk.GetImageFromArray(array)
+        out.SetSpacing(SPACING_XYZ)
+        out.SetDirection(PERMUTED)
+        sitk.WriteImage(out, str(folder / name))
+    (folder / "labels.json").write_text(json.dumps({"labels": {"1": "mushroom"}}))
+    painters: list[BoxPainter] = []
+
+    def factory(image: sitk.Image) -> BoxPainter:
+        painters.append(BoxPainter(image))
+        return painters[-1]
+
+    result = evaluate(folder, method=factory, protocol="cvpr25", clicks=[1])
+    calls = painters[0].calls
+    first, second = (c[1] for c in calls if c[0] == "box")
+    click = next(c for c in calls if c[0] == "click")
+    assert [c[0] for c in calls] == ["box", "box", "click"] and click[2]  # widened, then the + click
+    assert not first.mask(SHAPE_ZYX)[click[1]] and second.mask(SHAPE_ZYX)[click[1]] and click[1][0] == 22
+    assert second.mask(SHAPE_ZYX)[first.slices].all()  # the old box inside the new one
+    assert result.details[("mushroom", 1)]["box_widened"] == 1
+
+
 def test_correction_starts_from_the_seeded_corruption_and_reports_the_changes(data_dir: Path) -> None:
     painters: list[BoxPainter] = []
 
