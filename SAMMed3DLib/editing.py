@@ -16,8 +16,9 @@ colleague's segment, an earlier session), when the object is given by a box
   like a confident prediction of the model itself.
 * **Local corrections.** :func:`keep_clicked_change` keeps, of what a window proposes, only the
   error region the click points at: the voxels a positive click would add (or a negative click
-  would remove) that are 26-connected to the click. A click therefore never flips the far side of
-  an organ the annotator already got right.
+  would remove) that are 26-connected to the click, within a radius that grows with how deep
+  the click lies in the error. A click therefore never flips the far side of an organ the
+  annotator already got right, and a model that floods cannot flood far.
 * **Boxes.** :class:`Box` is an axis-aligned box in LPS mm (two opposite corners). SAM-Med3D has
   no box embedding, so a box is used as the CVPR 2025 challenge's SAM-Med3D baseline uses it: a
   window centred on the box (seen at a coarser spacing when the box does not fit,
@@ -45,6 +46,14 @@ OUTSIDE_LOGIT = -8.0
 #: A local correction also keeps proposed changes that pass this close to the click (mm), so a
 #: click on the edge of an error (not exactly inside it) still selects it.
 CLICK_REACH_MM = 3.0
+#: A local correction changes voxels within DEPTH_FACTOR × (the click's depth in the error) of
+#: the click, clipped to [MIN_RADIUS_MM, MAX_RADIUS_MM]. Chosen on four held-back cases (8
+#: structures, near-correct masks, clicks at the deepest error voxel): 1.5 gave mean Dice +0.02
+#: after one click and +0.03 after three with no structure losing on its first click; 2 gave
+#: +0.02 / +0.01, 4 lost 0.11 on one structure, and no ball at all lost 0.54.
+DEPTH_FACTOR = 1.5
+MIN_RADIUS_MM = 4.5
+MAX_RADIUS_MM = 60.0
 
 Slices3 = tuple[slice, slice, slice]
 
@@ -107,32 +116,61 @@ def keep_clicked_change(
 ) -> np.ndarray:
     """``before`` with only the part of the proposed change that the click points at.
 
+    A positive click only adds voxels, a negative one only removes them. Of the proposed
+    additions (removals), the voxels kept are those within a ball around the click whose radius
+    scales with how deep the click lies in the error: ``DEPTH_FACTOR`` times the distance from the
+    click to the current mask (for a positive click) or to its outside (for a negative one),
+    between ``MIN_RADIUS_MM`` and ``MAX_RADIUS_MM``; and of those, the 26-connected components that
+    contain the click or pass within ``reach_mm`` of it.
+
     Args:
         before: (z, y, x) 0/1 block, the mask before the click.
         after: same shape, what the window proposes.
         click_zyx: (3,) the click's continuous index in the block (z, y, x).
-        positive: a positive click only adds voxels, a negative one only removes them.
+        positive: the click's sign.
         spacing_zyx: voxel spacing (mm) of the block's axes.
         reach_mm: changes within this distance of the click count as the clicked ones.
 
     Returns:
-        A new (z, y, x) uint8 block: ``before`` plus (or minus) the 26-connected components of
-        the proposed additions (removals) that contain the click or pass within ``reach_mm`` of it.
+        A new (z, y, x) uint8 block.
     """
     before_b = before.astype(bool)
     proposal = after.astype(bool) & ~before_b if positive else before_b & ~after.astype(bool)
     out = before.astype(np.uint8, copy=True)
     if not proposal.any():
         return out
-    near = _ball(proposal.shape, click_zyx, spacing_zyx, reach_mm)
-    if near is None or not proposal[near[0]][near[1]].any():
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    depth = _depth(before_b if positive else ~before_b, click_zyx, spacing, MAX_RADIUS_MM / DEPTH_FACTOR)
+    radius = float(np.clip(DEPTH_FACTOR * depth, MIN_RADIUS_MM, MAX_RADIUS_MM))
+    ball = _ball(proposal.shape, click_zyx, spacing, radius)
+    if ball is None:
         return out
-    labels, _ = ndimage.label(proposal, structure=np.ones((3, 3, 3), dtype=bool))
+    box, inside = ball
+    local = proposal[box] & inside
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    near = _ball(local.shape, np.asarray(click_zyx, dtype=np.float64) - offset, spacing, reach_mm)
+    if near is None or not (local[near[0]] & near[1]).any():
+        return out
+    labels, _ = ndimage.label(local, structure=np.ones((3, 3, 3), dtype=bool))
     chosen = np.unique(labels[near[0]][near[1]])
     chosen = chosen[chosen > 0]
-    selected = np.isin(labels, chosen)
-    out[selected] = 1 if positive else 0
+    out[box][np.isin(labels, chosen)] = 1 if positive else 0
     return out
+
+
+def _depth(target: np.ndarray, click_zyx: np.ndarray, spacing_zyx: np.ndarray, limit_mm: float) -> float:
+    """Distance (mm) from the click to the nearest voxel of ``target``, at most ``limit_mm``."""
+    ball = _ball(target.shape, click_zyx, spacing_zyx, limit_mm)
+    if ball is None:
+        return limit_mm
+    box, inside = ball
+    found = target[box] & inside
+    if not found.any():
+        return limit_mm
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    where = np.argwhere(found).astype(np.float64)
+    distances = np.sqrt((((where + offset - np.asarray(click_zyx, dtype=np.float64)) * spacing_zyx) ** 2).sum(axis=1))
+    return float(min(distances.min(), limit_mm))
 
 
 def _ball(shape: tuple[int, ...], centre_zyx: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) -> tuple[Slices3, np.ndarray] | None:
@@ -146,7 +184,7 @@ def _ball(shape: tuple[int, ...], centre_zyx: np.ndarray, spacing_zyx: np.ndarra
     if np.any(lo >= hi):
         return None
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    grids = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, centre, spacing)], indexing="ij")
+    grids = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, centre, spacing)], indexing="ij", sparse=True)
     ball = sum(g * g for g in grids) <= max(radius_mm, float(spacing.max()) * 0.87) ** 2
     return box, ball  # type: ignore[return-value]
 

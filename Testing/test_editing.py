@@ -77,11 +77,11 @@ def test_a_negative_first_click_on_an_existing_mask_removes_a_leak(scene) -> Non
     leak = np.linalg.norm(pts - leak_centre, axis=-1) <= 12.0
     existing = obj | leak
     session = Session(BrightModel(), image, initial_mask=existing.astype(np.uint8))
-    result = session.click(leak_centre + np.array([0.0, -4.0, 0.0]), positive=False)
+    result = session.click(leak_centre, positive=False)
     assert result.change is not None
     mask = session.mask_array.astype(bool)
     assert not (mask & leak & ~obj).any()
-    assert (mask & obj).sum() >= 0.995 * obj.sum()  # what was right stays (up to the model's boundary)
+    assert (mask & obj).sum() >= 0.98 * obj.sum()  # what was right stays (up to the model boundary)
     assert session.undo() is not None
     np.testing.assert_array_equal(session.mask_array, existing.astype(np.uint8))
 
@@ -160,10 +160,22 @@ def test_keep_clicked_change_keeps_only_the_component_under_the_click() -> None:
     after[2:8, 15:19, 15:19] = 1  # and adds an unrelated blob
     out = keep_clicked_change(before, after, np.array([5.0, 9.0, 5.0]), True, np.array([3.0, 1.0, 1.0]))
     assert out[5, 9, 5] == 1 and out[2:8, 15:19, 15:19].sum() == 0 and out[2:8, 2:8, 2:8].all()
-    # A negative click only removes; a click away from every change changes nothing.
+    # A negative click only removes, and only near the click: its reach grows with its depth.
     removed = keep_clicked_change(before, np.zeros_like(before), np.array([3.0, 3.0, 3.0]), False, np.ones(3))
-    assert removed.sum() == 0
+    assert removed[3, 3, 3] == 0 and removed[7, 7, 7] == 1 and removed.sum() < before.sum()
+    # A click away from every change changes nothing.
     np.testing.assert_array_equal(keep_clicked_change(before, after, np.array([5.0, 3.0, 5.0]), True, np.ones(3)), before)
+
+
+def test_a_deep_click_in_a_large_missed_region_adds_all_of_it_and_a_shallow_one_only_nearby() -> None:
+    before = np.zeros((40, 60, 60), np.uint8)
+    before[5:35, 5:30, 5:55] = 1
+    after = before.copy()
+    after[5:35, 30:55, 5:55] = 1  # the missed half: 25 mm deep from the mask
+    deep = keep_clicked_change(before, after, np.array([20.0, 45.0, 30.0]), True, np.ones(3))
+    assert deep[5:35, 30:55, 5:55].mean() > 0.75  # depth 16 mm: a 24 mm ball holds most of the 30 × 25 × 50 mm half
+    shallow = keep_clicked_change(before, after, np.array([20.0, 31.0, 30.0]), True, np.ones(3))
+    assert 0 < shallow[5:35, 30:55, 5:55].sum() < 0.1 * after[5:35, 30:55, 5:55].sum()
 
 
 def test_a_box_alone_segments_the_object_inside_it_and_nothing_outside(scene) -> None:
