@@ -220,7 +220,7 @@ def _editor(scene, model):
 
     volume = web_scene.add_volume(scene, _oblique_image(), "ct")
     placed = []
-    editor = Editor(scene, placed.append, InteractiveSegmentationLogic(model=model, device="cpu", autoExtend=False))
+    editor = Editor(scene, lambda node, persistent: placed.append(node), InteractiveSegmentationLogic(model=model, device="cpu", autoExtend=False))
     editor.set_volume(volume)
     return editor, volume, placed
 
@@ -391,3 +391,63 @@ def test_save_is_all_or_nothing_and_never_overwrites_an_input(scene, tmp_path, m
     with pytest.raises(OutputError, match="plain name"):
         saving.save(out, "../case", volume, editor.segmentation, nodes)
     assert saving.safe_name("../../etc/passwd") == "etc_passwd" and saving.safe_name("  ") == "segment"
+
+
+def test_lock_other_segments_keeps_the_next_segment_off_the_first(scene) -> None:
+    from InteractiveSegmentationLogic.testing import bright_spot_model, segment_on_volume
+
+    editor, volume, _ = _editor(scene, bright_spot_model())
+    first = editor.segment_id
+    centre = _sphere_centre_ras(volume)
+
+    async def session() -> None:
+        editor.points_nodes()[0].AddControlPoint(*centre)
+        await editor.wait_idle()
+        editor.add_segment("second")
+        editor.points_nodes()[0].AddControlPoint(*centre)
+        await editor.wait_idle()
+        sphere = segment_on_volume(editor.segmentation, first, volume)
+        second = segment_on_volume(editor.segmentation, editor.segment_id, volume)
+        assert sphere.sum() > 0 and (second & sphere).sum() == sphere.sum(), "unlocked, the second segment overlaps the first"
+        assert editor.undo()
+        editor.set_lock_others(True)
+        editor.points_nodes()[0].AddControlPoint(*centre)
+        await editor.wait_idle()
+        second = segment_on_volume(editor.segmentation, editor.segment_id, volume)
+        assert not (second & sphere).any(), "locked, the first segment's voxels stay out of the second"
+        assert np.array_equal(segment_on_volume(editor.segmentation, first, volume), sphere)
+
+    asyncio.run(session())
+    editor.close()
+
+
+def test_a_box_alone_segments_and_is_saved_with_the_clicks(scene, tmp_path) -> None:
+    slicer = pytest.importorskip("slicer")
+    from InteractiveSegmentationLogic.testing import bright_spot_model
+
+    from SAMMed3DLib.web import saving
+
+    editor, volume, placed = _editor(scene, bright_spot_model())
+    editor.set_mode("box")
+    box = editor.box_node()
+    assert placed[-1] is box and not editor.has_box()
+    centre = _sphere_centre_ras(volume)
+
+    async def session() -> None:
+        box.SetSize(30.0, 30.0, 30.0)
+        box.SetCenter(*centre)  # the box is defined: an update runs, and + points follow
+        await asyncio.sleep(0.01)
+        await editor.wait_idle()
+
+    asyncio.run(session())
+    assert editor.has_box() and "· box" in editor.info.text() and editor.mode == "positive" and placed[-1] is editor.points_nodes()[0]
+    assert editor.info.voxels > 0 and editor.info.steps == 1, editor.info.message
+    written = saving.save(tmp_path, "boxed", volume, editor.segmentation, {editor.segment_id: editor.points_nodes()}, boxes={editor.segment_id: box})
+    (box_file,) = [p for p in written if p.name.endswith(".box.mrk.json")]
+    back = slicer.vtkMRMLScene().AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    reader = slicer.vtkMRMLMarkupsROIJsonStorageNode()  # Slicer's storage node for ROIs
+    reader.SetFileName(str(box_file))
+    assert reader.ReadData(back) and np.allclose(back.GetCenter(), centre, atol=1e-3) and np.allclose(back.GetSize(), 30.0)
+    editor.clear_box()
+    assert not editor.has_box() and editor.mode == "positive"
+    editor.close()

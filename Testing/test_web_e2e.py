@@ -332,6 +332,47 @@ def test_a_negative_click_shrinks_the_segment_undo_restores_it_and_redo_again(pa
     assert _voxels_in_status(text) == after_negative == _scene_voxels(web)
 
 
+def test_a_box_drawn_with_two_clicks_segments_the_object_and_clicks_then_refine_it(page, web, case) -> None:
+    page.keyboard.press("b")  # the shortcut for the box
+    page.wait_for_function("document.querySelector('#sam-box').classList.contains('v-btn--active')", timeout=10_000)
+    geometry = _view_geometry(web)
+    box = _image_box(page)
+    _, pixel_mm = _expected_ras(web, 0, 0, box)
+    half = 14.0 / pixel_mm * box["width"] / geometry["dims"][0]  # 14 mm in CSS pixels: the sphere's radius is 12 mm
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    corners = [(cx - half, cy - half), (cx + half, cy + half)]
+    corners_ras = [_expected_ras(web, x - box["x"], y - box["y"], box)[0] for x, y in corners]
+    page.mouse.move(*corners[0])
+    page.mouse.click(*corners[0])
+    page.mouse.move(*corners[1], steps=8)
+    page.mouse.click(*corners[1])
+    text = _wait_status(page, "steps=1", "· box")
+    assert _voxels_in_status(text) == _scene_voxels(web) > 0
+
+    def drawn():
+        roi = web.app.editor.box_node()
+        bounds = [0.0] * 6
+        roi.GetRASBounds(bounds)
+        return list(roi.GetSize()), np.array(bounds).reshape(3, 2)
+
+    size, bounds = web.call(drawn)
+    for corner in corners_ras:  # the two clicks are corners of the box
+        assert np.all(corner >= bounds[:, 0] - 3 * pixel_mm) and np.all(corner <= bounds[:, 1] + 3 * pixel_mm), (corner, bounds)
+    size = sorted(size)
+    assert size[0] >= 0.5 * size[1], f"a box, not a slab: {size}"
+    # the model's answer is confined to the box (the session's rule for a box prompt)
+    kji = np.argwhere(_scene_mask(web))
+    ras = web.call(lambda: np.array([_ijk_to_ras(web.app.editor.volume, p[::-1]) for p in kji]))
+    slack = max(SPACING)
+    assert np.all(ras >= bounds[:, 0] - slack) and np.all(ras <= bounds[:, 1] + slack)
+    # once the box is drawn, a click is a + point again: it refines the boxed object
+    page.wait_for_function("document.querySelector('#sam-positive').classList.contains('v-btn--active')", timeout=10_000)
+    page.mouse.move(cx, cy)
+    page.mouse.click(cx, cy)
+    text = _wait_status(page, "steps=2", "points +1 −0 · box")
+    assert _voxels_in_status(text) == _scene_voxels(web)
+
+
 def test_save_writes_a_segmentation_nifti_and_markups_that_load_back(page, web, case) -> None:
     _positive_click_at_centre(page, web)
     page.click("#sam-negative")

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from ..errors import SAMMed3DError
 from . import saving
 from . import scene as web_scene
-from .editing import Editor
+from .editing import MODES, Editor
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class WebApp:
         state.change("sam_segment")(self._on_segment)
         state.change("sam_model", "sam_device")(self._on_model)
         state.change("sam_window")(self._on_window)
+        state.change("sam_lock")(self._on_lock)
         self.push_state()
 
     # -- loading ---------------------------------------------------------------------------------
@@ -174,17 +175,18 @@ class WebApp:
 
     # -- controls --------------------------------------------------------------------------------
 
-    def _place_node(self, node: Any) -> None:
-        self.slicer.markups_logic.place_node(node, persistent=True)
+    def _place_node(self, node: Any, persistent: bool) -> None:
+        self.slicer.markups_logic.place_node(node, persistent=persistent)
 
     def on_key(self, key: str) -> None:
         """A shortcut typed in the page (see :data:`.ui.SHORTCUT_KEYS`)."""
         if self.editor.segmentation is None:
             return
         actions = {
-            "p": lambda: self.editor.set_positive(True),
-            "n": lambda: self.editor.set_positive(False),
+            "p": lambda: self.editor.set_mode("positive"),
+            "n": lambda: self.editor.set_mode("negative"),
             "t": self.editor.toggle_sign,
+            "b": lambda: self.editor.set_mode("box"),
             "z": self.undo,
             "y": self.redo,
         }
@@ -199,6 +201,10 @@ class WebApp:
 
     def reset(self) -> None:
         self.editor.reset()
+
+    def clear_box(self) -> None:
+        if self.editor.segmentation is not None:
+            self.editor.clear_box()
 
     def add_segment(self) -> None:
         if self.editor.segmentation is None:
@@ -223,9 +229,11 @@ class WebApp:
             self._saved("not saved: an update is running; save when it is written")
             return []
         stem = str(self.server.state.sam_save_name or "segmentation").strip()
-        nodes = {i: editor.points_nodes(i) for i in web_scene.segment_ids(editor.segmentation)}
+        ids = web_scene.segment_ids(editor.segmentation)
+        nodes = {i: editor.points_nodes(i) for i in ids}
+        boxes = {i: editor.box_node(i) for i in ids if editor.has_box(i)}
         try:
-            written = saving.save(folder, stem, editor.volume, editor.segmentation, nodes, inputs=self.inputs)
+            written = saving.save(folder, stem, editor.volume, editor.segmentation, nodes, boxes=boxes, inputs=self.inputs)
         except SAMMed3DError as exc:
             self._saved(f"not {done}: {exc}")
             return []
@@ -253,8 +261,12 @@ class WebApp:
     # -- state -----------------------------------------------------------------------------------
 
     def _on_sign(self, sam_sign: str = "positive", **_: Any) -> None:
-        if self.editor.segmentation is not None and (sam_sign == "positive") != self.editor.positive:
-            self.editor.set_positive(sam_sign == "positive")
+        if self.editor.segmentation is not None and sam_sign in MODES and sam_sign != self.editor.mode:
+            self.editor.set_mode(sam_sign)
+
+    def _on_lock(self, sam_lock: bool = False, **_: Any) -> None:
+        if bool(sam_lock) != self.editor.lock_others:
+            self.editor.set_lock_others(bool(sam_lock))
 
     def _on_segment(self, sam_segment: str | None = None, **_: Any) -> None:
         if sam_segment and self.editor.segmentation is not None and sam_segment != self.editor.segment_id:
@@ -282,6 +294,8 @@ class WebApp:
             state.sam_loaded = editor.segmentation is not None
             state.sam_segments = editor.segments()
             state.sam_segment = editor.segment_id
-            state.sam_sign = "positive" if editor.positive else "negative"
+            state.sam_sign = editor.mode
+            state.sam_has_box = editor.info.box
+            state.sam_lock = editor.lock_others
             state.sam_can_undo = bool(self.logic.canUndo)
             state.sam_can_redo = bool(self.logic.canRedo)

@@ -3,9 +3,13 @@
 Design:
 
 - The scene holds one volume, one segmentation and, for each segment, the two markups nodes the
-  Slicer logic keeps with it (``InteractiveSegmentationLogic.pointsNodesForSegment``). The place
-  mode of the slice views puts a left click into the current segment's + or − node; the markups
-  node's "point defined" (or "moved") event asks for an update.
+  Slicer logic keeps with it (``InteractiveSegmentationLogic.pointsNodesForSegment``) and, once
+  drawn, a markups ROI: the object's box (the logic's ``roiNode``). The place mode of the slice
+  views puts a left click into the current segment's + or − node, or draws its box (two clicks,
+  opposite corners); the "point defined" (or "moved") event asks for an update. Once a box is
+  drawn, clicks are + points again: they refine the boxed object.
+- "Lock other segments" hands every other segment to the logic as locked
+  (``WriteOptions.lockedSegmentIds``): never changed, never overlapped, left out of the model's mask.
 - An update is the logic's three steps: :meth:`prepare` on the event loop (it reads MRML),
   :meth:`compute` on one persistent worker thread (the model; the loop keeps serving the page:
   views render, buttons answer), :meth:`apply` back on the loop (it writes the segment and
@@ -21,6 +25,7 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import traceback
@@ -33,6 +38,9 @@ from ..errors import SAMMed3DError, SessionStateError
 from . import scene as web_scene
 
 logger = logging.getLogger(__name__)
+
+#: What a left click in a slice view does: a + point, a − point, or a corner of the box.
+MODES = ("positive", "negative", "box")
 
 #: Colour of the segment a new volume starts with (as ``sammed3d segment``'s; the + points are green).
 FIRST_SEGMENT_COLOR = (0.9, 0.4, 0.2)
@@ -55,6 +63,7 @@ class Status:
     voxels: int = 0
     positive: int = 0
     negative: int = 0
+    box: bool = False
     steps: int = 0
     busy: bool = False
     message: str = ""
@@ -62,10 +71,27 @@ class Status:
     def text(self) -> str:
         if not self.segment:
             return self.message or "Load a volume to start."
-        parts = [f"{self.segment}: voxels={self.voxels}", f"points +{self.positive} −{self.negative}", f"steps={self.steps}"]
+        points = f"points +{self.positive} −{self.negative}" + (" · box" if self.box else "")
+        parts = [f"{self.segment}: voxels={self.voxels}", points, f"steps={self.steps}"]
         if self.message:
             parts.append(self.message)
         return " · ".join(parts)
+
+
+def thicken_box(box: Any) -> None:
+    """Give a box drawn in a slice view a depth: as deep as its shorter side, if it is flatter.
+
+    Two clicks in a slice view give the box two sides; Slicer's ROI widget adds the depth as
+    the box's own axes meet the slice. On an oblique volume the box (aligned with RAS) comes out
+    a slab a millimetre or two thick (measured: 1.4 × 16.9 × 35.5 mm for a 28 mm square), which
+    would confine the object to a few slices.
+    """
+    size = list(box.GetSize())
+    order = sorted(range(3), key=lambda axis: size[axis])
+    thinnest, middle = order[0], order[1]
+    if size[thinnest] < 0.5 * size[middle]:
+        size[thinnest] = size[middle]
+        box.SetSize(*size)
 
 
 class Editor:
@@ -73,13 +99,14 @@ class Editor:
 
     Args:
         scene: the MRML scene.
-        place_node: ``place_node(markups_node)`` makes a left click in a slice view add a
-            control point to that node (trame-slicer's markups logic, persistent place mode).
+        place_node: ``place_node(markups_node, persistent)`` makes a left click in a slice view
+            add a control point to that node (trame-slicer's markups logic; persistent: every
+            click, not only the next one).
         logic: an ``InteractiveSegmentationLogic``.
         on_change: called on the loop's thread whenever the status or the segments changed.
     """
 
-    def __init__(self, scene: Any, place_node: Callable[[Any], None], logic: Any, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, scene: Any, place_node: Callable[[Any, bool], None], logic: Any, on_change: Callable[[], None] | None = None) -> None:
         self.scene = scene
         self.place_node = place_node
         self.logic = logic
@@ -87,7 +114,8 @@ class Editor:
         self.volume: Any = None
         self.segmentation: Any = None
         self.segment_id: str | None = None
-        self.positive = True
+        self.mode = "positive"
+        self.lock_others = False
         self.info = Status()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sammed3d-model")
         self._task: asyncio.Task | None = None
@@ -97,6 +125,7 @@ class Editor:
         self._observed: dict[str, tuple[Any, list[int]]] = {}
         self._progress: tuple[float, float, str] = (0.0, 0.0, "")
         self._counts: dict[tuple, int] = {}
+        self._boxes: dict[str, Any] = {}
 
     # -- volume, segmentation, segments ----------------------------------------------------------
 
@@ -121,7 +150,7 @@ class Editor:
         web_scene.show_in_3d(self.segmentation)
         for segment_id in ids:
             self._observe_points(segment_id)
-        self.positive = True  # a new volume starts with a + click
+        self.mode = "positive"  # a new volume starts with a + click
         self.select_segment(ids[0])
         self.info.steps = 0
         self.info.message = ""
@@ -134,6 +163,7 @@ class Editor:
             if node.GetScene() is not None:
                 self.scene.RemoveNode(node)
         self._observed.clear()
+        self._boxes.clear()
         for node in (self.segmentation, self.volume):
             if node is not None and node.GetScene() is not None:
                 self.scene.RemoveNode(node)
@@ -158,6 +188,8 @@ class Editor:
 
         labelmaps.require_segment(self.segmentation, segment_id)
         self.segment_id = segment_id
+        if self.mode == "box":
+            self.mode = "positive"
         self._observe_points(segment_id)
         self._place()
         self.refresh()
@@ -172,14 +204,77 @@ class Editor:
         self.select_segment(segment_id)
         return segment_id
 
-    def set_positive(self, positive: bool) -> None:
-        """Whether the next click is a + (object here) or a − (not here) point."""
-        self.positive = bool(positive)
+    @property
+    def positive(self) -> bool:
+        """Whether the next click places a + point."""
+        return self.mode == "positive"
+
+    def set_mode(self, mode: str) -> None:
+        """What the next left click does (:data:`MODES`); ``box`` starts a new box for the segment.
+
+        Raises:
+            SessionStateError: unknown mode.
+        """
+        if mode not in MODES:
+            raise SessionStateError(f"unknown click mode {mode!r}; use one of {', '.join(MODES)}")
+        self.mode = mode
+        if mode == "box" and self.segment_id is not None:
+            box = self.box_node(create=True)
+            self._restoring = True  # an old box taken away runs nothing: the new one will
+            try:
+                box.RemoveAllControlPoints()
+            finally:
+                self._restoring = False
         self._place()
         self.refresh()
 
+    def set_positive(self, positive: bool) -> None:
+        """Whether the next click is a + (object here) or a − (not here) point."""
+        self.set_mode("positive" if positive else "negative")
+
     def toggle_sign(self) -> None:
-        self.set_positive(not self.positive)
+        self.set_mode("negative" if self.mode == "positive" else "positive")
+
+    def set_lock_others(self, locked: bool) -> None:
+        """Lock every other segment in the updates from now on (never changed nor overlapped)."""
+        self.lock_others = bool(locked)
+        self.refresh()
+
+    def box_node(self, segment_id: str | None = None, create: bool = False) -> Any:
+        """The segment's box (a markups ROI), created when ``create``; None when it has none."""
+        from InteractiveSegmentationLogic.points import SEGMENT_ID_ATTRIBUTE
+
+        segment_id = segment_id or self.segment_id
+        box = self._boxes.get(segment_id)
+        if box is None and create and self.segmentation is not None:
+            box = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{web_scene.segment_name(self.segmentation, segment_id)} box")
+            box.CreateDefaultDisplayNodes()
+            box.SetAttribute(SEGMENT_ID_ATTRIBUTE, segment_id)
+            events = (box.PointPositionDefinedEvent, box.PointEndInteractionEvent)
+            self._observed[box.GetID()] = (box, [box.AddObserver(event, self._on_box_event) for event in events])
+            self._boxes[segment_id] = box
+        return box
+
+    def has_box(self, segment_id: str | None = None) -> bool:
+        """Whether the segment has a drawn box (an ROI with a size on every axis)."""
+        from InteractiveSegmentationLogic.mrml_geometry import roi_world_lps_box
+
+        box = self.box_node(segment_id)
+        return box is not None and roi_world_lps_box(box) is not None
+
+    def clear_box(self) -> None:
+        """Take the current segment's box away (the next update runs without it)."""
+        box = self.box_node()
+        if box is not None:
+            self._restoring = True
+            try:
+                box.RemoveAllControlPoints()
+            finally:
+                self._restoring = False
+        if self.mode == "box":
+            self.mode = "positive"
+            self._place()
+        self.refresh()
 
     def points_nodes(self, segment_id: str | None = None) -> tuple[Any, Any]:
         """The (positive, negative) markups nodes of a segment (the current one by default)."""
@@ -199,8 +294,31 @@ class Editor:
     def _place(self) -> None:
         if self.segment_id is None:
             return
+        if self.mode == "box":
+            self.place_node(self.box_node(create=True), False)  # one box: two clicks, then + points
+            return
         positive, negative = self.points_nodes()
-        self.place_node(positive if self.positive else negative)
+        self.place_node(positive if self.mode == "positive" else negative, True)
+
+    def _on_box_event(self, caller: Any, event: Any) -> None:
+        if self._restoring or self.segmentation is None:
+            return
+        from InteractiveSegmentationLogic.points import SEGMENT_ID_ATTRIBUTE
+
+        if caller.GetAttribute(SEGMENT_ID_ATTRIBUTE) != self.segment_id or not self.has_box():
+            return  # another segment's box, or a box still being drawn (no size yet)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script): it calls request_update() itself
+            return
+        loop.call_soon(self._box_drawn)
+
+    def _box_drawn(self) -> None:
+        if self.mode == "box":  # after the widget has finished placing: clicks refine the boxed object
+            self.mode = "positive"
+            thicken_box(self.box_node())
+            self._place()
+        self.request_update()
 
     # -- model updates ---------------------------------------------------------------------------
 
@@ -238,7 +356,8 @@ class Editor:
             self.refresh()
             try:
                 positive, negative = self.points_nodes()
-                request = self.logic.prepare(self.volume, self.segmentation, self.segment_id, positive, negative)
+                box = self.box_node() if self.has_box() else None
+                request = self.logic.prepare(self.volume, self.segmentation, self.segment_id, positive, negative, self._options(), box)
                 update = await loop.run_in_executor(self._executor, self._compute, request, loop)
                 if generation != self._generation:
                     return  # the volume was replaced meanwhile: its segmentation is gone
@@ -260,6 +379,13 @@ class Editor:
             if not self._pending:
                 return
             self._pending = False
+
+    def _options(self) -> Any:
+        options = self.logic.writeOptions
+        if self.lock_others:
+            others = tuple(i for i in web_scene.segment_ids(self.segmentation) if i != self.segment_id)
+            options = dataclasses.replace(options, lockedSegmentIds=others)
+        return options
 
     def _compute(self, request: Any, loop: asyncio.AbstractEventLoop) -> Any:
         def progress(done: float, total: float, message: str) -> None:
@@ -323,10 +449,13 @@ class Editor:
 
         def action() -> int:
             count = self.logic.resetSegment(self.segmentation, self.segment_id)
+            box = self.box_node()
+            if box is not None:
+                box.RemoveAllControlPoints()
             self._count_step()
             return count
 
-        return self._edit(action, lambda count: f"reset: {count} update(s) undone, clicks cleared")
+        return self._edit(action, lambda count: f"reset: {count} update(s) undone, clicks and box cleared")
 
     def _count_step(self) -> None:
         self.info.steps += 1
@@ -334,6 +463,8 @@ class Editor:
     def _follow(self, segment_id: str) -> None:
         if segment_id != self.segment_id and self.segmentation.GetSegmentation().GetSegment(segment_id) is not None:
             self.segment_id = segment_id
+            if self.mode == "box":
+                self.mode = "positive"
             self._place()
 
     def set_model(self, model: Any, device: str | None = None) -> bool:
@@ -370,13 +501,14 @@ class Editor:
         """Recount the current segment and its clicks, then tell the page."""
         info = self.info
         if self.segmentation is None or self.segment_id is None:
-            info.segment, info.voxels, info.positive, info.negative = "", 0, 0, 0
+            info.segment, info.voxels, info.positive, info.negative, info.box = "", 0, 0, 0, False
         else:
             info.segment = web_scene.segment_name(self.segmentation, self.segment_id)
             info.voxels = self.voxels()
             positive, negative = self.points_nodes()
             info.positive = positive.GetNumberOfDefinedControlPoints() if positive is not None else 0
             info.negative = negative.GetNumberOfDefinedControlPoints() if negative is not None else 0
+            info.box = self.has_box()
         self.on_change()
 
     def close(self) -> None:

@@ -3,8 +3,9 @@
 Design:
 
 - ``<name>.seg.nrrd`` is written by Slicer's own segmentation storage node (every segment with
-  its name and colour), ``<name>.<segment>.positive.mrk.json`` / ``.negative.mrk.json`` by
-  Slicer's markups JSON storage node: Slicer opens both as they are. ``<name>.nii.gz`` is a label
+  its name and colour), ``<name>.<segment>.positive.mrk.json`` / ``.negative.mrk.json`` (and
+  ``.box.mrk.json``, the segment's box as a markups ROI) by Slicer's markups JSON storage nodes
+  (the ROI one for the box: the plain one leaves its size out): Slicer opens them as they are. ``<name>.nii.gz`` is a label
   image on the volume's grid (segment n of the list has label n; a later segment wins where two
   overlap) with ``<name>.labels.json`` naming the labels, for tools that do not read .seg.nrrd.
 - All or nothing (:func:`SAMMed3DLib.outputs.all_or_nothing`): every file goes to a temporary
@@ -38,7 +39,7 @@ def safe_name(text: str, fallback: str = "segment") -> str:
 
 
 def output_paths(folder: Path, stem: str, segments: Sequence[tuple[str, str]]) -> dict[str, Path]:
-    """The files :func:`save` writes: keys ``seg``, ``nifti``, ``labels`` and ``<segment id> +`` / ``-``.
+    """The files :func:`save` writes: keys ``seg``, ``nifti``, ``labels`` and ``<segment id> +`` / ``-`` / ``box``.
 
     Args:
         segments: (segment ID, segment name) pairs.
@@ -55,7 +56,7 @@ def output_paths(folder: Path, stem: str, segments: Sequence[tuple[str, str]]) -
         if part in used:
             part = f"{part}_{safe_name(segment_id)}"
         used.add(part)
-        for sign, word in (("+", "positive"), ("-", "negative")):
+        for sign, word in (("+", "positive"), ("-", "negative"), ("box", "box")):
             paths[f"{segment_id} {sign}"] = folder / f"{stem}.{part}.{word}.mrk.json"
     return paths
 
@@ -66,6 +67,7 @@ def save(
     volume_node: Any,
     segmentation_node: Any,
     points_nodes: dict[str, tuple[Any, Any]],
+    boxes: dict[str, Any] | None = None,
     inputs: Sequence[tuple[str, Path]] = (),
 ) -> list[Path]:
     """Write the segmentation and the clicks into ``folder``, all or nothing; returns the files written.
@@ -77,6 +79,7 @@ def save(
         segmentation_node: the segmentation.
         points_nodes: segment ID → (positive, negative) markups nodes; a node without points is
             not written.
+        boxes: segment ID → its box (a markups ROI), for the segments that have one.
         inputs: (what, path) of files that must not be overwritten.
 
     Raises:
@@ -138,6 +141,16 @@ def save(
                     files=files,
                 )
                 written.append(path)
+        for segment_id, box in (boxes or {}).items():
+            path = paths[f"{segment_id} box"]
+            write_verified(
+                path,
+                lambda temp, box=box: _write_with(_storage("vtkMRMLMarkupsROIJsonStorageNode"), temp, box),
+                lambda temp, box=box: _box_difference(temp, box),
+                suffix=".mrk.json",
+                files=files,
+            )
+            written.append(path)
     return written
 
 
@@ -204,6 +217,16 @@ def _points_difference(path: Path, node: Any) -> str | None:
     got = _defined_points(back)
     if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-3):
         return f"the points read back ({len(got)}) differ from the {len(expected)} written"
+    return None
+
+
+def _box_difference(path: Path, box: Any) -> str | None:
+    read = _read_into("vtkMRMLMarkupsROIJsonStorageNode", "vtkMRMLMarkupsROINode", path)
+    if read is None:
+        return "Slicer cannot read the box written"
+    _, back = read
+    if not (np.allclose(back.GetCenter(), box.GetCenter(), atol=1e-3) and np.allclose(back.GetSize(), box.GetSize(), atol=1e-3)):
+        return "the box read back differs from the one written"
     return None
 
 

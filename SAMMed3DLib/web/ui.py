@@ -8,7 +8,8 @@ segment's voxel count) once an update has been applied. Other ids name the contr
 
 State variables are prefixed ``sam_``; the app (:mod:`.app`) owns their meaning. Keyboard
 shortcuts are the Slicer module's (``SAMMed3DModule.choices.SHORTCUTS``): P and N choose + and −
-points, T toggles, Z undoes, Y redoes; keys typed into a text field are left alone.
+points, T toggles, Z undoes, Y redoes; B draws the segment's box (two clicks, opposite corners);
+keys typed into a text field are left alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 VIEW_TITLES: dict[str, str] = {"axial": "Axial", "coronal": "Coronal", "sagittal": "Sagittal", "3d": "3D"}
 
 #: Single-key shortcuts (lower case) → what they do; the app's ``on_key`` receives the key.
-SHORTCUT_KEYS: dict[str, str] = {"p": "+ points", "n": "− points", "t": "toggle + / −", "z": "undo", "y": "redo"}
+SHORTCUT_KEYS: dict[str, str] = {"p": "+ points", "n": "− points", "t": "toggle + / −", "b": "box", "z": "undo", "y": "redo"}
 
 _KEYBOARD_SCRIPT = """
 document.addEventListener('keydown', function (event) {
@@ -77,6 +78,7 @@ def build_page(server: Any, view_ids: dict[str, str], on_key: Callable[[str], No
             with v3.VBtnToggle(v_model=("sam_sign", "positive"), mandatory=True, density="compact", classes="mx-2"):
                 v3.VBtn("+ point", value="positive", id="sam-positive", color="green", title="P: object here")
                 v3.VBtn("− point", value="negative", id="sam-negative", color="red", title="N: not here (T toggles)")
+                v3.VBtn("Box", value="box", id="sam-box", color="amber", title="B: two clicks, opposite corners of the object's box")
             v3.VBtn("Undo", id="sam-undo", click=actions.undo, disabled=("!sam_can_undo || sam_busy",), title="Z", variant="text")
             v3.VBtn("Redo", id="sam-redo", click=actions.redo, disabled=("!sam_can_redo || sam_busy",), title="Y", variant="text")
             v3.VBtn("Reset", id="sam-reset", click=actions.reset, disabled=("!sam_loaded || sam_busy",), variant="text",
@@ -109,6 +111,10 @@ def _side_panel(v3: Any, html: Any, actions: Any) -> None:
             hide_details=True,
             disabled=("!sam_loaded || sam_busy",),
         )
+        v3.VCheckbox(id="sam-lock", v_model=("sam_lock", False), label="Lock other segments", density="compact", hide_details=True,
+                     disabled=("!sam_loaded || sam_busy",))
+        v3.VBtn("Clear box", id="sam-clear-box", click=actions.clear_box, size="small", variant="tonal",
+                disabled=("!sam_has_box || sam_busy",))
         with html.Div(classes="d-flex mt-2"):
             v3.VTextField(v_model=("sam_new_segment_name", ""), label="new segment", density="compact", hide_details=True)
             v3.VBtn("Add", id="sam-add-segment", click=actions.add_segment, disabled=("!sam_loaded || sam_busy",), classes="ml-2")
@@ -135,6 +141,6 @@ def _side_panel(v3: Any, html: Any, actions: Any) -> None:
             )
         html.Div("{{ sam_saved }}", id="sam-saved", classes="text-caption mt-1")
         html.Div(
-            "Left click: a point of the chosen kind. Keys: " + ", ".join(f"{k.upper()} {v}" for k, v in SHORTCUT_KEYS.items()) + ".",
+            "Left click: a point of the chosen kind, or a corner of the box. Keys: " + ", ".join(f"{k.upper()} {v}" for k, v in SHORTCUT_KEYS.items()) + ".",
             classes="text-caption mt-4",
         )
