@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PromptError
+from ..prompts import positive_first
 from ._common import add_model_args, load_model_from_args
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import all_or_nothing, check_distinct, check_output_path
     from ..session import Session
 
-    if not args.clicks:
-        raise PromptError("give at least one positive click with --point X,Y,Z")
+    if not any(label for _, label in args.clicks):
+        raise PromptError("give at least one positive click with --point X,Y,Z: a new object starts from a click inside the structure")
     try:
         color = tuple(float(c) for c in args.color.split(","))
     except ValueError:
@@ -76,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     model = load_model_from_args(args)
     session = Session(model, image)
-    points = np.stack([c for c, _ in args.clicks])
-    labels = np.array([lab for _, lab in args.clicks])
+    clicks = [args.clicks[i] for i in positive_first([label for _, label in args.clicks])]
+    if clicks[0] is not args.clicks[0]:
+        logger.info("the first --point runs first (a new object starts from a positive click); the other clicks keep their order")
+    points = np.stack([c for c, _ in clicks])
+    labels = np.array([lab for _, lab in clicks])
     if args.ras:
         points = ras_to_lps(points)
     elif args.ijk:
