@@ -9,7 +9,9 @@ appends the new ones (positives first), so an added point never triggers a repla
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,16 +44,61 @@ def positive_first(labels: Sequence[int]) -> list[int]:
     return [first] + [i for i in order if i != first] if first else order
 
 
+def as_points(points_lps: Any) -> np.ndarray:
+    """(N, 3) float64 points from anything array-like of N × 3 numbers (N may be 0).
+
+    Raises:
+        PromptError: the points are not numbers, or not N × 3.
+    """
+    try:
+        pts = np.asarray(points_lps, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"points must be numbers, N rows of (x, y, z) in mm, got {points_lps!r}") from exc
+    if pts.size == 0:
+        return pts.reshape(0, 3)
+    if pts.ndim == 1 and pts.shape == (3,):
+        return pts.reshape(1, 3)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise PromptError(f"points must be N rows of (x, y, z) in mm, i.e. shape (N, 3); got shape {pts.shape}")
+    return pts
+
+
+def as_labels(labels: Sequence[Any] | np.ndarray | None, count: int) -> list[int]:
+    """Click labels as ints, each exactly 1 (positive) or 0 (negative), one per point.
+
+    Booleans count as 1/0. Anything else (strings, None, 0.5) is refused rather than rounded.
+
+    Raises:
+        PromptError: a label is not 0 or 1, or there are not ``count`` labels.
+    """
+    if labels is None or isinstance(labels, (str, bytes)):
+        raise PromptError(f"labels must be a sequence of 1 (positive) and 0 (negative), one per point; got {labels!r}")
+    out: list[int] = []
+    for value in np.asarray(labels, dtype=object).reshape(-1):
+        if isinstance(value, (bool, np.bool_)):
+            out.append(int(value))
+        elif isinstance(value, numbers.Real) and not isinstance(value, (str, bytes)) and float(value) in (0.0, 1.0):
+            out.append(int(value))
+        else:
+            raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {value!r}")
+    if len(out) != count:
+        raise PromptError(f"got {count} points but {len(out)} labels: give one label (1 or 0) per point")
+    return out
+
+
 def order_clicks(
     previous_lps: np.ndarray,
     previous_labels: np.ndarray,
     positive_lps: np.ndarray,
     negative_lps: np.ndarray,
+    allow_negative_first: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """All current clicks in the order the session should see them.
 
     Clicks equal (same position, same sign) to one the session already has keep the session's
-    order; the others follow, positives first. The first click is always positive.
+    order; the others follow, positives first. The first click is positive unless
+    ``allow_negative_first`` (an object that starts from an existing mask or a box, where a
+    negative click alone is a valid correction).
 
     Args:
         previous_lps: (M, 3) the session's clicks, LPS mm, in order.
@@ -63,11 +110,12 @@ def order_clicks(
         (P + Q, 3) float64 points and (P + Q,) int64 labels.
 
     Raises:
-        PromptError: there is no positive point.
+        PromptError: there is no positive point and ``allow_negative_first`` is False.
     """
-    positive_lps = np.asarray(positive_lps, dtype=np.float64).reshape(-1, 3)
-    negative_lps = np.asarray(negative_lps, dtype=np.float64).reshape(-1, 3)
-    require_positive(positive_lps)
+    positive_lps = as_points(positive_lps)
+    negative_lps = as_points(negative_lps)
+    if not allow_negative_first:
+        require_positive(positive_lps)
     remaining = [(p, 1) for p in positive_lps] + [(p, 0) for p in negative_lps]
     ordered: list[tuple[np.ndarray, int]] = []
     for point, label in zip(np.asarray(previous_lps).reshape(-1, 3), np.asarray(previous_labels).reshape(-1)):
@@ -76,7 +124,8 @@ def order_clicks(
                 ordered.append(remaining.pop(i))
                 break
     ordered += remaining
-    ordered = [ordered[i] for i in positive_first([label for _, label in ordered])]
+    if not allow_negative_first:
+        ordered = [ordered[i] for i in positive_first([label for _, label in ordered])]
     points = np.array([p for p, _ in ordered], dtype=np.float64).reshape(-1, 3)
     labels = np.array([label for _, label in ordered], dtype=np.int64)
     return points, labels

@@ -42,31 +42,29 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from .card import ModelCard, official_card
+from .editing import KEEP_BOX, Box, as_box, same_box
 from .errors import ConfigError, PromptError, SessionStateError
 from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
 from .history import History
 from .io import image_from_array, validate_image
+from .masks import mask_on_grid
 from .model.sam3d import Sam3D
-from .paste import paste_logits
-from .prompts import order_clicks
+from .prompts import as_labels, as_points, order_clicks
+from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, WindowSteps
 from .steps import ClickResult, MaskChange, PackedMaskChange, SessionState
-from .windows import BORDER_TOUCH_VOXELS, WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
+from .windows import BORDER_TOUCH_VOXELS, WINDOW_MARGIN_VOXELS, Slices3, WindowStack
 
 __all__ = ["BORDER_TOUCH_VOXELS", "DEFAULT_HISTORY_LIMIT", "WINDOW_MARGIN_VOXELS", "MAX_WINDOWS", "MAX_EXTENSIONS_PER_CLICK", "ClickResult", "MaskChange", "Session", "SessionState"]
 
 logger = logging.getLogger(__name__)
 
-#: Automatic extension stops once a session holds this many windows (each costs one encoder
-#: pass and ~1 MB of cache); windows opened by user clicks are not limited.
-MAX_WINDOWS = 12
-#: Automatic extensions after one click (bounds the latency of a single click).
-MAX_EXTENSIONS_PER_CLICK = 2
 #: Undo steps a standalone session keeps (the Slicer logic's own history keeps as many). A step
 #: holds the logits of the windows it ran (1.1 MB a window for the default model: 64³ fine and
 #: 32³ decoder logits) and its packed mask change (tens of kB), so 50 steps hold about 60 MB.
@@ -75,6 +73,10 @@ MAX_EXTENSIONS_PER_CLICK = 2
 DEFAULT_HISTORY_LIMIT = 50
 
 _NO_TIMINGS = ("extract", "encoder", "decoder", "paste")
+#: How a click edits a session that started from an existing mask (``Session(correction=...)``):
+#: "local" keeps only the error region the click points at (see :mod:`.editing`), "window"
+#: takes the window's whole new prediction (as for an object started from clicks).
+CORRECTION_MODES = ("local", "window")
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class _Step:
         return self.change.unpacked() if isinstance(self.change, PackedMaskChange) else self.change
 
 
-class Session:
+class Session(WindowSteps):
     """Interactive promptable segmentation of one object in one 3D image.
 
     Args:
@@ -100,10 +102,12 @@ class Session:
             owns the history itself (with :meth:`state` and :meth:`restore`) passes False.
         history_limit: undo steps kept (the oldest are forgotten), a positive integer, or None
             for no limit (memory then grows with every click). Unused without ``keep_history``.
+        initial_mask: an existing mask to refine (see :meth:`set_mask`); needs ``image``.
+        correction: how clicks edit an existing mask, one of :data:`CORRECTION_MODES`.
 
     Raises:
         TypeError: ``model`` is not a :class:`Sam3D`.
-        ConfigError: ``history_limit`` is not a positive integer or None.
+        ConfigError: ``history_limit`` is not a positive integer or None, or ``correction`` is unknown.
 
     Example:
         >>> session = Session(load_model("default"), sitk.ReadImage("ct.nii.gz"))
@@ -120,10 +124,14 @@ class Session:
         auto_extend: bool = True,
         keep_history: bool = True,
         history_limit: int | None = DEFAULT_HISTORY_LIMIT,
+        initial_mask: np.ndarray | sitk.Image | None = None,
+        correction: str = "local",
     ) -> None:
         bad_limit = isinstance(history_limit, bool) or not isinstance(history_limit, numbers.Integral) or history_limit < 1
         if history_limit is not None and bad_limit:
             raise ConfigError(f"history_limit must be a positive integer (undo steps kept) or None (no limit), got {history_limit!r}")
+        if correction not in CORRECTION_MODES:
+            raise ConfigError(f"correction must be one of {', '.join(CORRECTION_MODES)}, got {correction!r}")
         if not isinstance(model, Sam3D):
             raise TypeError(f"model must be a SAMMed3DLib Sam3D (from load_model or build_sam3d), got {type(model).__name__}")
         self.model = model.eval()
@@ -133,6 +141,7 @@ class Session:
                 f"model card {self.card.name!r} says input size {self.card.input_size} but the model takes {model.img_size}"
             )
         self.auto_extend = auto_extend
+        self.correction = correction
         self.keep_history = keep_history
         self._image: sitk.Image | None = None
         self._geometry: ImageGeometry | None = None
@@ -141,10 +150,15 @@ class Session:
         self._labels: list[int] = []
         self._mask: np.ndarray | None = None
         self._base_mask: np.ndarray | None = None
+        self._editing = False  # the session started from a non-empty mask
+        self._box: Box | None = None
+        self._locked: np.ndarray | None = None
         self._history: History[_Step] = History(None if history_limit is None else int(history_limit))
         self._results: weakref.WeakSet[ClickResult] = weakref.WeakSet()
         if image is not None:
             self.set_image(image)
+        if initial_mask is not None:
+            self.set_mask(initial_mask)
 
     # -- image ---------------------------------------------------------------------------------
 
@@ -193,18 +207,55 @@ class Session:
         self._geometry = ImageGeometry.from_image(image)
         self._windows = WindowStack(self.model, self.card, image, self._geometry)
         self._base_mask = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
+        self._editing = False
+        self._locked = None
         self._clear_interaction()
 
-    def set_mask(self, mask_zyx: np.ndarray | sitk.Image) -> None:
-        """Start from an existing mask (e.g. the segment being edited); clears clicks and undo."""
+    def set_mask(self, mask: np.ndarray | sitk.Image) -> None:
+        """Start from an existing mask: this is the current answer, and clicks refine it.
+
+        Clears clicks, the box and undo. Every window that overlaps the mask gets it as its dense
+        prompt (:func:`~SAMMed3DLib.editing.mask_prompt_logits`), a negative click is a valid
+        first click, and with ``correction="local"`` a click changes only the error region it
+        points at. Voxels outside every window that runs are never touched.
+
+        Args:
+            mask: a (z, y, x) array on the image grid (non-zero = object), or a SimpleITK image
+                anywhere in space (resampled onto the image grid, nearest neighbour, when its grid
+                differs).
+
+        Raises:
+            SessionStateError: no image, an array of another shape, or a mask image that does not
+                overlap the image.
+        """
         self._require_image()
-        arr = sitk.GetArrayFromImage(mask_zyx) if isinstance(mask_zyx, sitk.Image) else np.asarray(mask_zyx)
-        if arr.shape != self._base_mask.shape:  # type: ignore[union-attr]
-            raise SessionStateError(f"mask shape {arr.shape} does not match the image's (z, y, x) shape {self._base_mask.shape}")  # type: ignore[union-attr]
-        self._base_mask = (arr > 0).astype(np.uint8)
+        self._base_mask = mask_on_grid(mask, self._image)  # type: ignore[arg-type]
+        self._editing = bool(self._base_mask.any())
         self._clear_interaction()
+
+    def set_locked(self, locked: np.ndarray | sitk.Image | None) -> None:
+        """Voxels no click may change (other, finished segments); None unlocks all.
+
+        Locked voxels keep their value whatever the model predicts. Takes effect from the next
+        click; the mask is not changed now.
+        """
+        self._require_image()
+        self._locked = None if locked is None else mask_on_grid(locked, self._image).astype(bool)  # type: ignore[arg-type]
+        if self._locked is not None and not self._locked.any():
+            self._locked = None
+
+    @property
+    def editing(self) -> bool:
+        """True when the session started from a non-empty mask (:meth:`set_mask`)."""
+        return self._editing
+
+    @property
+    def box(self) -> Box | None:
+        """The object's box (:meth:`set_box`), or None."""
+        return self._box
 
     def _clear_interaction(self) -> None:
+        self._box = None
         self._points_lps, self._labels = [], []
         if self._windows is not None:
             self._windows.set_logits(())
@@ -249,7 +300,7 @@ class Session:
     def state(self) -> SessionState:
         """The clicks and every window's logits (not the mask: see :class:`MaskChange`)."""
         self._require_image()
-        return SessionState(self.points_lps, self.labels, self._windows.logits())  # type: ignore[union-attr]
+        return SessionState(self.points_lps, self.labels, self._windows.logits(), self._box)  # type: ignore[union-attr]
 
     def restore(self, state: SessionState, region_zyx: Slices3 | None = None, voxels: np.ndarray | None = None) -> None:
         """Put the session back to ``state`` and, if given, write ``voxels`` into ``region_zyx`` of the mask.
@@ -262,6 +313,7 @@ class Session:
         self._require_image()
         self._points_lps = [np.array(p, dtype=np.float64) for p in state.points_lps]
         self._labels = [int(v) for v in state.labels]
+        self._box = state.box
         self._windows.set_logits(state.window_logits)  # type: ignore[union-attr]
         if region_zyx is not None and voxels is not None:
             self._before_mask_change()
@@ -286,19 +338,18 @@ class Session:
 
         Raises:
             SessionStateError: no image set.
-            PromptError: the point lies outside the image, is not 3 finite numbers, or the first
-                click of the object is negative.
+            PromptError: the point lies outside the image (or is positive and outside the box), is
+                not 3 finite numbers, or is negative and the object has no click, mask or box yet.
         """
         self._require_image()
         point = self._check_point(point_lps)
-        if not self._points_lps and not positive:
-            raise PromptError("the first click of an object must be positive: click inside the structure first")
+        self._check_labels([1 if positive else 0], first=not self._points_lps, points=point[None])
         before = self.state()
         self._points_lps.append(point)
         self._labels.append(1 if positive else 0)
         t0 = time.perf_counter()
         timings = dict.fromkeys(_NO_TIMINGS, 0.0)
-        region, ran, previous = self._run_click(point, timings)
+        region, ran, previous = self._run_click(point, bool(positive), timings)
         timings["total"] = time.perf_counter() - t0
         change = self._change(region, previous)
         self._record(before, change)
@@ -314,7 +365,7 @@ class Session:
         self._require_image()
         return self.click(self.geometry.index_to_lps(np.asarray(index_xyz, dtype=np.float64)), positive)
 
-    def set_points(self, positive_lps: np.ndarray, negative_lps: np.ndarray) -> ClickResult:
+    def set_points(self, positive_lps: np.ndarray, negative_lps: np.ndarray, box: Any = KEEP_BOX) -> ClickResult:
         """Bring the session to exactly these positive and negative points, in any order.
 
         For an editor that keeps the object's points as two sets (Slicer's markups nodes): the
@@ -323,18 +374,22 @@ class Session:
         pass and only a moved or deleted one replays. See :meth:`predict`.
 
         Args:
-            positive_lps: (P, 3) LPS mm, P ≥ 1.
+            positive_lps: (P, 3) LPS mm, P ≥ 1 (P = 0 allowed when editing a mask or inside a box).
             negative_lps: (Q, 3) LPS mm.
+            box: see :meth:`predict`.
         """
         self._require_image()
-        points, labels = order_clicks(self.points_lps, self.labels, positive_lps, negative_lps)
-        return self.predict(points, labels)
+        new_box = self._box if box is KEEP_BOX else as_box(box)
+        allow = self._editing or new_box is not None
+        points, labels = order_clicks(self.points_lps, self.labels, positive_lps, negative_lps, allow_negative_first=allow)
+        return self.predict(points, labels, box=new_box)
 
     def predict(
         self,
         points_lps: np.ndarray | Sequence[Sequence[float]],
         labels: Sequence[int] | np.ndarray,
         progress: Callable[[int, int], None] | None = None,
+        box: Any = KEEP_BOX,
     ) -> ClickResult:
         """Bring the session to exactly these clicks (in order) and return the mask.
 
@@ -348,20 +403,20 @@ class Session:
             labels: (N,) 1 positive / 0 negative.
             progress: ``progress(done, total)``, called after each click that runs (the
                 ``sammed3d segment`` command's bar for many clicks).
+            box: the object's box as two LPS corners (or a :class:`~SAMMed3DLib.editing.Box`), or
+                None for none; by default the current one is kept. A changed box replays the object.
         """
         self._require_image()
-        pts = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
-        labs = [int(v) for v in np.asarray(labels).reshape(-1)]
-        if len(labs) != len(pts):
-            raise PromptError(f"got {len(pts)} points but {len(labs)} labels")
-        if any(v not in (0, 1) for v in labs):
-            raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {sorted(set(labs))}")
+        pts = as_points(points_lps)
+        labs = as_labels(labels, len(pts))
+        new_box = self._box if box is KEEP_BOX else as_box(box)
+        if new_box is not None:
+            self._check_point(new_box.center_lps)
         # Validate every click before anything changes: a bad point leaves the session as it was.
         checked = [self._check_point(p) for p in pts]
-        if labs and not labs[0]:
-            raise PromptError("the first click of an object must be positive: click inside the structure first")
+        self._check_labels(labs, first=True, points=pts, box=new_box)
         n = len(self._points_lps)
-        is_prefix = n <= len(pts) and all(
+        is_prefix = same_box(new_box, self._box) and n <= len(pts) and all(
             np.array_equal(self._points_lps[i], pts[i]) and self._labels[i] == labs[i] for i in range(n)
         )
         t0 = time.perf_counter()
@@ -374,30 +429,81 @@ class Session:
             for done, (point, label) in enumerate(zip(checked[n:], labs[n:]), 1):
                 self._points_lps.append(point)
                 self._labels.append(label)
-                r, w, p = self._run_click(point, timings)
+                r, w, p = self._run_click(point, bool(label), timings)
                 region, previous = self._grow(region, previous, r, p)
                 ran += w
                 if progress is not None:
                     progress(done, len(pts) - n)
         else:
-            # Replay from the starting mask; one step restores the whole previous mask.
-            previous = self._mask.copy()  # type: ignore[union-attr]
-            self._points_lps, self._labels = [], []
-            self._windows.set_logits(())  # type: ignore[union-attr]
-            self._before_mask_change()
-            self._mask[...] = self._base_mask  # type: ignore[index]
-            for done, (point, label) in enumerate(zip(checked, labs), 1):
-                self._points_lps.append(point)
-                self._labels.append(label)
-                ran += self._run_click(point, timings)[1]
-                if progress is not None:
-                    progress(done, len(pts))
-            region = tuple(slice(0, s) for s in self._mask.shape)  # type: ignore[union-attr,assignment]
+            region, previous, ran = self._replay(new_box, checked, labs, timings, progress)
         timings["total"] = time.perf_counter() - t0
         change = self._change(region, previous)
         if len(pts) != n or not is_prefix:
             self._record(before, change)
         return self._result(change, ran, timings)
+
+    def set_box(self, corner_a_lps: Sequence[float] | np.ndarray, corner_b_lps: Sequence[float] | np.ndarray) -> ClickResult:
+        """Give the object by a 3D box (two opposite corners, LPS mm), as its first prompt.
+
+        The object restarts from the starting mask with the box: a window centred on the box
+        (zoomed out when the box is larger than one window) with a positive click at the box's
+        centre, the prediction confined to the box (the CVPR 2025 baseline's use of a box, since
+        SAM-Med3D has no box embedding; :mod:`.editing`). The clicks so far are replayed after
+        it; later clicks refine, and the box keeps bounding the object. One history step.
+
+        Raises:
+            PromptError: a corner is not 3 finite numbers, the box is flat, its centre lies
+                outside the image, or a positive click so far lies outside it.
+        """
+        self._require_image()
+        box = Box.from_corners(corner_a_lps, corner_b_lps)
+        self._check_point(box.center_lps)
+        self._check_labels(list(self._labels), first=True, points=self.points_lps, box=box)
+        return self._restart(box)
+
+    def clear_box(self) -> ClickResult:
+        """Forget the box and replay the clicks without it (one history step)."""
+        self._require_image()
+        if self._box is not None and not self._points_lps and not self._editing:
+            raise PromptError("the box is the object's only prompt: add a + click before removing it, or reset()")
+        return self._restart(None)
+
+    def _restart(self, box: Box | None) -> ClickResult:
+        t0 = time.perf_counter()
+        before = self.state()
+        timings = dict.fromkeys(_NO_TIMINGS, 0.0)
+        region, previous, ran = self._replay(box, list(self._points_lps), list(self._labels), timings, None)
+        timings["total"] = time.perf_counter() - t0
+        change = self._change(region, previous)
+        self._record(before, change)
+        return self._result(change, ran, timings)
+
+    def _replay(
+        self,
+        box: Box | None,
+        points: list[np.ndarray],
+        labels: list[int],
+        timings: dict[str, float],
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[Slices3, np.ndarray, list[Window]]:
+        """Recompute the object from the starting mask (box first, then the clicks), reusing embeddings."""
+        previous = self._mask.copy()  # type: ignore[union-attr]
+        self._points_lps, self._labels = [], []
+        self._box = box
+        self._windows.set_logits(())  # type: ignore[union-attr]
+        self._before_mask_change()
+        self._mask[...] = self._base_mask  # type: ignore[index]
+        ran: list[Window] = []
+        if box is not None:
+            ran += self._run_box(box, timings)
+        for done, (point, label) in enumerate(zip(points, labels), 1):
+            self._points_lps.append(point)
+            self._labels.append(label)
+            ran += self._run_click(point, bool(label), timings)[1]
+            if progress is not None:
+                progress(done, len(points))
+        region = tuple(slice(0, s) for s in self._mask.shape)  # type: ignore[union-attr]
+        return region, previous, ran  # type: ignore[return-value]
 
     def undo(self) -> ClickResult | None:
         """Undo the last click (or replay); returns None when there is nothing to undo."""
@@ -445,6 +551,19 @@ class Session:
             result._detach()
         self._results.clear()
 
+    def _check_labels(self, labels: Sequence[int], first: bool, points: np.ndarray, box: Any = KEEP_BOX) -> None:
+        """Refuse a negative first click of a fresh object and positive clicks outside the box."""
+        box = self._box if box is KEEP_BOX else box
+        if first and labels and not labels[0] and not (self._editing or box is not None):
+            raise PromptError(
+                "the first click of an object must be positive: click inside the structure first (a negative "
+                "click alone is valid only when correcting an existing mask, set_mask, or inside a box, set_box)"
+            )
+        if box is not None:
+            positive = np.asarray(labels, dtype=np.int64) == 1
+            if positive.any() and not box.contains_lps(points[positive]).all():
+                raise PromptError("a positive click lies outside the object's box: move the box around it (set_box) or clear_box()")
+
     def _check_point(self, point_lps: Sequence[float] | np.ndarray) -> np.ndarray:
         try:
             point = np.asarray(point_lps, dtype=np.float64).reshape(3)
@@ -460,103 +579,3 @@ class Session:
                 "click inside the image (check that points and image share the same coordinate frame)"
             )
         return point
-
-    def _run_click(self, point: np.ndarray, timings: dict[str, float]) -> tuple[Slices3 | None, list[Window], np.ndarray | None]:
-        """Predict in the window of ``point`` (opening one if needed), paste, maybe extend.
-
-        Returns the changed region, the windows that ran and the region's voxels before.
-        """
-        windows = self._windows
-        assert windows is not None
-        state = windows.containing(point)
-        if state is None:
-            state = windows.open(point, timings)
-        state.automatic = False  # a user's click makes the window the user's
-        t = time.perf_counter()
-        windows.decode(state, self.points_lps, self.labels)
-        timings["decoder"] += time.perf_counter() - t
-        t = time.perf_counter()
-        region, previous = self._paste_owned(state)
-        timings["paste"] += time.perf_counter() - t
-        ran = [state.window]
-        if self.auto_extend:
-            extra_region, extra_prev, extra_ran = self._extend(state, timings)
-            region, previous = self._grow(region, previous, extra_region, extra_prev)
-            ran += extra_ran
-        return region, ran, previous
-
-    def _paste_owned(self, state: WindowState) -> tuple[Slices3 | None, np.ndarray | None]:
-        """Paste ``state``'s prediction on the voxels it owns; returns the footprint and its voxels before."""
-        windows = self._windows
-        assert windows is not None and state.output is not None
-        region = windows.footprint([state])
-        if region is None:
-            return None, None
-        previous = self._mask[region].copy()  # type: ignore[index]
-        owned = windows.owned(state, region)
-        self._before_mask_change()
-        paste_logits(state.output[0, 0], state.window, self._geometry, self._mask)  # type: ignore[index]
-        if not owned.all():
-            block = self._mask[region]  # type: ignore[index]
-            np.copyto(block, previous, where=~owned)
-        return region, previous
-
-    def _grow(
-        self, region: Slices3 | None, previous: np.ndarray | None, more: Slices3 | None, more_previous: np.ndarray | None
-    ) -> tuple[Slices3 | None, np.ndarray | None]:
-        """The region changed so far and its voxels before, after a later step changed ``more``."""
-        if more is None or more_previous is None:
-            return region, previous
-        union = union_region(region, more)
-        return union, self._merge_previous(union, region, previous, more, more_previous)  # type: ignore[arg-type]
-
-    def _merge_previous(
-        self,
-        union: Slices3,
-        a_region: Slices3 | None,
-        a_prev: np.ndarray | None,
-        b_region: Slices3,
-        b_prev: np.ndarray,
-    ) -> np.ndarray:
-        """Voxels of ``union`` before this click: current voxels, overwritten by saved blocks.
-
-        ``b`` was saved after ``a`` was pasted, so ``a``'s block (the older one) wins.
-        """
-        out = self._mask[union].copy()  # type: ignore[index]
-        for region, prev in ((b_region, b_prev), (a_region, a_prev)):
-            if region is None or prev is None:
-                continue
-            local = tuple(slice(r.start - u.start, r.stop - u.start) for r, u in zip(region, union))
-            out[local] = prev
-        return out
-
-    def _extend(self, state: WindowState, timings: dict[str, float]) -> tuple[Slices3 | None, np.ndarray | None, list[Window]]:
-        """Open neighbour windows where the mask of ``state`` is cut off by a window face."""
-        windows = self._windows
-        assert windows is not None
-        region: Slices3 | None = None
-        previous: np.ndarray | None = None
-        ran: list[Window] = []
-        frontier = [state]
-        for _ in range(MAX_EXTENSIONS_PER_CLICK):
-            if not frontier or len(windows) >= MAX_WINDOWS:
-                break
-            source = frontier.pop(0)
-            seed = windows.border_seed(source)
-            if seed is None:
-                continue
-            if windows.containing(seed) is not None:
-                continue  # an existing window already covers the continuation
-            new = windows.open(seed, timings, automatic=True)
-            t = time.perf_counter()
-            windows.decode(new, seed[None], np.array([1]))
-            timings["decoder"] += time.perf_counter() - t
-            t = time.perf_counter()
-            r, prev_block = self._paste_owned(new)  # an automatic window owns no voxel of a user's window
-            timings["paste"] += time.perf_counter() - t
-            if r is None:
-                continue
-            region, previous = self._grow(region, previous, r, prev_block)
-            ran.append(new.window)
-            frontier.append(new)
-        return region, previous, ran

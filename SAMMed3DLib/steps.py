@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,11 +35,13 @@ class SessionState:
         labels: (N,) int64, 1 positive / 0 negative.
         window_logits: per window opened when the state was taken, (decoder logits, shown
             logits); windows opened later start from no logits when the state is restored.
+        box: the object's box (:class:`~SAMMed3DLib.editing.Box`), or None.
     """
 
     points_lps: np.ndarray
     labels: np.ndarray
     window_logits: tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...]
+    box: Any = None
 
 
 @dataclass(frozen=True)

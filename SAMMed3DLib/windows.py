@@ -157,9 +157,18 @@ class WindowStack:
                 return state
         return None
 
-    def open(self, center_lps: np.ndarray, timings: dict[str, float], automatic: bool = False) -> WindowState:
-        """Open a window centred on ``center_lps``: resample, normalise, encode (adds to ``timings``)."""
-        window = Window.centred_at(center_lps, self.card.input_size, self.card.spacing_mm)
+    def open(
+        self, center_lps: np.ndarray, timings: dict[str, float], automatic: bool = False, spacing_mm: float | None = None
+    ) -> WindowState:
+        """Open a window centred on ``center_lps``: resample, normalise, encode (adds to ``timings``).
+
+        ``spacing_mm`` overrides the card's spacing (a box larger than a window is seen zoomed out).
+        """
+        window = Window.centred_at(center_lps, self.card.input_size, self.card.spacing_mm if spacing_mm is None else spacing_mm)
+        for state in self.states:
+            if state.window == window:  # the same window again (a box replayed): its embedding is cached
+                state.automatic = state.automatic and automatic
+                return state
         t = time.perf_counter()
         array = normalize_window(extract_window(self.image, window), self.card)
         timings["extract"] += time.perf_counter() - t
@@ -193,12 +202,15 @@ class WindowStack:
             except RuntimeError as exc:  # pragma: no cover - depends on the machine
                 raise DeviceError(f"the image encoder failed on the CPU after a CUDA out-of-memory error: {exc}") from exc
 
-    def decode(self, state: WindowState, points_lps: np.ndarray, labels: np.ndarray) -> None:
+    def decode(self, state: WindowState, points_lps: np.ndarray, labels: np.ndarray, dense: torch.Tensor | None = None) -> None:
         """Run the decoder (and the fine head, if any) in ``state``'s window; sets its logits/output.
 
         Args:
             points_lps: (N, 3) the object's clicks, LPS mm; those outside the window are left out.
             labels: (N,) 1 positive / 0 negative.
+            dense: the dense prompt, (1, 1, *low_res_size) logits (an existing mask's,
+                :func:`~SAMMed3DLib.editing.mask_prompt_logits`); by default the window's previous
+                logits, zeros on its first decode.
         """
         size = self.card.input_size
         dev = self.device
@@ -206,7 +218,7 @@ class WindowStack:
         inside = np.all((idx >= 0) & (idx <= size - 1), axis=1)
         coords = torch.as_tensor(idx[inside], dtype=torch.float32, device=dev)[None]
         labs = torch.as_tensor(labels[inside], dtype=torch.int64, device=dev)[None]
-        prev = state.logits
+        prev = state.logits if dense is None else dense
         if prev is None:
             prev = torch.zeros((1, 1, *self.model.low_res_size), dtype=torch.float32, device=dev)
         coords_in, labs_in = (coords, labs) if coords.shape[1] else (None, None)

@@ -67,6 +67,7 @@ from .mrml_geometry import (
     node_label,
     node_to_world_matrix,
     require_in_scene,
+    roi_world_lps_box,
     volume_geometry,
     volume_ijk_to_world_ras,
     volume_to_image,
@@ -231,14 +232,21 @@ class InteractiveSegmentationLogic:
         positivePointsNode: Any,
         negativePointsNode: Any | None = None,
         options: WriteOptions | None = None,
+        roiNode: Any | None = None,
     ) -> SegmentRequest:
         """Read what one update needs from MRML (main thread).
+
+        A segment that already has voxels is the current answer: the points refine it, and
+        negative points alone are a valid correction. ``roiNode`` (a markups ROI) gives the
+        object's box (:meth:`SAMMed3DLib.session.Session.set_box`); the voxels of the locked
+        segments (``options.lockedSegmentIds``) are handed to the session so that the model's
+        mask leaves them out.
 
         Raises:
             SessionStateError: a node is missing or was removed, or the segment does not exist.
             ImageError: the volume cannot be segmented (see :func:`.mrml_geometry.volume_geometry`),
                 or the segmentation's geometry does not overlap it.
-            PromptError: there is no positive point.
+            PromptError: there is no positive point, and the segment is empty and there is no box.
         """
         started = time.perf_counter()
         require_in_scene(volumeNode, "input volume")
@@ -249,7 +257,9 @@ class InteractiveSegmentationLogic:
         geometry = volume_geometry(volumeNode)
         positive = control_points_world_lps(positivePointsNode, "positive points")
         negative = control_points_world_lps(negativePointsNode, "negative points")
-        require_positive(positive)
+        box = roi_world_lps_box(roiNode, "box ROI")
+        if box is None and len(negative) == 0:
+            require_positive(positive)
         world_to_local = np.linalg.inv(node_to_world_matrix(segmentationNode, "segmentation"))
         volume_ijk_to_local = world_to_local @ volume_ijk_to_world_ras(volumeNode)
         lattice = labelmaps.segmentation_lattice(segmentationNode, volumeNode)
@@ -276,11 +286,20 @@ class InteractiveSegmentationLogic:
             startTime=started,
             session=self._session if key == self._key else None,
             modelGeneration=self._models.generation,
+            boxLps=box,
         )
+        full = (0, geometry.size_xyz[0] - 1, 0, geometry.size_xyz[1] - 1, 0, geometry.size_xyz[2] - 1)
         if request.session is None:
             request.image, _ = volume_to_image(volumeNode)
-            full = (0, geometry.size_xyz[0] - 1, 0, geometry.size_xyz[1] - 1, 0, geometry.size_xyz[2] - 1)
             request.startMask = labelmaps.read_segment(segmentationNode, segmentId, volume_ijk_to_local, full)
+        editing = request.session.editing if request.session is not None else bool(request.startMask.any())  # type: ignore[union-attr]
+        if len(positive) == 0 and box is None and not editing:
+            require_positive(positive)  # negative points alone correct an existing segment only
+        locked = [s for s in request.options.lockedSegmentIds if s != segmentId and segmentationNode.GetSegmentation().GetSegment(s)]
+        if locked:
+            request.lockedMask = np.zeros(geometry.shape_zyx, dtype=bool)
+            for lockedId in locked:
+                request.lockedMask |= labelmaps.read_segment(segmentationNode, lockedId, volume_ijk_to_local, full) > 0
         return request
 
     def compute(
@@ -313,7 +332,8 @@ class InteractiveSegmentationLogic:
         before = session.state()
         started = time.perf_counter()
         try:
-            result = session.set_points(request.positiveLps, request.negativeLps)
+            session.set_locked(request.lockedMask)
+            result = session.set_points(request.positiveLps, request.negativeLps, box=request.boxLps)
         except Exception:
             # the session may hold a partial replay: start over next time rather than guess
             if self._session is session:
@@ -382,6 +402,7 @@ class InteractiveSegmentationLogic:
         positivePointsNode: Any,
         negativePointsNode: Any | None = None,
         options: WriteOptions | None = None,
+        roiNode: Any | None = None,
     ) -> SegmentResult:
         """Run the model on all points of the markups nodes and write the segment.
 
@@ -392,6 +413,7 @@ class InteractiveSegmentationLogic:
             positivePointsNode: markups with the "object here" points (world RAS, parent transforms applied).
             negativePointsNode: markups with the "not object here" points, or None.
             options: masking rules for this call (default: :attr:`writeOptions`).
+            roiNode: a markups ROI giving the object's box, or None.
 
         Returns:
             A :class:`SegmentResult` (changed extent, voxel count, latency).
@@ -400,7 +422,7 @@ class InteractiveSegmentationLogic:
             SessionStateError, ImageError, PromptError, DeviceError: see :meth:`prepare`,
                 :meth:`compute`, :meth:`apply`. No error leaves a half-written segment.
         """
-        request = self.prepare(volumeNode, segmentationNode, segmentId, positivePointsNode, negativePointsNode, options)
+        request = self.prepare(volumeNode, segmentationNode, segmentId, positivePointsNode, negativePointsNode, options, roiNode)
         update = self.compute(request)
         return self.apply(request, update)
 

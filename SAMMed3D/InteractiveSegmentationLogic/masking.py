@@ -13,6 +13,10 @@ blocks of the segmentation's lattice, so every rule is tested without a scene.
 - **Overwrite other segments**: ``none`` (default: other segments are never modified; the new
   mask may overlap them), ``visible`` or ``all`` (those segments lose the voxels the update sets
   in the target segment).
+- **Locked segments** (``lockedSegmentIds``: finished segments): never modified, whatever the
+  overwrite rule, and never overlapped: the target segment cannot gain their voxels. The logic
+  also hands their voxels to the session (``Session.set_locked``), so the model's mask leaves them
+  out before any of these rules run.
 
 :meth:`WriteOptions.from_segment_editor_node` reads these settings from a
 ``vtkMRMLSegmentEditorNode``, so the module can honour whatever the user set in the Segment Editor.
@@ -90,14 +94,19 @@ class WriteOptions:
         maskSegmentId: the segment that bounds the editable area for ``inside_segment``.
         overwrite: which other segments lose the voxels set in the target (:class:`OverwriteMode`).
         intensityRange: optional (low, high) source-volume intensities outside of which nothing changes.
+        lockedSegmentIds: segments that are never modified nor overlapped (finished ones).
     """
 
     editableArea: EditableArea = EditableArea.EVERYWHERE
     maskSegmentId: str | None = None
     overwrite: OverwriteMode = OverwriteMode.NONE
     intensityRange: tuple[float, float] | None = None
+    lockedSegmentIds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.lockedSegmentIds, str):
+            raise ConfigError(f"lockedSegmentIds must be a sequence of segment IDs, got the string {self.lockedSegmentIds!r}")
+        object.__setattr__(self, "lockedSegmentIds", tuple(str(v) for v in self.lockedSegmentIds))
         object.__setattr__(self, "editableArea", _coerce(EditableArea, self.editableArea, "editableArea"))
         object.__setattr__(self, "overwrite", _coerce(OverwriteMode, self.overwrite, "overwrite"))
         if self.editableArea is EditableArea.INSIDE_SEGMENT and not self.maskSegmentId:
@@ -149,10 +158,11 @@ class WriteOptions:
             needed |= set(others)
         elif self.overwrite is OverwriteMode.VISIBLE:
             needed |= set(others) & visible
+        needed |= set(others) & set(self.lockedSegmentIds)
         return [s for s in others if s in needed]
 
     def segments_to_overwrite(self, target_id: str, segment_ids: Iterable[str], visible_ids: Iterable[str]) -> list[str]:
-        others = [s for s in segment_ids if s != target_id]
+        others = [s for s in segment_ids if s != target_id and s not in self.lockedSegmentIds]
         if self.overwrite is OverwriteMode.ALL:
             return others
         if self.overwrite is OverwriteMode.VISIBLE:
@@ -258,6 +268,9 @@ def compose_update(
             raise ConfigError("an intensity range was set but no source-volume intensities were given")
         low, high = options.intensityRange
         decided &= (intensity >= low) & (intensity <= high)
+    locked = [s for s in options.lockedSegmentIds if s in others]
+    if locked:
+        decided &= ~(union(locked) & (model_code == CODE_OBJECT))  # may still remove, never add, where locked
 
     target_after = np.where(decided, (model_code == CODE_OBJECT).astype(np.uint8), target_before).astype(np.uint8)
     changed_others: dict[str, np.ndarray] = {}

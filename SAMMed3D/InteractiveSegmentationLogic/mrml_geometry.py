@@ -202,3 +202,27 @@ def control_points_world_lps(markups_node: Any | None, role: str) -> np.ndarray:
     if not points_ras:
         return np.zeros((0, 3))
     return ras_to_lps(np.array(points_ras, dtype=np.float64))
+
+
+def roi_world_lps_box(roi_node: Any | None, role: str = "box") -> tuple[np.ndarray, np.ndarray] | None:
+    """Two opposite corners (LPS mm) of a markups ROI's world bounds, or None without a usable ROI.
+
+    The box is the ROI's axis-aligned bounding box in world coordinates (parent transforms
+    applied; a rotated ROI gives the box around it). An ROI not placed yet (no control point, or
+    zero size while it is being drawn) is no box.
+
+    Raises:
+        SessionStateError: the node was removed from the scene.
+    """
+    if roi_node is None:
+        return None
+    require_in_scene(roi_node, role)
+    if roi_node.GetNumberOfControlPoints() == 0 or roi_node.GetNthControlPointPositionStatus(0) != roi_node.PositionDefined:
+        return None
+    bounds = [0.0] * 6
+    roi_node.GetRASBounds(bounds)
+    low = np.array(bounds[0::2], dtype=np.float64)
+    high = np.array(bounds[1::2], dtype=np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+        return None
+    return ras_to_lps(low), ras_to_lps(high)

@@ -73,6 +73,8 @@ class SegmentRequest:
     startTime: float = 0.0
     session: Any = None  # the session this update continues (None: a new one from image/startMask)
     modelGeneration: int = 0  # the model choice the request was made with
+    boxLps: tuple[np.ndarray, np.ndarray] | None = None  # the ROI's two corners, LPS mm
+    lockedMask: np.ndarray | None = None  # (k, j, i) voxels of the locked segments on the volume grid
 
     @property
     def newSession(self) -> bool:

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Options whose value may start with "-" (coordinates like -12.5,40,88); argparse would read
 #: such a value as an option, so main() glues it to its option as "--point=-12.5,40,88".
-COORDINATE_OPTIONS: frozenset[str] = frozenset({"--point", "--negative"})
+COORDINATE_OPTIONS: frozenset[str] = frozenset({"--point", "--negative", "--box"})
 _NUMBER_START = re.compile(r"^-[\d.]")
 
 

@@ -1,0 +1,279 @@
+"""Editing an existing answer: a mask as the model's dense prompt, local corrections, boxes, locks.
+
+Used by :class:`~SAMMed3DLib.session.Session` when it starts from an existing mask
+(:meth:`~SAMMed3DLib.session.Session.set_mask`: a TotalSegmentator or nnU-Net result, a
+colleague's segment, an earlier session), when the object is given by a box
+(:meth:`~SAMMed3DLib.session.Session.set_box`), and when some voxels are locked
+(:meth:`~SAMMed3DLib.session.Session.set_locked`).
+
+* **The mask as dense prompt.** SAM-Med3D's dense prompt is the decoder's own previous
+  low-resolution logits (1, 1, 32³ for a 128³ window; raw logits, no sigmoid). An existing mask is
+  turned into such logits by :func:`mask_prompt_logits`: the mask is resampled into the window
+  (linear, so a voxel holds the fraction of the mask around it), averaged onto the low-resolution
+  grid, and the fraction ``f`` mapped piecewise linearly to ``OUTSIDE`` at 0, 0 at 0.5 and
+  ``INSIDE`` at 1. The two values are the median decoder logits of the default model outside and
+  inside what it segments (measured on held-out CT: about -9 and +2 to +4), so the prompt looks
+  like a confident prediction of the model itself.
+* **Local corrections.** :func:`keep_clicked_change` keeps, of what a window proposes, only the
+  error region the click points at: the voxels a positive click would add (or a negative click
+  would remove) that are 26-connected to the click, within a radius that grows with how deep
+  the click lies in the error. A click therefore never flips the far side of an organ the
+  annotator already got right, and a model that floods cannot flood far.
+* **Boxes.** :class:`Box` is an axis-aligned box in LPS mm (two opposite corners). SAM-Med3D has
+  no box embedding, so a box is used as the CVPR 2025 challenge's SAM-Med3D baseline uses it: a
+  window centred on the box (seen at a coarser spacing when the box does not fit,
+  :func:`box_window_spacing`), a positive click at its centre, and a prediction confined to the box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from .errors import PromptError
+from .geometry import ImageGeometry, Window
+from .paste import window_footprint
+
+#: Dense-prompt logit of a low-resolution voxel fully inside the existing mask.
+INSIDE_LOGIT = 4.0
+#: Dense-prompt logit of a low-resolution voxel fully outside the existing mask.
+OUTSIDE_LOGIT = -8.0
+#: A local correction also keeps proposed changes that pass this close to the click (mm), so a
+#: click on the edge of an error (not exactly inside it) still selects it.
+CLICK_REACH_MM = 3.0
+#: A local correction changes voxels within DEPTH_FACTOR × (the click's depth in the error) of
+#: the click, clipped to [MIN_RADIUS_MM, MAX_RADIUS_MM]. Chosen on four held-back cases (8
+#: structures, near-correct masks, clicks at the deepest error voxel): 1.5 gave mean Dice +0.02
+#: after one click and +0.03 after three with no structure losing on its first click; 2 gave
+#: +0.02 / +0.01, 4 lost 0.11 on one structure, and no ball at all lost 0.54.
+DEPTH_FACTOR = 1.5
+MIN_RADIUS_MM = 4.5
+MAX_RADIUS_MM = 60.0
+
+Slices3 = tuple[slice, slice, slice]
+
+
+def region_image(block_zyx: np.ndarray, region: Slices3, geometry: ImageGeometry) -> sitk.Image:
+    """A (z, y, x) block of the image grid as a SimpleITK image at its place in space."""
+    out = sitk.GetImageFromArray(np.ascontiguousarray(block_zyx))
+    ijk_to_lps = geometry.ijk_to_lps
+    start = np.array([region[2].start, region[1].start, region[0].start], dtype=np.float64)
+    out.SetOrigin(tuple(float(v) for v in ijk_to_lps[:3, :3] @ start + ijk_to_lps[:3, 3]))
+    out.SetSpacing(tuple(float(v) for v in geometry.spacing_xyz_mm))
+    out.SetDirection(tuple(float(v) for v in geometry.direction.reshape(-1)))
+    return out
+
+
+def mask_fraction_in_window(mask_zyx: np.ndarray, geometry: ImageGeometry, window: Window) -> np.ndarray | None:
+    """The mask resampled into ``window`` (linear): (size,)³ float32 in tensor order (R, A, S), or None if empty there."""
+    region = window_footprint(window, geometry)
+    if region is None:
+        return None
+    block = mask_zyx[region]
+    if not block.any():
+        return None
+    resampled = sitk.Resample(
+        region_image(block.astype(np.float32), region, geometry),
+        window.to_reference_image(),
+        sitk.Transform(),
+        sitk.sitkLinear,
+        0.0,
+        sitk.sitkFloat32,
+    )
+    return np.ascontiguousarray(sitk.GetArrayFromImage(resampled).transpose(2, 1, 0))
+
+
+def fraction_to_logits(fraction: torch.Tensor) -> torch.Tensor:
+    """Map mask fractions in [0, 1] to dense-prompt logits: OUTSIDE at 0, 0 at 0.5, INSIDE at 1."""
+    f = fraction.clamp(0.0, 1.0)
+    return torch.where(f >= 0.5, (f - 0.5) * (2.0 * INSIDE_LOGIT), (0.5 - f) * (2.0 * OUTSIDE_LOGIT))
+
+
+def mask_prompt_logits(
+    mask_zyx: np.ndarray, geometry: ImageGeometry, window: Window, low_res_size: tuple[int, int, int], device: torch.device
+) -> torch.Tensor | None:
+    """The existing mask as the decoder's dense prompt in ``window``: (1, 1, *low_res_size) logits, or None where it is empty."""
+    fraction = mask_fraction_in_window(mask_zyx, geometry, window)
+    if fraction is None:
+        return None
+    x = torch.from_numpy(fraction)[None, None]
+    low = torch.nn.functional.adaptive_avg_pool3d(x, low_res_size)
+    return fraction_to_logits(low).to(device)
+
+
+def keep_clicked_change(
+    before: np.ndarray,
+    after: np.ndarray,
+    click_zyx: np.ndarray,
+    positive: bool,
+    spacing_zyx: np.ndarray,
+    reach_mm: float = CLICK_REACH_MM,
+) -> np.ndarray:
+    """``before`` with only the part of the proposed change that the click points at.
+
+    A positive click only adds voxels, a negative one only removes them. Of the proposed
+    additions (removals), the voxels kept are those within a ball around the click whose radius
+    scales with how deep the click lies in the error: ``DEPTH_FACTOR`` times the distance from the
+    click to the current mask (for a positive click) or to its outside (for a negative one),
+    between ``MIN_RADIUS_MM`` and ``MAX_RADIUS_MM``; and of those, the 26-connected components that
+    contain the click or pass within ``reach_mm`` of it.
+
+    Args:
+        before: (z, y, x) 0/1 block, the mask before the click.
+        after: same shape, what the window proposes.
+        click_zyx: (3,) the click's continuous index in the block (z, y, x).
+        positive: the click's sign.
+        spacing_zyx: voxel spacing (mm) of the block's axes.
+        reach_mm: changes within this distance of the click count as the clicked ones.
+
+    Returns:
+        A new (z, y, x) uint8 block.
+    """
+    before_b = before.astype(bool)
+    proposal = after.astype(bool) & ~before_b if positive else before_b & ~after.astype(bool)
+    out = before.astype(np.uint8, copy=True)
+    if not proposal.any():
+        return out
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    depth = _depth(before_b if positive else ~before_b, click_zyx, spacing, MAX_RADIUS_MM / DEPTH_FACTOR)
+    radius = float(np.clip(DEPTH_FACTOR * depth, MIN_RADIUS_MM, MAX_RADIUS_MM))
+    ball = _ball(proposal.shape, click_zyx, spacing, radius)
+    if ball is None:
+        return out
+    box, inside = ball
+    local = proposal[box] & inside
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    near = _ball(local.shape, np.asarray(click_zyx, dtype=np.float64) - offset, spacing, reach_mm)
+    if near is None or not (local[near[0]] & near[1]).any():
+        return out
+    labels, _ = ndimage.label(local, structure=np.ones((3, 3, 3), dtype=bool))
+    chosen = np.unique(labels[near[0]][near[1]])
+    chosen = chosen[chosen > 0]
+    out[box][np.isin(labels, chosen)] = 1 if positive else 0
+    return out
+
+
+def _depth(target: np.ndarray, click_zyx: np.ndarray, spacing_zyx: np.ndarray, limit_mm: float) -> float:
+    """Distance (mm) from the click to the nearest voxel of ``target``, at most ``limit_mm``."""
+    ball = _ball(target.shape, click_zyx, spacing_zyx, limit_mm)
+    if ball is None:
+        return limit_mm
+    box, inside = ball
+    found = target[box] & inside
+    if not found.any():
+        return limit_mm
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    where = np.argwhere(found).astype(np.float64)
+    distances = np.sqrt((((where + offset - np.asarray(click_zyx, dtype=np.float64)) * spacing_zyx) ** 2).sum(axis=1))
+    return float(min(distances.min(), limit_mm))
+
+
+def _ball(shape: tuple[int, ...], centre_zyx: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float) -> tuple[Slices3, np.ndarray] | None:
+    """(box slices, boolean ball inside the box) of voxels within ``radius_mm`` of a point, or None outside the block."""
+    centre = np.asarray(centre_zyx, dtype=np.float64)
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    reach = np.ceil(radius_mm / spacing).astype(int)
+    nearest = np.round(centre).astype(int)
+    lo = np.maximum(nearest - reach, 0)
+    hi = np.minimum(nearest + reach + 1, np.asarray(shape))
+    if np.any(lo >= hi):
+        return None
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    grids = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, centre, spacing)], indexing="ij", sparse=True)
+    ball = sum(g * g for g in grids) <= max(radius_mm, float(spacing.max()) * 0.87) ** 2
+    return box, ball  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class Box:
+    """An axis-aligned 3D box in LPS mm, the object's bounds (``lo`` ≤ ``hi`` componentwise)."""
+
+    lo_lps: np.ndarray
+    hi_lps: np.ndarray
+
+    @classmethod
+    def from_corners(cls, corner_a_lps: Any, corner_b_lps: Any) -> Box:
+        """The box with these two opposite corners (any two, in any order).
+
+        Raises:
+            PromptError: a corner is not 3 finite numbers, or the box is flat (zero extent).
+        """
+        corners = []
+        for name, corner in (("first", corner_a_lps), ("second", corner_b_lps)):
+            try:
+                point = np.asarray(corner, dtype=np.float64).reshape(3)
+            except (TypeError, ValueError) as exc:
+                raise PromptError(f"the box's {name} corner must be 3 numbers (x, y, z in mm), got {corner!r}") from exc
+            if not np.all(np.isfinite(point)):
+                raise PromptError(f"the box's {name} corner must be finite, got {point.tolist()}")
+            corners.append(point)
+        lo, hi = np.minimum(*corners), np.maximum(*corners)
+        if np.any(hi - lo <= 0):
+            raise PromptError(
+                f"the box from {corners[0].tolist()} to {corners[1].tolist()} mm is flat (zero extent along an axis): "
+                "give two opposite corners of a 3D box"
+            )
+        lo.setflags(write=False)
+        hi.setflags(write=False)
+        return cls(lo, hi)
+
+    @property
+    def center_lps(self) -> np.ndarray:
+        return (self.lo_lps + self.hi_lps) / 2.0
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        return self.hi_lps - self.lo_lps
+
+    def as_tuple(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        return tuple(float(v) for v in self.lo_lps), tuple(float(v) for v in self.hi_lps)  # type: ignore[return-value]
+
+    def contains_lps(self, points_lps: np.ndarray, tolerance_mm: float = 1e-6) -> np.ndarray:
+        pts = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
+        return np.all((pts >= self.lo_lps - tolerance_mm) & (pts <= self.hi_lps + tolerance_mm), axis=1)
+
+    def region_mask(self, geometry: ImageGeometry, region: Slices3) -> np.ndarray:
+        """Boolean (z, y, x) block of ``region``: voxel centres inside the box."""
+        m = geometry.ijk_to_lps
+        k, j, i = (np.arange(s.start, s.stop, dtype=np.float64) for s in region)
+        inside = np.ones(tuple(s.stop - s.start for s in region), dtype=bool)
+        for axis in range(3):
+            coord = (m[axis, 0] * i)[None, None, :] + (m[axis, 1] * j)[None, :, None] + (m[axis, 2] * k + m[axis, 3])[:, None, None]
+            inside &= (coord >= self.lo_lps[axis] - 1e-6) & (coord <= self.hi_lps[axis] + 1e-6)
+        return inside
+
+
+def box_window_spacing(box: Box, size: int, spacing_mm: float, margin_voxels: int) -> float:
+    """Spacing of a ``size``³ window centred on ``box`` that holds it ``margin_voxels`` from every face.
+
+    The card's spacing when the box fits; a coarser one (the window zooms out) when it does not.
+    """
+    usable = max(size - 1 - 2 * margin_voxels, 1)
+    return float(max(spacing_mm, float(np.max(box.extent_mm)) / usable))
+
+
+#: Default of ``box=`` in ``Session.predict`` and ``Session.set_points``: keep the current box.
+KEEP_BOX: Any = object()
+
+
+def as_box(box: Any) -> Box | None:
+    """A :class:`Box` from a Box, two corners, or None."""
+    if box is None or isinstance(box, Box):
+        return box
+    try:
+        corner_a, corner_b = box
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"a box is two opposite corners ((x, y, z), (x, y, z)) in LPS mm, got {box!r}") from exc
+    return Box.from_corners(corner_a, corner_b)
+
+
+def same_box(a: Box | None, b: Box | None) -> bool:
+    """Whether two boxes (or None) are the same."""
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a.lo_lps, b.lo_lps) and np.array_equal(a.hi_lps, b.hi_lps))

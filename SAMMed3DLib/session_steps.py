@@ -1,0 +1,199 @@
+"""The steps a :class:`~SAMMed3DLib.session.Session` runs in its windows: decode, paste, follow.
+
+Kept apart from the session's public API (:mod:`.session`): this is how one prompt becomes voxels
+of the mask. A window is decoded with every prompt of the object (the box's centre click first,
+then the clicks; an edited mask as dense prompt), its prediction is pasted on the voxels it owns
+(:meth:`~SAMMed3DLib.windows.WindowStack.owned`) except the voxels outside the box and the locked
+ones, an edit keeps only the change the click points at, and an object started from clicks is
+followed into neighbouring windows (``auto_extend``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .editing import Box, box_window_spacing, keep_clicked_change, mask_prompt_logits
+from .geometry import ImageGeometry, Window
+from .paste import paste_logits
+from .windows import WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
+
+if TYPE_CHECKING:
+    from .card import ModelCard
+    from .model.sam3d import Sam3D
+
+#: Automatic extension stops once a session holds this many windows (each costs one encoder
+#: pass and ~1 MB of cache); windows opened by user clicks are not limited.
+MAX_WINDOWS = 12
+#: Automatic extensions after one click (bounds the latency of a single click).
+MAX_EXTENSIONS_PER_CLICK = 2
+
+
+class WindowSteps:
+    """Mixin of :class:`~SAMMed3DLib.session.Session`: the per-window steps of a prompt.
+
+    It holds no state of its own; the attributes below are the session's.
+    """
+
+    model: Sam3D
+    card: ModelCard
+    auto_extend: bool
+    correction: str
+    _geometry: ImageGeometry | None
+    _windows: WindowStack | None
+    _mask: np.ndarray | None
+    _editing: bool
+    _box: Box | None
+    _locked: np.ndarray | None
+
+    # Also used from the session: points_lps, labels, device, _before_mask_change().
+
+    def _prompts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder's sparse prompts: the box's centre click (if any) first, then the clicks."""
+        points, labels = self.points_lps, self.labels
+        if self._box is not None:
+            points = np.concatenate([self._box.center_lps[None], points])
+            labels = np.concatenate([[1], labels]).astype(np.int64)
+        return points, labels
+
+    def _decode(self, state: WindowState, timings: dict[str, float]) -> None:
+        """Decode ``state``'s window with every prompt; an edited mask is the dense prompt."""
+        t = time.perf_counter()
+        dense = None
+        if self._editing:
+            dense = mask_prompt_logits(self._mask, self._geometry, state.window, self.model.low_res_size, self.device)  # type: ignore[arg-type]
+        self._windows.decode(state, *self._prompts(), dense=dense)  # type: ignore[union-attr]
+        timings["decoder"] += time.perf_counter() - t
+
+    def _run_box(self, box: Box, timings: dict[str, float]) -> list[Window]:
+        windows = self._windows
+        assert windows is not None
+        spacing = box_window_spacing(box, self.card.input_size, self.card.spacing_mm, WINDOW_MARGIN_VOXELS)
+        state = windows.open(box.center_lps, timings, spacing_mm=spacing)
+        state.automatic = False
+        self._decode(state, timings)
+        t = time.perf_counter()
+        self._paste_owned(state)
+        timings["paste"] += time.perf_counter() - t
+        return [state.window]
+
+    def _run_click(
+        self, point: np.ndarray, positive: bool, timings: dict[str, float]
+    ) -> tuple[Slices3 | None, list[Window], np.ndarray | None]:
+        """Predict in the window of ``point`` (opening one if needed), paste, maybe extend.
+
+        Returns the changed region, the windows that ran and the region's voxels before.
+        """
+        windows = self._windows
+        assert windows is not None
+        state = windows.containing(point)
+        if state is None:
+            state = windows.open(point, timings)
+        state.automatic = False  # a user's click makes the window the user's
+        self._decode(state, timings)
+        t = time.perf_counter()
+        local = self._editing and self.correction == "local"
+        region, previous = self._paste_owned(state, (point, positive) if local else None)
+        timings["paste"] += time.perf_counter() - t
+        ran = [state.window]
+        # An edited mask or a box already covers the object: windows open only where the user clicks.
+        if self.auto_extend and not self._editing and self._box is None:
+            extra_region, extra_prev, extra_ran = self._extend(state, timings)
+            region, previous = self._grow(region, previous, extra_region, extra_prev)
+            ran += extra_ran
+        return region, ran, previous
+
+    def _paste_owned(
+        self, state: WindowState, click: tuple[np.ndarray, bool] | None = None
+    ) -> tuple[Slices3 | None, np.ndarray | None]:
+        """Paste ``state``'s prediction on the voxels it owns; returns the footprint and its voxels before.
+
+        Voxels outside the box and locked voxels keep their value; with ``click`` (point, positive),
+        only the change the click points at is kept (:func:`~SAMMed3DLib.editing.keep_clicked_change`).
+        """
+        windows = self._windows
+        assert windows is not None and state.output is not None
+        region = windows.footprint([state])
+        if region is None:
+            return None, None
+        previous = self._mask[region].copy()  # type: ignore[index]
+        keep = ~windows.owned(state, region)
+        if self._box is not None:
+            keep |= ~self._box.region_mask(self._geometry, region)  # type: ignore[arg-type]
+        if self._locked is not None:
+            keep |= self._locked[region]
+        self._before_mask_change()
+        paste_logits(state.output[0, 0], state.window, self._geometry, self._mask)  # type: ignore[index]
+        block = self._mask[region]  # type: ignore[index]
+        if keep.any():
+            np.copyto(block, previous, where=keep)
+        if click is not None:
+            point, positive = click
+            index_xyz = self._geometry.lps_to_index(point[None])[0]  # type: ignore[union-attr]
+            local = index_xyz[::-1] - np.array([r.start for r in region], dtype=np.float64)
+            spacing_zyx = np.asarray(self._geometry.spacing_xyz_mm, dtype=np.float64)[::-1]  # type: ignore[union-attr]
+            block[...] = keep_clicked_change(previous, block, local, positive, spacing_zyx)
+        return region, previous
+
+    def _grow(
+        self, region: Slices3 | None, previous: np.ndarray | None, more: Slices3 | None, more_previous: np.ndarray | None
+    ) -> tuple[Slices3 | None, np.ndarray | None]:
+        """The region changed so far and its voxels before, after a later step changed ``more``."""
+        if more is None or more_previous is None:
+            return region, previous
+        union = union_region(region, more)
+        return union, self._merge_previous(union, region, previous, more, more_previous)  # type: ignore[arg-type]
+
+    def _merge_previous(
+        self,
+        union: Slices3,
+        a_region: Slices3 | None,
+        a_prev: np.ndarray | None,
+        b_region: Slices3,
+        b_prev: np.ndarray,
+    ) -> np.ndarray:
+        """Voxels of ``union`` before this click: current voxels, overwritten by saved blocks.
+
+        ``b`` was saved after ``a`` was pasted, so ``a``'s block (the older one) wins.
+        """
+        out = self._mask[union].copy()  # type: ignore[index]
+        for region, prev in ((b_region, b_prev), (a_region, a_prev)):
+            if region is None or prev is None:
+                continue
+            local = tuple(slice(r.start - u.start, r.stop - u.start) for r, u in zip(region, union))
+            out[local] = prev
+        return out
+
+    def _extend(self, state: WindowState, timings: dict[str, float]) -> tuple[Slices3 | None, np.ndarray | None, list[Window]]:
+        """Open neighbour windows where the mask of ``state`` is cut off by a window face."""
+        windows = self._windows
+        assert windows is not None
+        region: Slices3 | None = None
+        previous: np.ndarray | None = None
+        ran: list[Window] = []
+        frontier = [state]
+        for _ in range(MAX_EXTENSIONS_PER_CLICK):
+            if not frontier or len(windows) >= MAX_WINDOWS:
+                break
+            source = frontier.pop(0)
+            seed = windows.border_seed(source)
+            if seed is None:
+                continue
+            if windows.containing(seed) is not None:
+                continue  # an existing window already covers the continuation
+            new = windows.open(seed, timings, automatic=True)
+            t = time.perf_counter()
+            windows.decode(new, seed[None], np.array([1]))
+            timings["decoder"] += time.perf_counter() - t
+            t = time.perf_counter()
+            r, prev_block = self._paste_owned(new)  # an automatic window owns no voxel of a user's window
+            timings["paste"] += time.perf_counter() - t
+            if r is None:
+                continue
+            region, previous = self._grow(region, previous, r, prev_block)
+            ran.append(new.window)
+            frontier.append(new)
+        return region, previous, ran
+
