@@ -245,13 +245,13 @@ def _check_placement(image: sitk.Image, name: str) -> None:
             "MR volume: its header is damaged or in other units (m or µm). Set the spacing in mm (e.g. SimpleITK SetSpacing, or "
             "Volumes > Volume information in 3D Slicer) and try again"
         )
-    size = np.asarray(image.GetSize(), dtype=np.float64)
-    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner]) for corner in ((0, 0, 0), size - 1)]
+    last = [float(s - 1) for s in image.GetSize()]
+    corners = [image.TransformContinuousIndexToPhysicalPoint([a, b, c]) for a in (0.0, last[0]) for b in (0.0, last[1]) for c in (0.0, last[2])]
     origin = np.asarray(image.GetOrigin(), dtype=np.float64)
     far = float(np.max(np.abs(np.concatenate([origin, np.ravel(corners)]))))
     if not far <= MAX_COORDINATE_MM:
         raise ImageError(
-            f"{name} lies {far:.3g} mm from the origin of patient coordinates (origin {[float(f'{o:.6g}') for o in origin]}): "
+            f"{name} reaches {far:.4g} mm from the origin of patient coordinates (origin {[float(f'{o:.6g}') for o in origin]}): "
             f"no scanner places a volume more than {MAX_COORDINATE_MM:g} mm away, and positions that far lose the precision the "
             "model needs. The header is damaged: set the origin (e.g. to 0, 0, 0 with SimpleITK SetOrigin) and place the clicks on that"
         )
