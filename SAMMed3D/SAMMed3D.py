@@ -38,7 +38,7 @@ from typing import Any
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -115,6 +115,8 @@ class SAMMed3DParameterNode:
     writeMode - how updates treat other segments.
     autoRun - update the segment whenever a point is placed or moved.
     autoExtend - follow objects larger than one model window.
+    boxRoi - optional markups ROI: the object's box (alone or with points).
+    lockOtherSegments - never change, nor overlap, the other segments.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -126,6 +128,8 @@ class SAMMed3DParameterNode:
     writeMode: WriteMode = WriteMode.SEGMENT_EDITOR  # behave as every other Segment Editor effect
     autoRun: bool = True
     autoExtend: bool = True
+    boxRoi: vtkMRMLMarkupsROINode
+    lockOtherSegments: bool = False
 
 
 class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -138,6 +142,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: SAMMed3DParameterNode | None = None
         self._parameterNodeGuiTag = None
         self._pointsNodes: tuple[Any, Any] = (None, None)
+        self._boxRoi: Any = None  # the ROI observed for changes
         self._boundSegment: tuple[str, str] | None = None
         self._worker = ModelWorker()
         self._job: Job | None = None
@@ -249,6 +254,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.enabled = ready
         self.ui.nextSegmentButton.enabled = bool(p.segmentation)
         self._updateUndoButtons()
+        self._bindBoxRoi(p.boxRoi if ready else None)
         if ready:
             self._bindPointsNodes(p.segmentation, p.segmentId)
         else:
@@ -285,6 +291,16 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if node is not None:
                 for event in self._pointEvents():
                     self.addObserver(node, event, self.onPointsModified)
+
+    def _bindBoxRoi(self, roi: Any) -> None:
+        """Observe the box ROI: moving or resizing it runs the model again (debounced like points)."""
+        if roi is self._boxRoi:
+            return
+        if self._boxRoi is not None:
+            self.removeObserver(self._boxRoi, vtk.vtkCommand.ModifiedEvent, self.onPointsModified)
+        self._boxRoi = roi
+        if roi is not None:
+            self.addObserver(roi, vtk.vtkCommand.ModifiedEvent, self.onPointsModified)
 
     @staticmethod
     def _pointEvents() -> tuple[int, ...]:

@@ -22,6 +22,11 @@ Two modes, checked in one place (:data:`CLICK_MODES`):
   largest by voxel count), labelled by the component's type. Ties between equally central
   voxels are broken uniformly with the generator.
 
+:func:`cvpr25_click` is the CVPR 2025 challenge's own rule, used by the ``cvpr25`` and
+``correction`` protocols of :mod:`SAMMed3DLib.protocols`: one error region (false negatives and
+false positives together), its largest 26-connected component, the voxel deepest inside it,
+positive iff that voxel is in the truth, ties broken with a fixed seed (deterministic).
+
 The array border counts as background for the distance transform (the official RITM sampler pads
 with zeros), so a structure cut by the image border has its centre inside, not on the border.
 Passing ``spacing_mm`` makes "farthest" physical (mm) instead of voxels, which matters on
@@ -157,14 +162,22 @@ def _central_voxel(mask: np.ndarray, rng: np.random.Generator, spacing: tuple[fl
     The distance transform runs on the mask's bounding box plus a one-voxel zero margin, so the
     array border counts as background and the cost is that of the box, not of the volume.
     """
+    box, best, shape = _deepest_voxels(mask, spacing)
+    k = int(rng.integers(best.size)) if best.size > 1 else 0
+    local = np.unravel_index(best[k], shape)
+    return _offset(box, [i - 1 for i in local])
+
+
+def _deepest_voxels(mask: np.ndarray, spacing: tuple[float, ...] | None) -> tuple[tuple[slice, ...], np.ndarray, tuple[int, ...]]:
+    """(bounding box, flat C-order indices of the voxels farthest from the border, padded shape) of a non-empty mask.
+
+    The indices are into the box plus a one-voxel zero margin on every side.
+    """
     box = bounding_box(mask)
     assert box is not None  # callers pass non-empty masks
     padded = np.pad(mask[box], 1, mode="constant", constant_values=False)
     distance = ndimage.distance_transform_edt(padded, sampling=spacing)
-    best = np.flatnonzero(distance == distance.max())
-    k = int(rng.integers(best.size)) if best.size > 1 else 0
-    local = np.unravel_index(best[k], padded.shape)
-    return _offset(box, [i - 1 for i in local])
+    return box, np.flatnonzero(distance == distance.max()), padded.shape
 
 
 def first_click(
@@ -271,6 +284,59 @@ def next_click(
         return None
     _, positive, component = best
     return Click(_offset(box, _central_voxel(component, rng, spacing)), positive)
+
+
+#: The challenge breaks ties between equally deep voxels with ``np.random.seed(42)`` before each
+#: draw; a private RandomState(42) makes the same choice without touching numpy's global state.
+_CVPR25_TIE_SEED = 42
+
+
+def cvpr25_click(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float] | None = None) -> Click | None:
+    """The CVPR 2025 challenge's corrective click: the deepest voxel of the largest error.
+
+    The error is every voxel where ``pred`` and ``gt`` differ (false negatives and false
+    positives together, as the challenge's ``CVPR25_iter_eval.py``); its 26-connected components
+    are compared by voxel count, and the click goes to the voxel of the largest one that lies
+    deepest inside it (largest Euclidean distance to the component's border, the array border
+    counting as border). The click is positive when that voxel belongs to ``gt`` (the error there
+    is a miss), negative otherwise (a leak). Deterministic: equally deep voxels are listed in array
+    order and one is chosen with a fixed seed, as the challenge does (``np.random.seed(42)``).
+
+    Args:
+        pred: current prediction, boolean (or 0/1) array on the grid of ``gt`` (normally 3D).
+        gt: ground-truth mask.
+        spacing_mm: voxel size per array axis (array axis order; for a SimpleITK array
+            ``image.GetSpacing()[::-1]``): depth in mm. None measures in voxels, as the
+            challenge's script does.
+
+    Returns:
+        The :class:`Click` (index in array axis order), or None when ``pred`` equals ``gt``.
+
+    Raises:
+        DataError: the shapes differ.
+        ConfigError: malformed ``spacing_mm``.
+    """
+    pred = _as_mask(pred, "pred")
+    gt = _as_mask(gt, "gt")
+    if pred.shape != gt.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; they must share one grid")
+    spacing = _check_spacing(spacing_mm, gt.ndim)
+    box = _union_box(bounding_box(gt), bounding_box(pred))
+    if box is None:
+        return None
+    error = pred[box] != gt[box]
+    if not error.any():
+        return None
+    structure = _FULL_CONNECTIVITY_3D if error.ndim == 3 else np.ones((3,) * error.ndim, dtype=bool)
+    labels, count = ndimage.label(error, structure=structure)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    component = labels == int(np.argmax(sizes))
+    inner, best, shape = _deepest_voxels(component, spacing)
+    k = int(np.random.RandomState(_CVPR25_TIE_SEED).choice(best.size)) if best.size > 1 else 0
+    local = _offset(inner, [i - 1 for i in np.unravel_index(best[k], shape)])
+    index = _offset(box, local)
+    return Click(index, bool(gt[index]))
 
 
 @dataclass

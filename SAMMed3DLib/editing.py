@@ -54,6 +54,8 @@ CLICK_REACH_MM = 3.0
 DEPTH_FACTOR = 1.5
 MIN_RADIUS_MM = 4.5
 MAX_RADIUS_MM = 60.0
+#: The voxels within this distance of a corrective click (at most half its depth) take its label.
+FORCE_RADIUS_MM = 3.0
 
 Slices3 = tuple[slice, slice, slice]
 
@@ -140,7 +142,7 @@ def keep_clicked_change(
     if not proposal.any():
         return out
     spacing = np.asarray(spacing_zyx, dtype=np.float64)
-    depth = _depth(before_b if positive else ~before_b, click_zyx, spacing, MAX_RADIUS_MM / DEPTH_FACTOR)
+    depth = click_depth(before_b, click_zyx, positive, spacing)
     radius = float(np.clip(DEPTH_FACTOR * depth, MIN_RADIUS_MM, MAX_RADIUS_MM))
     ball = _ball(proposal.shape, click_zyx, spacing, radius)
     if ball is None:
@@ -156,6 +158,27 @@ def keep_clicked_change(
     chosen = chosen[chosen > 0]
     out[box][np.isin(labels, chosen)] = 1 if positive else 0
     return out
+
+
+def force_click(block: np.ndarray, click_zyx: np.ndarray, positive: bool, spacing_zyx: np.ndarray, depth_mm: float) -> None:
+    """Give the voxels around a click its label, in place: the click is what the user asserts.
+
+    The ball has radius ``min(FORCE_RADIUS_MM, depth_mm / 2)``: half the way to the mask's
+    boundary on the click's side, so it never reaches past the error the click is in. Without it,
+    a click the model disagrees with changes nothing, and the same click comes again.
+    """
+    radius = min(FORCE_RADIUS_MM, depth_mm / 2.0)
+    ball = _ball(block.shape, click_zyx, np.asarray(spacing_zyx, dtype=np.float64), radius)
+    if ball is None:
+        return
+    box, inside = ball
+    block[box][inside] = 1 if positive else 0
+
+
+def click_depth(before: np.ndarray, click_zyx: np.ndarray, positive: bool, spacing_zyx: np.ndarray) -> float:
+    """How deep (mm) a click lies in the error it points at: its distance to the mask (+) or to the outside (−)."""
+    b = before.astype(bool)
+    return _depth(b if positive else ~b, click_zyx, np.asarray(spacing_zyx, dtype=np.float64), MAX_RADIUS_MM / DEPTH_FACTOR)
 
 
 def _depth(target: np.ndarray, click_zyx: np.ndarray, spacing_zyx: np.ndarray, limit_mm: float) -> float:

@@ -118,3 +118,40 @@ def normalized_surface_distance(
             p, g, class_thresholds=[float(tolerance_mm)], include_background=True, spacing=[float(s) for s in spacing]
         )
     return float(value.reshape(-1)[0])
+
+
+#: NSD tolerance of the CVPR 2024/2025 challenges (``CVPR25_iter_eval.py``: ``tolerance=2.0``).
+CVPR25_NSD_TOLERANCE_MM = 2.0
+#: The challenge computes NSD only when Dice exceeds this; at or below it NSD counts as 0.
+CVPR25_NSD_MIN_DICE = 0.2
+
+
+def challenge_nsd(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing_mm: Sequence[float] | float,
+    dice_value: float,
+    tolerance_mm: float = CVPR25_NSD_TOLERANCE_MM,
+) -> float:
+    """NSD as the CVPR 2025 challenge counts it: 0 when Dice <= 0.2, else :func:`normalized_surface_distance`.
+
+    Args:
+        pred: predicted mask.
+        gt: ground-truth mask, same shape.
+        spacing_mm: voxel size per array axis (array order), mm.
+        dice_value: the Dice of ``pred`` against ``gt`` (already computed by the caller).
+        tolerance_mm: NSD tolerance (the challenge's 2 mm by default).
+    """
+    if dice_value <= CVPR25_NSD_MIN_DICE:
+        return 0.0
+    return normalized_surface_distance(pred, gt, spacing_mm, tolerance_mm)
+
+
+def trapezoid_auc(values: Sequence[float]) -> float:
+    """Area under a curve sampled at unit steps (trapezoid rule): the challenge's Dice/NSD AUC.
+
+    ``CVPR25_iter_eval.py`` takes ``cumulative_trapezoid(scores, np.arange(n))[-1]`` over the n = 5
+    click steps, so the AUC runs from 0 to n - 1 = 4. One value gives 0.
+    """
+    v = [float(x) for x in values]
+    return float(sum((a + b) / 2.0 for a, b in zip(v[:-1], v[1:])))

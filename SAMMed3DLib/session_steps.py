@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .editing import Box, box_window_spacing, keep_clicked_change, mask_prompt_logits
+from .editing import Box, box_window_spacing, click_depth, force_click, keep_clicked_change, mask_prompt_logits
 from .geometry import ImageGeometry, Window
 from .paste import paste_logits
 from .windows import WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
@@ -135,6 +135,9 @@ class WindowSteps:
             local = index_xyz[::-1] - np.array([r.start for r in region], dtype=np.float64)
             spacing_zyx = np.asarray(self._geometry.spacing_xyz_mm, dtype=np.float64)[::-1]  # type: ignore[union-attr]
             block[...] = keep_clicked_change(previous, block, local, positive, spacing_zyx)
+            force_click(block, local, positive, spacing_zyx, click_depth(previous, local, positive, spacing_zyx))
+            if keep.any():
+                np.copyto(block, previous, where=keep)  # the box and the locks bound the forced voxels too
         return region, previous
 
     def _grow(

@@ -296,3 +296,21 @@ def test_box_corners_in_any_order_give_the_same_box() -> None:
     b = Box.from_corners((-2, 7, 9), (10, -5, 3))
     np.testing.assert_array_equal(a.lo_lps, b.lo_lps)
     np.testing.assert_array_equal(a.hi_lps, (10, 7, 9))
+
+
+def test_a_click_the_model_disagrees_with_still_sets_the_voxels_around_it() -> None:
+    from SAMMed3DLib.editing import FORCE_RADIUS_MM, click_depth, force_click
+
+    before = np.zeros((30, 30, 30), np.uint8)
+    before[:, :, :10] = 1  # the mask; the click is 12 mm from it, in a region the model left out
+    click = np.array([15.0, 15.0, 22.0])
+    block = keep_clicked_change(before, before.copy(), click, True, np.ones(3))  # the model proposes nothing
+    depth = click_depth(before, click, True, np.ones(3))
+    assert depth == pytest.approx(13.0)
+    force_click(block, click, True, np.ones(3), depth)
+    assert block[15, 15, 22] == 1 and block[15, 15, 22 + int(FORCE_RADIUS_MM)] == 1 and block[15, 15, 22 + int(FORCE_RADIUS_MM) + 1] == 0
+    # Half the depth bounds it: a click 2 mm from the mask sets only the voxels within 1 mm.
+    near = np.array([15.0, 15.0, 11.0])
+    block = before.copy()
+    force_click(block, near, True, np.ones(3), click_depth(before, near, True, np.ones(3)))
+    assert block[15, 15, 11] == 1 and block[15, 15, 13] == 0

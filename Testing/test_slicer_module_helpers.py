@@ -15,6 +15,7 @@ import threading
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,8 @@ def test_every_choice_has_a_distinct_label(choices) -> None:
 def _parameters(**fields):
     """A stand-in for ``SAMMed3DParameterNode`` (the wrapper needs the Slicer application)."""
     defaults = {"inputVolume": None, "segmentation": None, "segmentId": "", "model": ModelChoice.DEFAULT, "modelPath": pathlib.Path(),
-                "device": DeviceChoice.CPU, "writeMode": WriteMode.ALLOW_OVERLAP, "autoRun": True, "autoExtend": False}
+                "device": DeviceChoice.CPU, "writeMode": WriteMode.ALLOW_OVERLAP, "autoRun": True, "autoExtend": False,
+                "boxRoi": None, "lockOtherSegments": False}
     return types.SimpleNamespace(**{**defaults, **fields})
 
 
@@ -208,6 +210,22 @@ def test_changing_a_setting_starts_a_new_session_and_unchanged_settings_keep_it(
     plus.AddControlPoint(*(centre - 2.0))
     request, _, progress = _update(logic, parameters, plus, minus)
     assert request.newSession and not progress, "the same model is kept (no reload) when only window following changes"
+
+
+def test_lock_other_segments_and_the_box_roi_reach_the_update(module_case) -> None:
+    parameters, logic, plus, minus, centre = module_case
+    segmentation = parameters.segmentation
+    other = segmentation.GetSegmentation().AddEmptySegment("B", "B")
+    roi = segmentation.GetScene().AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetXYZ(*centre)
+    roi.SetRadiusXYZ(9.0, 9.0, 9.0)
+    parameters.lockOtherSegments, parameters.boxRoi = True, roi
+    request = logic.prepare(parameters, plus, minus)
+    assert request.options.lockedSegmentIds == (other,)
+    assert request.boxLps is not None and np.allclose((request.boxLps[0] + request.boxLps[1]) / 2.0, centre * (-1, -1, 1))
+    parameters.lockOtherSegments, parameters.boxRoi = False, None
+    request = logic.prepare(parameters, plus, minus)
+    assert request.options.lockedSegmentIds == () and request.boxLps is None
 
 
 def test_a_cancel_during_the_first_model_load_is_reported_as_cancelled(module_case) -> None:

@@ -21,6 +21,14 @@
    change shape at 32³, and the official ``train.py`` supervises the upsampled masks too; the
    cost is small (a 2 M-voxel loss per round, measured inside the 0.65 s of a sample).
 
+**Correction rounds** (``correction_fraction`` of the samples, ``--correction-fraction``): the
+interaction starts from a corrupted copy of the ground truth (:func:`SAMMed3DLib.corruption.corrupt`,
+``near_correct``: eroded, dilated, holed, cut, shifted or restyled, Dice 0.6–0.95) given as the
+round-0 dense prompt exactly as a session gives an existing mask
+(:func:`SAMMed3DLib.editing.fraction_to_logits` of its low-resolution fraction), and the first
+click is drawn from its error region instead of inside the structure: the model learns to keep
+what is right and fix what the click points at.
+
 With a fine head (``--fine-head``, :mod:`SAMMed3DLib.model.fine_head`) each round also runs the
 head on the decoder's logits, the next click is drawn from the head's mask (what the user sees)
 and the head's upsampled logits get the same loss; ``--train-only-fine-head`` freezes everything
@@ -43,12 +51,18 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from SAMMed3DLib.clicks import SimulatedUser
+from SAMMed3DLib.clicks import SimulatedUser, next_click
+from SAMMed3DLib.corruption import corrupt
 from SAMMed3DLib.devices import resolve_device
+from SAMMed3DLib.editing import fraction_to_logits
 from SAMMed3DLib.metrics import dice
 from SAMMed3DLib.model import Sam3D
 
 logger = logging.getLogger(__name__)
+
+#: Dice range of the corrupted starts of correction rounds (wider than the evaluation's 0.80–0.95:
+#: the model should also learn to fix a poor start).
+CORRECTION_DICE_RANGE = (0.6, 0.95)
 
 
 def prompt_tensors(users: Sequence[SimulatedUser], device: torch.device | str, newest_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,12 +101,30 @@ class ClickLoop(nn.Module):
     sub-module (DDP hooks run only through ``forward``).
     """
 
-    def __init__(self, model: Sam3D, click_mode: str = "random", all_clicks: bool = True) -> None:
+    def __init__(
+        self, model: Sam3D, click_mode: str = "random", all_clicks: bool = True, correction_fraction: float = 0.0, spacing_mm: float = 1.5
+    ) -> None:
         super().__init__()
         self.model = model
         self.click_mode = click_mode
         self.all_clicks = all_clicks
+        self.correction_fraction = float(correction_fraction)
+        self.spacing_mm = float(spacing_mm)  # the window's voxel size (corruption sizes are in mm)
         self.loss_fn = DiceCELoss(sigmoid=True)
+
+    def _corrected_starts(self, gt_np: np.ndarray, rngs: Sequence[np.random.Generator], prev: torch.Tensor) -> np.ndarray:
+        """Pick the correction samples; write their corrupted masks into ``prev`` (dense prompt) and return the starts."""
+        starts = np.zeros_like(gt_np)
+        if self.correction_fraction <= 0:
+            return starts
+        for i, rng in enumerate(rngs):
+            if not gt_np[i].any() or rng.random() >= self.correction_fraction:
+                continue
+            start = corrupt(gt_np[i], "near_correct", rng, spacing_mm=(self.spacing_mm,) * 3, dice_range=CORRECTION_DICE_RANGE).mask
+            starts[i] = start
+            fraction = F.adaptive_avg_pool3d(torch.from_numpy(start.astype(np.float32))[None, None], self.model.low_res_size)
+            prev[i] = fraction_to_logits(fraction[0]).to(prev.device, prev.dtype)
+        return starts
 
     def _trainable(self, prefix_in_head: bool) -> bool:
         """Whether any parameter of the fine head (True) / of the rest of the model (False) trains."""
@@ -135,8 +167,13 @@ class ClickLoop(nn.Module):
         prev = torch.zeros((b, 1, *self.model.low_res_size), dtype=emb.dtype, device=emb.device)
         gt_f = gts.float()
         gt_np = gts[:, 0].bool().cpu().numpy()
-        pred_np = np.zeros_like(gt_np)
+        pred_np = self._corrected_starts(gt_np, rngs, prev)
         users = [SimulatedUser(gt_np[i], rngs[i], self.click_mode) for i in range(b)]
+        for i, user in enumerate(users):
+            if pred_np[i].any():  # a correction sample: its first click points at an error of the start
+                first = next_click(pred_np[i], gt_np[i], user.rng, user.mode)
+                if first is not None:
+                    user.clicks.append(first)
         total = images.new_zeros(())
         terms = 0
         up = None
@@ -145,6 +182,8 @@ class ClickLoop(nn.Module):
                 pts = lbl = None
             else:
                 for user, pred in zip(users, pred_np):
+                    if r == 0 and user.clicks:
+                        continue  # a correction sample's first click is already there
                     user.click_or_repeat(pred)  # a perfect prediction: the user repeats the last click
                 pts, lbl = prompt_tensors(users, images.device, newest_only=not self.all_clicks)
             with torch.set_grad_enabled(sam_trains and torch.is_grad_enabled()):

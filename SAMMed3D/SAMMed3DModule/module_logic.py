@@ -135,10 +135,22 @@ class ParameterNodeLogic:
         return str(cache_dir())
 
     def writeOptions(self, parameterNode: Any) -> Any:
-        """The ``WriteOptions`` of the chosen write mode (the Segment Editor's masking for "segment_editor")."""
+        """The ``WriteOptions`` of the chosen write mode (the Segment Editor's masking for "segment_editor").
+
+        With "Lock other segments", every other segment of the segmentation is locked: never
+        modified nor overlapped, and left out of the model's mask.
+        """
+        import dataclasses
+
         from InteractiveSegmentationLogic import write_options_for_mode
 
-        return write_options_for_mode(parameterNode.writeMode.value, segmentEditorNode())
+        options = write_options_for_mode(parameterNode.writeMode.value, segmentEditorNode())
+        segmentation = parameterNode.segmentation
+        if getattr(parameterNode, "lockOtherSegments", False) and segmentation is not None:
+            ids = segmentation.GetSegmentation().GetSegmentIDs()
+            locked = tuple(str(s) for s in ids if s != parameterNode.segmentId)
+            options = dataclasses.replace(options, lockedSegmentIds=locked)
+        return options
 
     def prepare(self, parameterNode: Any, positive: Any, negative: Any) -> Any:
         """Main thread: read the volume and the points into a request for :meth:`compute`.
@@ -149,7 +161,7 @@ class ParameterNodeLogic:
         self.modelSpec(parameterNode)  # a missing checkpoint file is reported before any work
         return self._logic().prepare(
             parameterNode.inputVolume, parameterNode.segmentation, parameterNode.segmentId, positive, negative,
-            self.writeOptions(parameterNode),
+            self.writeOptions(parameterNode), getattr(parameterNode, "boxRoi", None),
         )
 
     def compute(self, request: Any, progress: Callable[[float, float, str], None], cancel: threading.Event, allowDownload: bool) -> Any:

@@ -1,4 +1,4 @@
-"""``sammed3d evaluate``: the paper's click protocol on a labelled data folder → CSV (+ JSON, plot).
+"""``sammed3d evaluate``: an interactive protocol (paper, cvpr25, correction) on a labelled data folder → CSV (+ JSON, plot).
 
 Every output (the CSV, the ``*_summary.csv`` beside it, the ``--plot`` PNG) is checked before the
 evaluation starts, none may be a file of the evaluated cases, and all are written all-or-nothing at
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from ..clicks import CLICK_MODES
-from ..evaluate import DEFAULT_CLICKS, METHODS, MIN_STRUCTURE_VOXELS
+from ..corruption import CORRUPTIONS
 from ..errors import DataError, OutputError
-from ..metrics import DEFAULT_NSD_TOLERANCE_MM
+from ..evaluate import METHODS, MIN_STRUCTURE_VOXELS, PROTOCOLS
 from ._common import add_model_args, apply_threads, load_model_from_args
 
 logger = logging.getLogger(__name__)
@@ -25,26 +25,41 @@ logger = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="Dice/NSD per structure after 1, 3, 5, 10 simulated clicks",
+        help="Dice/NSD per structure under an interactive protocol (paper, cvpr25, correction)",
         description=(
-            "Run the SAM-Med3D paper's interactive protocol on DATA_DIR (case folders with image.nii.gz, "
-            "label.nii.gz, labels.json): a first click inside each structure, each next click in the error "
-            "region of the current mask; record Dice and NSD after the given click counts."
+            "Run an interactive protocol on DATA_DIR (case folders with image.nii.gz, label.nii.gz, labels.json). "
+            "paper (default): the SAM-Med3D paper's, a first click inside each structure, each next click in the error "
+            "region, Dice and NSD@1mm after the given click counts. cvpr25: the CVPR 2025 challenge's, the structure's "
+            "box (middle slice, over its z-range) first, then 5 clicks at the deepest voxel of the largest error, Dice "
+            "and NSD@2mm after each step, Dice/NSD AUC. correction: a corrupted copy of the truth as the existing mask, "
+            "then N corrective clicks (--clicks, default 3) by the cvpr25 rule, Dice before and after each click."
         ),
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder of case folders (or one case folder)")
-    p.add_argument("--clicks", type=int, nargs="+", default=list(DEFAULT_CLICKS), metavar="N", help="click counts to report (default: 1 3 5 10)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="the protocol (default: %(default)s)")
+    p.add_argument(
+        "--clicks", type=int, nargs="+", default=None, metavar="N",
+        help="paper: click counts to report (default: 1 3 5 10); cvpr25, correction: the number of clicks (default: 5, 3)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, metavar="CSV", help="per-structure results; a *_summary.csv is written beside it")
     p.add_argument("--method", choices=METHODS, default="model", help="the model, or Slicer's Grow from seeds baseline (needs slicer-core)")
-    p.add_argument("--click-mode", choices=CLICK_MODES, default="random", help="random: the paper's protocol; center: RITM-style (default: %(default)s)")
+    p.add_argument("--click-mode", choices=CLICK_MODES, default="random", help="paper protocol: random (the paper's) or center, RITM-style (default: %(default)s)")
+    p.add_argument(
+        "--corruption", choices=CORRUPTIONS, default="near_correct",
+        help="correction protocol: how the existing mask is made from the truth (default: %(default)s, Dice 0.80-0.95)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="global seed; each structure's clicks derive from it (default: %(default)s)")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="evaluate only these cases (e.g. a held-out split)")
     p.add_argument("--exclude-cases", nargs="+", metavar="CASE", help="leave these cases out")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="only these structures (label values or names)")
     p.add_argument("--max-cases", type=int, metavar="N", help="at most N cases (first by name)")
     p.add_argument("--min-voxels", type=int, default=MIN_STRUCTURE_VOXELS, help="skip smaller structures (default: %(default)s)")
-    p.add_argument("--tolerance-mm", type=float, default=DEFAULT_NSD_TOLERANCE_MM, help="NSD tolerance (default: %(default)s mm)")
-    p.add_argument("--json", action="store_true", help="print one JSON line with the summary to stdout (nothing else)")
+    p.add_argument("--tolerance-mm", type=float, default=None, help="NSD tolerance in mm (default: 1 for paper, 2 for cvpr25 and correction)")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print one JSON line to stdout (nothing else): per-step means, final_dice, final_nsd, seconds_per_step, "
+        "dice_auc and nsd_auc (cvpr25, correction), per-structure rows",
+    )  # fmt: skip
     p.add_argument("--plot", metavar="PNG", help="draw mean Dice and NSD against clicks (needs matplotlib)")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -104,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
             args.data_dir,
             model=model,
             method=args.method,
+            protocol=args.protocol,
             clicks=args.clicks,
             click_mode=args.click_mode,
+            corruption=args.corruption,
             seed=args.seed,
             cases=args.cases,
             exclude_cases=args.exclude_cases,
