@@ -85,6 +85,25 @@ class WindowState:
     output: torch.Tensor | None = None  # logits of the mask shown: the fine head's, else ``logits``
 
 
+#: An image whose voxels all fit in fewer model voxels than this per axis gives the model nothing to see.
+MIN_IMAGE_WINDOW_VOXELS = 4
+
+
+def _warn_about_scale(geometry: ImageGeometry, card: ModelCard) -> None:
+    """Warn when the image is far too small or its voxels far too large for the model's window grid."""
+    extent = geometry.spacing_xyz_mm * np.asarray(geometry.size_xyz)
+    if float(extent.max()) < MIN_IMAGE_WINDOW_VOXELS * card.spacing_mm:
+        logger.warning(
+            "the image is %.3g mm across, less than %d voxels of the model's %.3g mm window grid: the model sees almost nothing "
+            "of it; check the image's spacing (mm expected)", float(extent.max()), MIN_IMAGE_WINDOW_VOXELS, card.spacing_mm,
+        )
+    elif float(geometry.spacing_xyz_mm.min()) > card.window_mm / MIN_IMAGE_WINDOW_VOXELS:
+        logger.warning(
+            "the image's voxels (%.3g mm or more) are larger than a quarter of the model's %.3g mm window: the model sees a few "
+            "voxels at a time; check the image's spacing (mm expected)", float(geometry.spacing_xyz_mm.min()), card.window_mm,
+        )
+
+
 class WindowStack:
     """The windows opened so far for one object in one image, oldest first.
 
@@ -105,6 +124,7 @@ class WindowStack:
         # instead of recomputing all (0.17 s at 1,000 clicks; model/click_maps.py).
         self._click_maps = ClickMapCache()
         self._click_maps_of: WindowState | None = None
+        _warn_about_scale(geometry, card)
 
     def __len__(self) -> int:
         return len(self.states)
