@@ -6,7 +6,8 @@ Design:
   segmentations and preview pictures (:mod:`SAMMed3DLib.io`), checkpoints and their model cards
   (:mod:`SAMMed3DLib.checkpoint`), evaluation reports, training states, caches and configs
   (``training/``), and the final move of a verified download (:mod:`SAMMed3DLib.download`).
-- The temporary file is ``.<name>.<random hex><suffix>`` in the destination's folder, so that
+- The temporary file is ``.<name>.<random hex><suffix>`` in the destination's folder (the name
+  shortened to keep it within 255 bytes, :func:`temp_name`), so that
   ``os.replace`` stays on one file system and is atomic. ``suffix`` (default ``.tmp``) is for
   writers that choose their format from the file name, such as SimpleITK (``.nii.gz``,
   ``.nrrd``, ``.png``).
@@ -36,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AtomicFiles", "atomic_files", "atomic_open", "atomic_path", "atomic_write_json", "atomic_write_text", "move_into_place"]
+__all__ = ["NAME_MAX", "AtomicFiles", "atomic_files", "atomic_open", "atomic_path", "atomic_write_json", "atomic_write_text", "move_into_place", "temp_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,21 @@ def move_into_place(source: str | os.PathLike[str], target: str | os.PathLike[st
     _fsync_folder(Path(target).parent)
 
 
+#: Longest file name (bytes) of the file systems in use (ext4, XFS, APFS, NTFS, tmpfs).
+NAME_MAX = 255
+
+
+def temp_name(name: str, suffix: str = ".tmp") -> str:
+    """``.<name>.<random hex><suffix>``, with ``name`` shortened so that it fits in :data:`NAME_MAX` bytes.
+
+    A legal 245-byte output name would otherwise give a temporary name too long to create.
+    """
+    tail = f".{secrets.token_hex(6)}{suffix}"
+    room = NAME_MAX - 1 - len(tail.encode("utf-8"))
+    head = name.encode("utf-8")[: max(room, 1)].decode("utf-8", errors="ignore")
+    return f".{head}{tail}"
+
+
 class AtomicFiles:
     """Temporary files that replace their destinations together, when :meth:`commit` is called.
 
@@ -106,7 +122,7 @@ class AtomicFiles:
             ``.<name>.<random hex><suffix>`` in the destination's folder.
         """
         target = Path(destination)
-        temp = target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
+        temp = target.parent / temp_name(target.name, suffix)
         self._staged.append((temp, target))
         return temp
 

@@ -18,17 +18,40 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ModelCardError
 from .model.build import VIT_B_ORI, normalize_config
 
+logger = logging.getLogger(__name__)
+
 #: Normalisation schemes the inference path implements (``preprocessing.normalize_window``).
 Normalization = Literal["zscore_nonzero"]
 NORMALIZATIONS: tuple[str, ...] = ("zscore_nonzero",)
 
 CARD_VERSION = 1
+
+#: Window voxel sizes of any CT or MR model, in mm; a card outside them gets a warning (a card
+#: that lies within them cannot be told from the weights).
+PLAUSIBLE_SPACING_MM = (0.2, 10.0)
+#: Narrowest intensity clip that leaves a window any contrast (a warning below it).
+MIN_CLIP_WIDTH = 1e-3
+#: Types of the card fields that are not checked by their own validation.
+_FIELD_TYPES: dict[str, type] = {
+    "name": str,
+    "config": dict,
+    "normalization": str,
+    "description": str,
+    "training_data": list,
+    "metrics": dict,
+    "license": str,
+    "source": str,
+    "extra": dict,
+}
 
 #: Voxel size of the official SAM-Med3D window, the default of every card, in mm.
 DEFAULT_SPACING_MM = 1.5
@@ -163,17 +186,20 @@ class ModelCard:
             raise ModelCardError(
                 f"model card {self.name!r}: normalization {self.normalization!r} is not supported; use one of {NORMALIZATIONS}"
             )
-        try:
-            self.spacing_mm = float(self.spacing_mm)
-        except (TypeError, ValueError) as exc:
-            raise ModelCardError(f"model card {self.name!r}: spacing_mm must be a number, got {self.spacing_mm!r}") from exc
-        if not self.spacing_mm > 0:
-            raise ModelCardError(f"model card {self.name!r}: spacing_mm must be positive, got {self.spacing_mm}")
-        if self.intensity_clip is not None:
-            lo, hi = (float(v) for v in self.intensity_clip)
-            if not lo < hi:
-                raise ModelCardError(f"model card {self.name!r}: intensity_clip must be (low, high) with low < high")
-            self.intensity_clip = (lo, hi)
+        if not _is_number(self.spacing_mm) or not math.isfinite(self.spacing_mm) or not self.spacing_mm > 0:
+            raise ModelCardError(
+                f"model card {self.name!r}: spacing_mm must be a positive number of mm, got {self.spacing_mm!r}; fix the card "
+                "(the JSON file beside the weights, or the checkpoint's model_card)"
+            )
+        self.spacing_mm = float(self.spacing_mm)
+        low, high = PLAUSIBLE_SPACING_MM
+        if not low <= self.spacing_mm <= high:
+            logger.warning(
+                "model card %r says the model's window has voxels of %g mm, outside the %g-%g mm of any CT or MR model: the "
+                "card is probably wrong (mm expected) and the masks will be too; check it against the weights' training",
+                self.name, self.spacing_mm, low, high,
+            )
+        self.intensity_clip = _check_clip(self.name, self.intensity_clip)
 
     @property
     def input_size(self) -> int:
@@ -205,6 +231,8 @@ class ModelCard:
             raise ModelCardError(f"a model card must be a JSON object, got {type(data).__name__}")
         data = copy.deepcopy(data)
         version = data.pop("card_version", CARD_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ModelCardError(f"model card card_version must be a whole number >= 1, got {version!r}; the card is damaged: fix or re-export it")
         if version > CARD_VERSION:
             raise ModelCardError(f"model card version {version} is newer than this software understands ({CARD_VERSION}); update sammed3d")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -214,6 +242,13 @@ class ModelCard:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelCardError(f"model card has unknown field(s) {unknown}")
+        wrong = [
+            f"{key} ({type(data[key]).__name__}, expected {kind.__name__})"
+            for key, kind in _FIELD_TYPES.items()
+            if key in data and not isinstance(data[key], kind)
+        ]
+        if wrong:
+            raise ModelCardError(f"model card {data.get('name')!r} has field(s) of the wrong type: {', '.join(wrong)}; fix the card")
         return cls(**data)
 
     @classmethod
@@ -222,6 +257,30 @@ class ModelCard:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise ModelCardError(f"model card is not valid JSON: {exc}") from exc
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_clip(name: str, clip: Any) -> tuple[float, float] | None:
+    """``(low, high)`` as floats, or None; anything else is a :class:`ModelCardError`."""
+    if clip is None:
+        return None
+    if isinstance(clip, (str, bytes)) or not isinstance(clip, (list, tuple)) or len(clip) != 2 or not all(_is_number(v) for v in clip):
+        raise ModelCardError(
+            f"model card {name!r}: intensity_clip must be null or two numbers [low, high], got {clip!r}; fix the card "
+            "(the JSON file beside the weights, or the checkpoint's model_card)"
+        )
+    low, high = float(clip[0]), float(clip[1])
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ModelCardError(f"model card {name!r}: intensity_clip must be two finite numbers with low < high, got {list(clip)}; fix the card")
+    if high - low < MIN_CLIP_WIDTH:
+        logger.warning(
+            "model card %r clips intensities to [%g, %g], narrower than %g: every window would be nearly constant; the card "
+            "is probably wrong", name, low, high, MIN_CLIP_WIDTH,
+        )
+    return (low, high)
 
 
 def official_card(name: str = "sam_med3d_turbo", config: dict[str, Any] | None = None) -> ModelCard:

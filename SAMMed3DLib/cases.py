@@ -45,7 +45,7 @@ from typing import Any, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ImageError
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _nnunet_cases(root: Path) -> list[Case]:
 
 def _cases_of(root: Path) -> list[Case]:
     """Every case of one source folder, sorted by name (see the module docstring)."""
-    if not root.is_dir():
+    if not os.path.isdir(root):  # False for any OSError too (e.g. a name longer than the file system allows)
         raise DataError(f"data folder {root} does not exist or is not a folder; {EXPECTED_LAYOUT}")
     if _is_nnunet(root):
         found = _nnunet_cases(root)
@@ -274,8 +274,11 @@ def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
 
     Raises:
         DataError: a file is unreadable (the message gives the reader's last line), is a FIFO,
-            socket or device (which could block the reader forever), or is not a 3D scalar image.
+            socket or device (which could block the reader forever), is a NIfTI file that is
+            truncated, corrupt or holds NaN/inf voxels (the checks of ``sammed3d segment``,
+            :func:`SAMMed3DLib.image_checks.check_nifti_file`), or is not a 3D scalar image.
     """
+    from .image_checks import check_nifti_file
     from .special_files import special_file_kind
 
     images = []
@@ -283,6 +286,11 @@ def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
         kind = special_file_kind(Path(path))
         if kind is not None:
             raise DataError(f"cannot read {path}: it is {kind}, not a regular file, and reading it could block forever")
+        if str(path).lower().endswith((".nii", ".nii.gz")):
+            try:
+                check_nifti_file(path)
+            except ImageError as exc:
+                raise DataError(f"case {case.case_id}: {exc}") from exc
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:

@@ -46,6 +46,7 @@ import shutil
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,7 @@ __all__ = [
     "STALL_S",
     "URL_ENV_PREFIX",
     "ProgressCallback",
+    "check_url",
     "download_file",
     "format_bytes",
     "partial_path",
@@ -97,6 +99,24 @@ def format_bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{n} B"  # unreachable: the loop returns at "TB"
+
+
+def check_url(url: str, where: str = "the URL") -> None:
+    """Refuse anything but an http(s) URL with a host (a file:// URL, a path, a typo), before any transfer.
+
+    Raises:
+        DownloadError: saying what was given and what to do instead.
+    """
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        return
+    local = parts.scheme.lower() == "file" or not parts.scheme
+    hint = (
+        "for a checkpoint on this machine, pass its path instead (sammed3d segment --model PATH, load_model(PATH))"
+        if local
+        else "give an http:// or https:// address"
+    )
+    raise DownloadError(f"{where} {str(url)!r} is not an http(s) URL; downloads need one: {hint}")
 
 
 def partial_path(dest: Path) -> Path:
@@ -295,7 +315,10 @@ def download_file(
         IntegrityError: size, SHA-256 or ``verify`` rejected the file (it was deleted).
         OperationCancelledError: ``cancel`` was set.
     """
+    check_url(url)
     target = Path(dest).expanduser()
+    if os.path.lexists(target) and not target.is_file():
+        raise DownloadError(f"cannot download to {target}: something other than a file is in the way (a folder?); remove it and run again")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import SimpleITK as sitk
 
 from .atomic import AtomicFiles
 from .errors import ImageError, OutputError, PromptError
+from .image_checks import check_nifti_file, check_slice_spacing, scan_nifti
 from .outputs import check_output_path, read_back_difference, write_verified
 
 logger = logging.getLogger(__name__)
@@ -92,66 +92,6 @@ def _first_line(exc: BaseException) -> str:
     return main.rstrip(".")
 
 
-def _nifti_expected_bytes(path: Path) -> int | None:
-    """Header offset + voxel bytes a NIfTI file must hold, from its header (None if unknown)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    try:
-        ndim = int(reader.GetMetaData("dim[0]"))
-        dims = [int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, ndim + 1)]
-        bitpix = int(reader.GetMetaData("bitpix"))
-        vox_offset = int(float(reader.GetMetaData("vox_offset")))
-    except (RuntimeError, ValueError):
-        return None
-    return vox_offset + int(np.prod(dims, dtype=np.int64)) * bitpix // 8
-
-
-def _gzip_payload_bytes(path: Path, expected: int) -> int:
-    """Uncompressed size of a gzip file, at least up to ``expected`` bytes.
-
-    The gzip trailer stores the size modulo 2³²; when it matches ``expected`` the file is
-    complete (a truncated file ends in arbitrary bytes). Otherwise (truncated, or several gzip
-    members) the stream is decompressed and counted, stopping where it breaks off.
-    """
-    with open(path, "rb") as handle:
-        handle.seek(-4, os.SEEK_END)
-        if int.from_bytes(handle.read(4), "little") == expected % 2**32:
-            return expected
-        handle.seek(0)
-        total = 0
-        decoder = zlib.decompressobj(wbits=31)
-        while chunk := handle.read(1 << 20):
-            while chunk:
-                total += len(decoder.decompress(chunk))
-                chunk = decoder.unused_data
-                if decoder.eof:
-                    decoder = zlib.decompressobj(wbits=31)  # next gzip member
-                else:
-                    break
-    return total
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file holds fewer voxel bytes than its header announces.
-
-    SimpleITK reads a truncated .nii or .nii.gz without any error (the missing voxels come back
-    as zeros), so this checks the size itself.
-    """
-    expected = _nifti_expected_bytes(path)
-    if expected is None:
-        return
-    try:
-        actual = path.stat().st_size if path.name.lower().endswith(".nii") else _gzip_payload_bytes(path, expected)
-    except (OSError, zlib.error) as exc:
-        raise ImageError(f"cannot read image {str(path)!r}: the compressed data is corrupt ({exc}); re-export or re-download it") from exc
-    if actual < expected:
-        raise ImageError(
-            f"cannot read image {str(path)!r}: it holds {actual} of the {expected} bytes its header announces; the file is "
-            "truncated or corrupt (an interrupted copy or download?): copy or export it again"
-        )
-
-
 def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     """Read a 3D medical image from a file or a DICOM folder and validate it.
 
@@ -166,16 +106,22 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     Raises:
         ImageError: the path does not exist, is neither a regular file nor a folder (a FIFO,
             socket or device, which could block the reader forever), cannot be read (corrupt,
-            truncated, unsupported format), is not a scalar 3D image, or has NaN/inf voxels.
+            truncated, unsupported format), is a DICOM series with uneven slice spacing, or
+            fails :func:`validate_image`.
 
     Note:
-        SimpleITK's NIfTI reader turns NaN voxels into 0, so NaN is only reported for the other
-        formats; truncated NIfTI files, which SimpleITK reads silently, are detected here.
+        SimpleITK reads a truncated or bit-flipped NIfTI file, one with a damaged magic number
+        and NaN voxels (as 0) without an error: :mod:`SAMMed3DLib.image_checks` checks the file
+        before it is read.
     """
     from . import special_files
 
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ImageError(f"cannot open image {str(path)!r}: {exc.strerror or exc}; check the path") from exc
+    if not exists:
         raise ImageError(f"image {str(path)!r} does not exist; check the path (supported: {', '.join(IMAGE_EXTENSIONS)} files or a DICOM folder)")
     special_files.refuse_special_file(path)
     if path.is_dir():
@@ -184,7 +130,7 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
         special_files.refuse_special_data_file(path)
         try:
             if _suffix(path, (".nii", ".nii.gz")) is not None:
-                _check_nifti_complete(path)
+                check_nifti_file(path)
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise ImageError(
@@ -214,20 +160,25 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         logger.info("folder %s holds %d DICOM series: %s; reading the largest, %s", folder, len(series_ids), counts, chosen)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files_by_series[chosen])
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's tags, for the spacing check
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as exc:
         raise ImageError(
             f"cannot read DICOM series {chosen} in {str(folder)!r}: {_first_line(exc)}; check that the slices are complete "
             "and belong to one volume"
         ) from exc
+    check_slice_spacing(reader, len(files_by_series[chosen]), f"DICOM series {chosen} in {str(folder)!r}")
+    return image
 
 
 def validate_image(image: sitk.Image, name: str = "image") -> sitk.Image:
     """Check that an image is something SAM-Med3D can segment; return it as float32.
 
-    Accepted: a scalar 3D image with at least 2 voxels along every axis (a 4D image whose 4th
-    axis has size 1 is reduced to 3D), finite voxels, any real pixel type.
+    Accepted: a scalar 3D image with at least 2 voxels along every axis (trailing axes of size
+    1, as in a 4D or 5D file holding one volume, are dropped), finite voxels that fit in float32,
+    voxel spacing within :data:`SPACING_RANGE_MM` and every voxel within :data:`MAX_COORDINATE_MM`
+    of the origin of patient coordinates, any real pixel type.
 
     Args:
         image: a SimpleITK image (from a file or built in memory).
@@ -238,7 +189,8 @@ def validate_image(image: sitk.Image, name: str = "image") -> sitk.Image:
         already was float32 3D).
 
     Raises:
-        ImageError: not a SimpleITK image, 2D, 4D, multi-component or complex, or NaN/inf voxels.
+        ImageError: not a SimpleITK image, fewer or more than 3 dimensions, multi-component or
+            complex, NaN/inf voxels or values beyond float32, implausible spacing or position.
     """
     if not isinstance(image, sitk.Image):
         raise ImageError(f"{name} must be a SimpleITK image, got {type(image).__name__}; read files with SAMMed3DLib.io.read_image")
@@ -248,31 +200,79 @@ def validate_image(image: sitk.Image, name: str = "image") -> sitk.Image:
             f"{name} has {components} component(s) per voxel of type {image.GetPixelIDTypeAsString()} (e.g. RGB, vector or "
             "complex data); SAM-Med3D needs one real intensity per voxel: convert it to greyscale or extract one channel"
         )
+    image = _drop_trailing_axes(image)
     dim, size = image.GetDimension(), image.GetSize()
-    if dim == 4 and size[3] == 1:
-        image = sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
-        dim, size = 3, image.GetSize()
-    if dim == 4:
+    if dim > 3:
+        extra = " x ".join(str(s) for s in size[3:])
         raise ImageError(
-            f"{name} is 4D (size {list(size)}: {size[3]} volumes); SAM-Med3D segments one 3D volume: extract one time point "
-            "or channel first (e.g. SimpleITK Extract with size [x, y, z, 0] and index [0, 0, 0, t])"
+            f"{name} is {dim}D (size {list(size)}: {extra} volumes); SAM-Med3D segments one 3D volume: extract one time point "
+            f"or channel first (e.g. SimpleITK Extract with size [x, y, z{', 0' * (dim - 3)}])"
         )
     if dim != 3 or min(size) < 2:
         raise ImageError(
             f"{name} is 2D (size {list(size)}); SAM-Med3D segments 3D volumes: load the whole volume or DICOM series, not a single slice"
         )
-    if image.GetPixelID() != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    if image.GetPixelID() not in _INTEGER_PIXEL_IDS:
-        values = sitk.GetArrayViewFromImage(image)
-        low, high = float(values.min()), float(values.max())
-        if not (np.isfinite(low) and np.isfinite(high)):
-            bad = int(np.count_nonzero(~np.isfinite(values)))
-            raise ImageError(
-                f"{name} has {bad} NaN/inf voxel(s) out of {values.size}; fix or mask them before segmenting "
-                "(e.g. replace them with the background intensity)"
-            )
-    return image
+    _check_placement(image, name)
+    _check_values(sitk.GetArrayViewFromImage(image), name)  # before the cast: float64 beyond float32 would become inf
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+
+
+#: Voxel spacing accepted, in mm: finer is a header in other units (µm) or no CT/MR volume;
+#: coarser (a metre a voxel) is a damaged header. Both break the model's 1.5 mm windows.
+SPACING_RANGE_MM = (1e-3, 1e3)
+#: Farthest a voxel may lie from the origin of patient coordinates, in mm (100 m): beyond it the
+#: header is damaged, and positions lose the precision the windows need (an origin of 1e30 mm
+#: leaves none: every voxel has the same coordinates).
+MAX_COORDINATE_MM = 1e5
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _drop_trailing_axes(image: sitk.Image) -> sitk.Image:
+    """The image without its axes of size 1 beyond the third (a 4D/5D file holding one volume)."""
+    size = list(image.GetSize())
+    if len(size) <= 3 or any(s != 1 for s in size[3:]):
+        return image
+    return sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
+
+
+def _check_placement(image: sitk.Image, name: str) -> None:
+    """Spacing within :data:`SPACING_RANGE_MM` and every corner within :data:`MAX_COORDINATE_MM`."""
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    low, high = SPACING_RANGE_MM
+    if not np.all((spacing >= low) & (spacing <= high)):
+        raise ImageError(
+            f"{name} has a voxel spacing of {[float(f'{s:.3g}') for s in spacing]} mm, outside the {low:g}-{high:g} mm of any CT or "
+            "MR volume: its header is damaged or in other units (m or µm). Set the spacing in mm (e.g. SimpleITK SetSpacing, or "
+            "Volumes > Volume information in 3D Slicer) and try again"
+        )
+    last = [float(s - 1) for s in image.GetSize()]
+    corners = [image.TransformContinuousIndexToPhysicalPoint([a, b, c]) for a in (0.0, last[0]) for b in (0.0, last[1]) for c in (0.0, last[2])]
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    far = float(np.max(np.abs(np.concatenate([origin, np.ravel(corners)]))))
+    if not far <= MAX_COORDINATE_MM:
+        raise ImageError(
+            f"{name} reaches {far:.4g} mm from the origin of patient coordinates (origin {[float(f'{o:.6g}') for o in origin]}): "
+            f"no scanner places a volume more than {MAX_COORDINATE_MM:g} mm away, and positions that far lose the precision the "
+            "model needs. The header is damaged: set the origin (e.g. to 0, 0, 0 with SimpleITK SetOrigin) and place the clicks on that"
+        )
+
+
+def _check_values(values: np.ndarray, name: str) -> None:
+    """Finite voxels whose magnitude fits in float32 (checked before a float64 image is cast)."""
+    if values.dtype.kind != "f":
+        return
+    low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise ImageError(
+            f"{name} has {bad} NaN/inf voxel(s) out of {values.size}; fix or mask them before segmenting "
+            "(e.g. replace them with the background intensity)"
+        )
+    if max(abs(low), abs(high)) > _FLOAT32_MAX:
+        raise ImageError(
+            f"{name} has intensities from {low:.3g} to {high:.3g}, beyond the ±{_FLOAT32_MAX:.3g} of 32-bit floats the model "
+            "computes in; rescale the intensities (e.g. to Hounsfield units or 0-1) before segmenting"
+        )
 
 
 def image_from_array(
@@ -326,10 +326,14 @@ def image_from_array(
 def _verify_mask(temp: Path, expected: sitk.Image) -> str | None:
     """Why the written ``temp`` is not ``expected`` (None when it is); see :func:`~SAMMed3DLib.outputs.read_back_difference`."""
     if _suffix(temp, (".nii", ".nii.gz")) is not None:  # SimpleITK reads a truncated NIfTI as zeros, without an error
-        announced = _nifti_expected_bytes(temp)
-        held = 0 if announced is None else temp.stat().st_size if temp.name.lower().endswith(".nii") else _gzip_payload_bytes(temp, announced)
-        if announced is not None and held < announced:
-            return f"the file written holds {held} of the {announced} bytes its header announces"
+        try:
+            scan = scan_nifti(temp)
+        except ImageError as exc:
+            return f"the file written has a damaged header ({exc})"
+        if scan.stream_error is not None:
+            return f"the file written is corrupt ({scan.stream_error})"
+        if scan.held < scan.announced:
+            return f"the file written holds {scan.held} of the {scan.announced} bytes its header announces"
     return read_back_difference(temp, expected)
 
 

@@ -4,7 +4,8 @@ Design:
 
 - **Check before the work.** :func:`check_output_path` refuses, before any long computation, an
   output whose extension is wrong, that is a folder, whose folder is missing (or can be created,
-  ``create_folders``), not writable or read-only, or that is an existing read-only file.
+  ``create_folders``), not writable or read-only, that is an existing read-only file, or whose
+  name is longer than a file system allows.
   :func:`check_distinct` refuses an output that is one of the command's inputs, or another of
   its outputs, by any spelling (relative or absolute path, symbolic or hard link: ``os.path.samefile``
   where the file exists, the resolved path otherwise). Both raise before anything is written.
@@ -33,7 +34,7 @@ from typing import Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import AtomicFiles, atomic_files
+from .atomic import NAME_MAX, AtomicFiles, atomic_files, temp_name
 from .errors import OutputConflictError, OutputError
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,17 @@ def check_output_path(
         ``Path(path)``.
 
     Raises:
-        OutputError: the extension is not allowed, the path is a folder, its folder is missing
-            (or a file), the folder or the existing file is not writable.
+        OutputError: the extension is not allowed, the name is too long, the path is a folder,
+            its folder is missing (or a file), the folder or the existing file is not writable.
     """
     path = Path(path)
     prefix = f"cannot write {what} {str(path)!r}"
     if extensions is not None and _matching_extension(path, extensions) is None:
         choices = ("one of " if len(extensions) > 1 else "") + ", ".join(extensions)
         raise OutputError(f"{prefix}: unsupported extension; use {choices} (nothing was written)")
+    length = len(path.name.encode("utf-8"))
+    if length > NAME_MAX:
+        raise OutputError(f"{prefix}: the file name is {length} bytes long, more than the {NAME_MAX} a file system allows; choose a shorter name (nothing was written)")
     if path.is_dir():
         raise OutputError(f"{prefix}: it is a folder; give a file name inside it (nothing was written)")
     folder = path.parent
@@ -94,14 +98,32 @@ def check_output_path(
         raise OutputError(f"{prefix}: folder {str(folder)!r} does not exist; create it first (nothing was written)")
     if not existing.is_dir():
         raise OutputError(f"{prefix}: {str(existing)!r} is a file, not a folder; choose another location (nothing was written)")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    problem = None if os.access(existing, os.W_OK | os.X_OK) else "no permission"
+    problem = problem or _cannot_create_in(existing)
+    if problem:
         raise OutputError(
-            f"{prefix}: folder {str(existing)!r} is not writable (read-only file system or no permission); "
+            f"{prefix}: folder {str(existing)!r} is not writable (read-only file system or no permission: {problem}); "
             "choose another folder or fix its permissions (nothing was written)"
         )
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{prefix}: the existing file is read-only; make it writable or choose another name (nothing was written)")
     return path
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why a new file cannot be created in ``folder`` (None when it can): a probe file, removed at once.
+
+    ``os.access`` says yes to root on a read-only mount of some kinds (sysfs, root-squashed NFS),
+    and there a long run would fail only at its end.
+    """
+    probe = folder / temp_name("sammed3d-write-check")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return None
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -345,7 +345,8 @@ def _classify_blocks(
     """
     side = low.shape[0]
     factor = window.size / side
-    block = tuple(max(1, int(round(_BLOCK_MM / s))) for s in geometry.spacing_xyz_mm)
+    # At most the box: a fine image (spacing << _BLOCK_MM) would otherwise expand to blocks far larger than it.
+    block = tuple(min(max(1, int(round(_BLOCK_MM / s))), int(hi[axis] - lo[axis] + 1)) for axis, s in enumerate(geometry.spacing_xyz_mm))
     starts = [np.arange(lo[axis], hi[axis] + 1, block[axis]) for axis in range(3)]
     ends = [np.minimum(starts[axis] + block[axis] - 1, hi[axis]) for axis in range(3)]
     shape = (len(starts[2]), len(starts[1]), len(starts[0]))

@@ -19,6 +19,19 @@ from .errors import ModelCardError
 logger = logging.getLogger(__name__)
 
 
+#: Largest intensity magnitude whose square (times a 128³ window's voxel count) float32 holds
+#: with room to spare; beyond it, or below its inverse, :func:`normalize_window` rescales first.
+SAFE_MAGNITUDE = 1e12
+
+
+def _rescale_extreme(x: np.ndarray) -> None:
+    """Divide ``x`` in place by its largest magnitude when that lies outside [1/SAFE_MAGNITUDE, SAFE_MAGNITUDE]."""
+    peak = max(-float(x.min()), float(x.max()))
+    if 0.0 < peak < 1.0 / SAFE_MAGNITUDE or peak > SAFE_MAGNITUDE:
+        logger.debug("window intensities reach %.3g; dividing by it before the z-score", peak)
+        np.divide(x, np.float32(peak), out=x)
+
+
 def normalize_window(window_array: np.ndarray, card: ModelCard) -> np.ndarray:
     """Normalise a window's intensities the way ``card.normalization`` prescribes.
 
@@ -31,6 +44,11 @@ def normalize_window(window_array: np.ndarray, card: ModelCard) -> np.ndarray:
        float64.
     4. Every voxel, zero padding included, becomes ``(x - mean) / std``; if ``std`` is 0 (a
        constant set) or undefined (a single voxel), it becomes ``x - mean`` instead.
+
+    Intensities far from 1 in magnitude (beyond :data:`SAFE_MAGNITUDE` or below its inverse,
+    e.g. a ``scl_slope`` of 1e30 or values near 1e-30) are first divided by the largest
+    magnitude: squaring them in float32 would overflow to inf or underflow to 0 and leave the
+    window unnormalised (an empty mask). The z-score does not change under that scaling.
 
     The input is not modified.
 
@@ -52,6 +70,7 @@ def normalize_window(window_array: np.ndarray, card: ModelCard) -> np.ndarray:
         np.clip(x, card.intensity_clip[0], card.intensity_clip[1], out=x)
     if x.size == 0:
         return x
+    _rescale_extreme(x)
     foreground = x > 0
     count = int(np.count_nonzero(foreground))
     where: np.ndarray | bool = foreground

@@ -18,10 +18,30 @@ import numpy as np
 from .errors import PromptError
 
 
+_NO_POSITIVE = "no positive (+) point: place a + point inside the structure to segment it"
+
+
 def require_positive(positive_lps: np.ndarray) -> None:
     """Raise PromptError when there is no positive point (the model needs one to start)."""
     if len(positive_lps) == 0:
-        raise PromptError("no positive (+) point: place a + point inside the structure to segment it")
+        raise PromptError(_NO_POSITIVE)
+
+
+def positive_first(labels: Sequence[int]) -> list[int]:
+    """The order (indices into ``labels``) in which a new object takes its clicks.
+
+    The clicks keep the order given, except that when the first one is negative the first
+    positive click moves to the front: a new object starts from a positive click (there is
+    nothing a negative one could remove yet).
+
+    Raises:
+        PromptError: there is no positive click.
+    """
+    order = list(range(len(labels)))
+    first = next((i for i in order if int(labels[i]) == 1), None)
+    if first is None:
+        raise PromptError(_NO_POSITIVE)
+    return [first] + [i for i in order if i != first] if first else order
 
 
 def as_points(points_lps: Any) -> np.ndarray:
@@ -104,9 +124,8 @@ def order_clicks(
                 ordered.append(remaining.pop(i))
                 break
     ordered += remaining
-    if ordered and ordered[0][1] == 0 and not allow_negative_first:
-        first_positive = next(i for i, (_, label) in enumerate(ordered) if label == 1)
-        ordered.insert(0, ordered.pop(first_positive))
+    if not allow_negative_first:
+        ordered = [ordered[i] for i in positive_first([label for _, label in ordered])]
     points = np.array([p for p, _ in ordered], dtype=np.float64).reshape(-1, 3)
     labels = np.array([label for _, label in ordered], dtype=np.int64)
     return points, labels

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .download import CACHE_ENV, DEFAULT_TIMEOUT_S, STALL_S, URL_ENV_PREFIX, ProgressCallback, download_file, format_bytes, partial_path
+from .download import CACHE_ENV, DEFAULT_TIMEOUT_S, STALL_S, URL_ENV_PREFIX, ProgressCallback, check_url, download_file, format_bytes, partial_path
 from .errors import CheckpointError, ConfigError, DownloadError, UnknownModelError
 
 __all__ = [
@@ -238,6 +238,24 @@ def _url_env_name(name: str) -> str:
     return URL_ENV_PREFIX + name.upper()
 
 
+def _in_the_way(path: Path) -> str | None:
+    """What occupies a model's path when it is not a regular file (a folder, a broken link...), else None."""
+    if not os.path.lexists(path) or path.is_file():
+        return None
+    if path.is_dir():
+        return f"{path} is a folder, not a checkpoint"
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a link to {os.readlink(path)!r}, which does not exist"
+    return f"{path} is not a regular file"
+
+
+def _refuse_in_the_way(path: Path, name: str) -> None:
+    """Raise CheckpointError when something other than a checkpoint file occupies a model's path."""
+    blocked = _in_the_way(path)
+    if blocked is not None:
+        raise CheckpointError(f"model {name!r}: {blocked}; remove it, then run `sammed3d models download {name}` (or copy the checkpoint there)")
+
+
 def _verify_structure(architecture: str | None) -> Callable[[Path], None] | None:
     if importlib.util.find_spec("torch") is None:
         logger.warning("torch is not installed: the download cannot be checked now; it will be checked when loaded")
@@ -310,10 +328,15 @@ class ModelRegistry:
         return self.cache_dir / str(entry.filename)
 
     def url(self, name: str) -> str:
-        """Download URL: ``$SAMMED3D_MODEL_URL_<NAME>`` if set, else the registry's."""
+        """Download URL: ``$SAMMED3D_MODEL_URL_<NAME>`` if set, else the registry's.
+
+        Raises:
+            DownloadError: the environment's URL is not an http(s) URL.
+        """
         entry = self.entry(name)
         override = os.environ.get(_url_env_name(name), "").strip()
         if override:
+            check_url(override, f"${_url_env_name(name)}")
             return override
         if entry.url is None:
             raise DownloadError(f"model {name!r} ships with sammed3d and has no download URL")
@@ -324,7 +347,11 @@ class ModelRegistry:
         entry = self.entry(name)
         path = self.model_path(name)
         present = path.is_file()
-        if entry.kind == "shipped":
+        blocked = _in_the_way(path)
+        if blocked is not None:
+            status = "blocked (not a file)"
+            url = None if entry.kind == "shipped" else self.url(name)
+        elif entry.kind == "shipped":
             status = "shipped" if present else "not shipped yet"
             url = None
         else:
@@ -383,6 +410,7 @@ class ModelRegistry:
         if entry.kind == "shipped":
             return self.ensure_model(name)
         dest = self.model_path(name)
+        _refuse_in_the_way(dest, name)
         if dest.is_file() and not force:
             logger.info("model %s is already downloaded: %s", name, dest)
             return dest
@@ -426,6 +454,7 @@ class ModelRegistry:
         """
         entry = self.entry(name)
         path = self.model_path(name)
+        _refuse_in_the_way(path, name)
         if path.is_file():
             return path
         if entry.kind == "shipped":

@@ -73,6 +73,10 @@ def intersect_regions(a: Slices3, b: Slices3 | None) -> Slices3 | None:
     return out if all(s.start < s.stop for s in out) else None  # type: ignore[return-value]
 
 
+#: Shown logits of a window restored from a state: it has decided voxels, its logits were not kept.
+DECIDED = torch.empty(0)
+
+
 @dataclass
 class WindowState:
     """A window with its cached image embedding and its latest low-res logits."""
@@ -83,6 +87,25 @@ class WindowState:
     automatic: bool = False  # opened by auto-extension, not by a user click
     image: torch.Tensor | None = None  # (1, 1, S, S, S) normalised window, kept for a fine head only
     output: torch.Tensor | None = None  # logits of the mask shown: the fine head's, else ``logits``
+
+
+#: An image whose voxels all fit in fewer model voxels than this per axis gives the model nothing to see.
+MIN_IMAGE_WINDOW_VOXELS = 4
+
+
+def _warn_about_scale(geometry: ImageGeometry, card: ModelCard) -> None:
+    """Warn when the image is far too small or its voxels far too large for the model's window grid."""
+    extent = geometry.spacing_xyz_mm * np.asarray(geometry.size_xyz)
+    if float(extent.max()) < MIN_IMAGE_WINDOW_VOXELS * card.spacing_mm:
+        logger.warning(
+            "the image is %.3g mm across, less than %d voxels of the model's %.3g mm window grid: the model sees almost nothing "
+            "of it; check the image's spacing (mm expected)", float(extent.max()), MIN_IMAGE_WINDOW_VOXELS, card.spacing_mm,
+        )
+    elif float(geometry.spacing_xyz_mm.min()) > card.window_mm / MIN_IMAGE_WINDOW_VOXELS:
+        logger.warning(
+            "the image's voxels (%.3g mm or more) are larger than a quarter of the model's %.3g mm window: the model sees a few "
+            "voxels at a time; check the image's spacing (mm expected)", float(geometry.spacing_xyz_mm.min()), card.window_mm,
+        )
 
 
 class WindowStack:
@@ -105,6 +128,7 @@ class WindowStack:
         # instead of recomputing all (0.17 s at 1,000 clicks; model/click_maps.py).
         self._click_maps = ClickMapCache()
         self._click_maps_of: WindowState | None = None
+        _warn_about_scale(geometry, card)
 
     def __len__(self) -> int:
         return len(self.states)
@@ -120,8 +144,15 @@ class WindowStack:
         return next(self.model.parameters()).device
 
     def logits(self) -> tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...]:
-        """(decoder logits, shown logits) of every window; tensors are replaced, never modified."""
-        return tuple((w.logits, w.output) for w in self.states)
+        """(decoder logits, shown logits) of every window; tensors are replaced, never modified.
+
+        A fine head's shown logits (1 MB a window for the default model, eight times the
+        decoder's) are not kept: :data:`DECIDED` stands for them. They only matter right after
+        the decode that made them (pasting, following the object), and the mask they gave is in
+        every step's :class:`~SAMMed3DLib.steps.MaskChange`; so an undo history of 50 steps holds
+        6 MB of logits instead of 55 MB.
+        """
+        return tuple((w.logits, w.output if w.output is None or w.output is w.logits else DECIDED) for w in self.states)
 
     def set_logits(self, logits: Sequence[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
         """Put back :meth:`logits`; windows opened since then get none (they start afresh)."""
@@ -249,7 +280,7 @@ class WindowStack:
 
     def border_seed(self, state: WindowState) -> np.ndarray | None:
         """LPS point inside the mask where it touches a face of ``state``'s window, or None."""
-        if state.output is None:
+        if state.output is None or state.output.numel() == 0:
             return None
         size = self.card.input_size
         with torch.inference_mode():

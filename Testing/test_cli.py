@@ -50,7 +50,7 @@ def test_segment_point_frames_agree(tmp_path, ct_file, small_model_path) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--negative", "30,25,14"], "first click of an object must be positive"),
+        (["--negative", "30,25,14"], "at least one positive click"),
         (["--point", "500,30,15"], "outside the image"),
         ([], "at least one positive click"),
     ],

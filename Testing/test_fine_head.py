@@ -178,6 +178,12 @@ def test_session_shows_the_heads_mask_and_feeds_the_decoder_its_own_logits() -> 
     session.undo()
     np.testing.assert_array_equal(session.mask_array, first)
     torch.testing.assert_close(session._windows[0].logits, decoder_logits)
+    # The head's logits are not kept in the history (8x the decoder's); the mask they gave is, and
+    # the next click in the window makes them again.
+    from SAMMed3DLib.windows import DECIDED
+
+    assert session._windows[0].output is DECIDED
+    session.click_index((30, 22, 20), positive=False)
     assert session._windows[0].output.shape == (1, 1, 16, 16, 16)
 
 

@@ -207,6 +207,29 @@ def test_segmentation_with_its_own_finer_geometry_receives_the_resampled_mask(sc
     assert np.mean(got != expected) < 1e-3
 
 
+def test_segmentation_geometry_disjoint_from_the_volume_is_a_clear_error(scene) -> None:
+    """It used to run the model and write nothing, with only a log line."""
+    volume, centres = add_sphere_volume(scene, spheres_ijk=((40.0, 40.0, 16.0),))
+    segmentation, (a,) = add_segmentation(scene, volume)
+    elsewhere = slicer.vtkOrientedImageData()  # a 0.7 mm grid 2 m away from the volume
+    elsewhere.SetExtent(0, 49, 0, 49, 0, 49)
+    elsewhere.SetSpacing(0.7, 0.7, 0.7)
+    elsewhere.SetOrigin(*(centres[0] + 2000.0))
+    segmentation.GetSegmentation().SetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+        slicer.vtkSegmentationConverter.SerializeImageGeometry(elsewhere),
+    )
+    plus = add_points(scene, [centres[0]])
+    logic = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu", autoExtend=False)
+    with pytest.raises(ImageError) as caught:
+        logic.segment(volume, segmentation, a, plus)
+    message = str(caught.value)
+    assert "does not overlap the volume" in message and "Specify geometry" in message
+    assert logic.session is None  # refused before the model ran
+    assert not segment_on_volume(segmentation, a, volume).any()
+    assert not logic.canUndo
+
+
 # -- undo, untouched voxels, masking -------------------------------------------------------------
 
 
@@ -617,7 +640,14 @@ def test_saving_and_reloading_the_scene_keeps_segment_and_points(case, tmp_path,
     result = resumed.segment(volume2, segmentation2, a, plus2, minus2)
     assert result.newSession
     after = segment_on_volume(segmentation2, a, volume2)
-    assert np.array_equal(after & mask, mask) and after.sum() > mask.sum()
+    # The saved voxels are the current answer: the points replay as corrections of it, so only
+    # voxels next to the − point (on the sphere's rim, where the model says background) may go.
+    from InteractiveSegmentationLogic.testing import ijk_to_ras_matrix
+
+    kji = np.argwhere(mask & ~after)
+    ras = (np.c_[kji[:, ::-1], np.ones(len(kji))] @ ijk_to_ras_matrix(volume2).T)[:, :3]
+    assert np.all(np.linalg.norm(ras - (centres[0] + np.array([10.0, 0.0, 0.0])), axis=1) <= 5.0)
+    assert len(kji) < 0.02 * mask.sum() and after.sum() > mask.sum()
 
 
 def test_a_checkpoint_path_loads_lazily_and_runs_the_real_network(scene, tmp_path) -> None:

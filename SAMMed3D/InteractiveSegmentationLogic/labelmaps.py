@@ -239,6 +239,23 @@ def segmentation_lattice(segmentation_node: Any, volume_node: Any) -> Lattice:
     return Lattice(ijk_to_local=vtk_to_numpy_matrix(matrix), extent=tuple(int(v) for v in image.GetExtent()))  # type: ignore[arg-type]
 
 
+def require_overlap(lattice: Lattice, volume_ijk_to_local: np.ndarray, size_xyz: tuple[int, int, int], segmentation_node: Any, volume_node: Any) -> None:
+    """Refuse a segmentation whose reference geometry covers no voxel of the volume (nothing could be written).
+
+    Raises:
+        ImageError: saying how to give the segmentation the volume's geometry.
+    """
+    volume_extent = (0, size_xyz[0] - 1, 0, size_xyz[1] - 1, 0, size_xyz[2] - 1)
+    if not extent_is_empty(intersect_extents(map_extent(volume_extent, volume_ijk_to_local, lattice.ijk_to_local), lattice.extent)):
+        return
+    raise ImageError(
+        f"the segmentation {node_label(segmentation_node)} has a reference geometry (its labelmap grid) that does not overlap the "
+        f"volume {node_label(volume_node)} anywhere, so no result could be stored in it. Give it this volume's geometry "
+        "(Segment Editor: Specify geometry, or segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)) "
+        "or pick the volume it was made for"
+    )
+
+
 def require_segment(segmentation_node: Any, segment_id: str) -> Any:
     """The vtkSegment, or a clear error if it was removed."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)

@@ -244,7 +244,8 @@ class InteractiveSegmentationLogic:
 
         Raises:
             SessionStateError: a node is missing or was removed, or the segment does not exist.
-            ImageError: the volume cannot be segmented (see :func:`.mrml_geometry.volume_geometry`).
+            ImageError: the volume cannot be segmented (see :func:`.mrml_geometry.volume_geometry`),
+                or the segmentation's geometry does not overlap it.
             PromptError: there is no positive point, and the segment is empty and there is no box.
         """
         started = time.perf_counter()
@@ -262,6 +263,7 @@ class InteractiveSegmentationLogic:
         world_to_local = np.linalg.inv(node_to_world_matrix(segmentationNode, "segmentation"))
         volume_ijk_to_local = world_to_local @ volume_ijk_to_world_ras(volumeNode)
         lattice = labelmaps.segmentation_lattice(segmentationNode, volumeNode)
+        labelmaps.require_overlap(lattice, volume_ijk_to_local, geometry.size_xyz, segmentationNode, volumeNode)
         key = self._sessionKey(volumeNode, geometry, segmentationNode, segmentId)
         pointsKey = self._pointsKey(positivePointsNode, negativePointsNode)
         after = PointsSnapshot.take([positivePointsNode, negativePointsNode])

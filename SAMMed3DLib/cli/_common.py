@@ -21,6 +21,17 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (argparse turns the error into a usage line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -28,7 +39,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="registry name (see `sammed3d models`) or checkpoint path (default: %(default)s, ships with the package)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: the cores available)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: the cores available)")
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..clicks import CLICK_MODES
 from ..corruption import CORRUPTIONS
-from ..errors import OutputError
+from ..errors import DataError, OutputError
 from ..evaluate import METHODS, MIN_STRUCTURE_VOXELS, PROTOCOLS
 from ._common import add_model_args, apply_threads, load_model_from_args
 
@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+    _refuse_nothing_evaluated(result, args)
 
     with all_or_nothing() as files:
         result.write_csv(out, files=files)
@@ -148,7 +149,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {out} and {summary}" + (f" and {plot}" if plot else ""), flush=True)
     except OSError as exc:  # e.g. stdout redirected to a full disk
         raise OutputError(f"cannot print the summary to standard output: {exc}; the CSV files were written: {out}, {summary}") from exc
-    if result.structures == 0:
-        logger.error("no structure was evaluated (all %d skipped)", len(result.skipped))
-        return 1
     return 0
+
+
+def _refuse_nothing_evaluated(result, args: argparse.Namespace) -> None:  # noqa: ANN001 (an EvaluationResult)
+    """Raise DataError, before any output is written, when every structure was skipped; say why each was."""
+    if result.structures:
+        return
+    shown = [f"{s.case}/{s.label} {s.name}: {s.reason}" for s in result.skipped[:5]]
+    more = f"; ... ({len(result.skipped)} in all)" if len(result.skipped) > 5 else ""
+    raise DataError(
+        f"no structure was evaluated: all {len(result.skipped)} were skipped ({'; '.join(shown)}{more}). Nothing was written. "
+        "Check that each label map holds the values its label table names, as whole numbers (a resampled, float label map "
+        f"may hold none of them), and the options --min-voxels (now {args.min_voxels}) and --labels"
+    )

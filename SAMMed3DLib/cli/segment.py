@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PromptError
+from ..prompts import positive_first
 from ._common import add_model_args, load_model_from_args
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import all_or_nothing, check_distinct, check_output_path
     from ..session import Session
 
-    if not args.clicks and not args.box and not args.init:
-        raise PromptError("give at least one positive click with --point X,Y,Z (or a --box, or an --init mask to correct)")
+    if not any(label for _, label in args.clicks) and not args.box and not args.init:
+        raise PromptError(
+            "give at least one positive click with --point X,Y,Z: a new object starts from a click inside the structure "
+            "(or give a --box, or an --init mask to correct)"
+        )
     if args.init_label is not None and not args.init:
         raise PromptError("--init-label needs --init MASK (the segmentation holding that label)")
     box = _parse_box(args.box) if args.box else None
@@ -100,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
     session = Session(model, image, correction=args.correction)
     if initial is not None:
         session.set_mask(initial)
-    points = np.array([c for c, _ in args.clicks], dtype=np.float64).reshape(-1, 3)
-    labels = np.array([lab for _, lab in args.clicks], dtype=np.int64)
+    clicks = _click_order(args.clicks, new_object=initial is None and box is None)
+    points = np.array([c for c, _ in clicks], dtype=np.float64).reshape(-1, 3)
+    labels = np.array([lab for _, lab in clicks], dtype=np.int64)
     if args.ras:
         points = ras_to_lps(points)
         box = None if box is None else tuple(ras_to_lps(c) for c in box)
@@ -127,6 +132,16 @@ def run(args: argparse.Namespace) -> int:
     if preview is not None:
         logger.info("wrote preview %s", preview)
     return 0
+
+
+def _click_order(clicks: list, new_object: bool) -> list:
+    """The clicks as given; for a new object (no --init, no --box) its first --point goes first."""
+    if not new_object or not clicks:
+        return clicks
+    ordered = [clicks[i] for i in positive_first([label for _, label in clicks])]
+    if ordered[0] is not clicks[0]:
+        logger.info("the first --point runs first (a new object starts from a positive click); the other clicks keep their order")
+    return ordered
 
 
 def _parse_box(text: str) -> tuple[np.ndarray, np.ndarray]:
