@@ -55,6 +55,7 @@ from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
 from .history import History
 from .io import image_from_array, validate_image
 from .masks import mask_on_grid
+from .memory import TRIM_EVERY_STEPS, release_free_memory
 from .model.sam3d import Sam3D
 from .prompts import as_labels, as_points, order_clicks
 from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, WindowSteps
@@ -155,6 +156,7 @@ class Session(WindowSteps):
         self._locked: np.ndarray | None = None
         self._history: History[_Step] = History(None if history_limit is None else int(history_limit))
         self._results: weakref.WeakSet[ClickResult] = weakref.WeakSet()
+        self._steps = 0
         if image is not None:
             self.set_image(image)
         if initial_mask is not None:
@@ -543,6 +545,9 @@ class Session(WindowSteps):
     def _result(self, change: MaskChange | None, ran: list[Window], timings: dict[str, float]) -> ClickResult:
         result = ClickResult(self._mask, self._image, change, ran, timings)  # type: ignore[arg-type]
         self._results.add(result)
+        self._steps += 1
+        if self._steps % TRIM_EVERY_STEPS == 0:
+            release_free_memory()  # see SAMMed3DLib.memory: the freed tensors of the last steps
         return result
 
     def _before_mask_change(self) -> None:

@@ -302,3 +302,30 @@ def test_a_window_keeps_only_its_own_logits_alive(volume) -> None:
     session.click(_centre(volume))
     logits = session._windows[0].logits
     assert logits.shape == (1, 1, 32, 32, 32) and logits.untyped_storage().nbytes() == logits.nbytes
+
+
+def test_freed_heap_memory_is_handed_back_to_the_system() -> None:
+    """Blocks freed below the heap's top stay resident until release_free_memory (glibc)."""
+    import ctypes
+
+    import psutil
+
+    from SAMMed3DLib.memory import _malloc_trim, release_free_memory
+
+    if _malloc_trim() is None:
+        pytest.skip("no glibc malloc_trim on this platform: release_free_memory does nothing here")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(100_000) for _ in range(400)]  # 40 MB below the mmap threshold: on the heap
+    for b in blocks:
+        ctypes.memset(b, 1, 100_000)
+    process = psutil.Process()
+    for b in blocks[:-1]:
+        libc.free(b)  # the last block keeps the heap's top, so free() cannot shrink the heap itself
+    before = process.memory_info().rss
+    assert release_free_memory()
+    after = process.memory_info().rss
+    libc.free(blocks[-1])
+    assert before - after > 20 * 2**20, (before, after)
