@@ -71,3 +71,19 @@ def test_a_few_steps_with_correction_rounds_reduce_the_loss(tiny_cache) -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_a_run_with_correction_rounds_trains_and_keeps_its_setting(tiny_cache, tmp_path) -> None:
+    from SAMMed3DLib.errors import ConfigError
+    from test_training import _cfg
+    from training import distributed as D
+    from training.config import TrainConfig
+    from training.trainer import Trainer
+
+    run = Trainer(_cfg(tiny_cache, tmp_path / "run", max_steps=2, correction_fraction=0.5))
+    assert D.unwrap(run.loop).correction_fraction == 0.5
+    run.fit()
+    run.close()
+    assert TrainConfig.load(tmp_path / "run" / "config.json").correction_fraction == 0.5
+    with pytest.raises(ConfigError, match="correction-fraction must lie in"):
+        _cfg(tiny_cache, tmp_path / "bad", correction_fraction=1.5)

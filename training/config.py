@@ -109,6 +109,8 @@ class TrainConfig:
     last_round_mask_only: bool = True
     all_clicks: bool = True
     click_mode: str = "random"
+    # the share of samples whose interaction corrects a corrupted truth (training.interaction)
+    correction_fraction: float = 0.0
     # augmentation
     flip_prob: float = 0.5
     intensity_scale: float = 0.1
@@ -155,6 +157,8 @@ class TrainConfig:
             raise ConfigError(f"--pe-matrix must be one of {', '.join(PE_MATRIX_CHOICES)}, got {self.pe_matrix!r}")
         if self.click_mode not in ("random", "center"):
             raise ConfigError(f"--click-mode must be 'random' or 'center', got {self.click_mode!r}")
+        if not 0.0 <= self.correction_fraction <= 1.0:
+            raise ConfigError(f"--correction-fraction must lie in [0, 1], got {self.correction_fraction}")
         if not 0 <= self.flip_prob <= 1 or not 0 <= self.intensity_prob <= 1:
             raise ConfigError("--flip-prob and --intensity-prob must lie in [0, 1]")
         if any(not 0 < f < 1 for f in self.decay_at):

@@ -119,7 +119,7 @@ class Trainer:
                 p.requires_grad_(name.startswith("fine_head."))
         model.to(self.device).train()
         self.model = model
-        loop: nn.Module = ClickLoop(model, cfg.click_mode, cfg.all_clicks)
+        loop: nn.Module = ClickLoop(model, cfg.click_mode, cfg.all_clicks, cfg.correction_fraction, self.card.spacing_mm)
         if self.info.enabled:
             loop = nn.parallel.DistributedDataParallel(
                 loop,
