@@ -24,7 +24,7 @@ from training.labelmaps import LabelMapCache, main as labelmaps_main, prepare_la
 from training.prepare import PrepareOptions
 from training.synth import MODES, SynthOptions, ct_tissue_classes, synthesize
 from training.synth_samples import MixedSamples, SyntheticSamples
-from training.trainer import Trainer
+from training.trainer import LAST, Trainer, load_state
 
 # -- the generator ---------------------------------------------------------------------------------
 
@@ -296,18 +296,27 @@ def test_synthetic_options_are_checked(kw, match):
         TrainConfig(cache="c", out="o", **kw)
 
 
-def test_trainer_mixes_synthetic_samples_resumes_and_refuses_a_leaking_cache(tiny_cache, map_cache, map_sources, tmp_path):
-    cfg = _cfg(tiny_cache, tmp_path / "run", max_steps=2, synthetic_cache=str(map_cache), synthetic_fraction=0.5)
-    trainer = Trainer(cfg)
-    assert isinstance(trainer.dataset, MixedSamples) and trainer.synthetic_cases == ["small/s0", "small/s1", "small/s2"]
-    trainer.fit()
-    card = trainer.export(tmp_path / "m.pth")
-    trainer.close()
-    assert card.extra["synthetic"]["label_maps_per_set"] == {"small": 3}
-    assert json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))["synthetic_fraction"] == 0.5
-    resumed = Trainer(TrainConfig.load(tmp_path / "run" / "config.json"), resume=True)
+@pytest.mark.slow
+def test_trainer_mixes_synthetic_samples_resumes_bit_for_bit_and_refuses_a_leaking_cache(tiny_cache, map_cache, tmp_path):
+    mix = {"synthetic_cache": str(map_cache), "synthetic_fraction": 0.5}
+    full = Trainer(_cfg(tiny_cache, tmp_path / "full", **mix))
+    assert isinstance(full.dataset, MixedSamples) and full.synthetic_cases == ["small/s0", "small/s1", "small/s2"]
+    full.fit()
+    card = full.export(tmp_path / "m.pth")
+    full.close()
+    assert card.extra["synthetic"]["label_maps_per_set"] == {"small": 3} and card.extra["synthetic"]["fraction"] == 0.5
+    part = Trainer(_cfg(tiny_cache, tmp_path / "part", max_steps=2, **mix))
+    part.fit()
+    part.close()
+    # resumed from the run folder alone (its config.json), as `python -m training --out RUN --resume` does
+    saved = json.loads((tmp_path / "part" / "config.json").read_text(encoding="utf-8"))
+    assert saved["synthetic_fraction"] == 0.5 and saved["synthetic_cache"] == str(map_cache)
+    resumed = Trainer(TrainConfig.from_dict({**saved, "max_steps": 4}), resume=True)
     assert resumed.step == 2 and isinstance(resumed.dataset, MixedSamples)
+    resumed.fit()
     resumed.close()
+    a, b = load_state(tmp_path / "full" / LAST)["model"], load_state(tmp_path / "part" / LAST)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a label-map cache made from the real cases, validation case included, is refused
     prepare_labelmaps([tiny_cache.parent / "src"], tmp_path / "leaky", PrepareOptions(window=32))
     with pytest.raises(ConfigError, match=r"holds validation case\(s\) \['case2'\]"):
