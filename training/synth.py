@@ -126,11 +126,10 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
 
 
-def smooth_field(rng: np.random.Generator, shape: Sequence[int], cells: int, channels: int = 1) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, shape: Sequence[int], cells: int) -> np.ndarray:
     """A smooth random field: N(0, 1) values on a ``cells``³ lattice, trilinear up to ``shape``."""
-    coarse = torch.from_numpy(rng.standard_normal((1, channels, cells, cells, cells)).astype(np.float32))
-    up = F.interpolate(coarse, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)
-    return up[0].numpy() if channels > 1 else up[0, 0].numpy()
+    coarse = torch.from_numpy(rng.standard_normal((1, 1, cells, cells, cells)).astype(np.float32))
+    return F.interpolate(coarse, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)[0, 0].numpy()
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
@@ -283,7 +282,7 @@ def synthesize(
         per-label ``means``.
 
     Raises:
-        ValueError: an unknown mode, a target that is empty or not inside the block.
+        ValueError: an unknown mode or an empty target.
     """
     if mode not in MODES:
         raise ValueError(f"unknown synthetic mode {mode!r}; use one of {', '.join(MODES)}")
