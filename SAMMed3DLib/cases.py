@@ -97,8 +97,12 @@ def _read_json(path: Path, example: str) -> Any:
         raise DataError(f"cannot read {path}: {exc}; it must be JSON like {example}") from exc
 
 
-def _read_labels_json(path: Path) -> tuple[dict[int, str], dict[str, Any]]:
-    """(value → name, ascending; the whole JSON object) of a case's labels.json."""
+def read_labels_json(path: Path) -> tuple[dict[int, str], dict[str, Any]]:
+    """(value → name, ascending; the whole JSON object) of a case's labels.json.
+
+    Raises:
+        DataError: the file is unreadable, not JSON, or its ``labels`` object is empty or invalid.
+    """
     example = '{"labels": {"1": "liver"}}'
     data = _read_json(path, example)
     labels = data.get("labels") if isinstance(data, dict) else None
@@ -125,7 +129,7 @@ def _case_folder(folder: Path) -> Case | None:
     if not all(present):
         missing = [f for f, ok in zip(files, present) if not ok]
         raise DataError(f"case folder {folder} lacks {', '.join(missing)}; {EXPECTED_LAYOUT}")
-    names, meta = _read_labels_json(folder / LABELS_JSON)
+    names, meta = read_labels_json(folder / LABELS_JSON)
     return Case(folder.name, folder / IMAGE_FILE, folder / LABEL_FILE, names, str(meta.get("modality", "")), str(meta.get("region", "")))
 
 
@@ -266,14 +270,11 @@ def same_grid(
     )
 
 
-def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
-    """Read a case's image and label map, both checked to be 3D scalar images.
-
-    Returns:
-        ``(image, label)`` as SimpleITK images (the label's grid is not compared with the image's).
+def read_image(path: str | os.PathLike[str], case_id: str | None = None) -> sitk.Image:
+    """Read one 3D scalar image file (a case's image or label map).
 
     Raises:
-        DataError: a file is unreadable (the message gives the reader's last line), is a FIFO,
+        DataError: the file is unreadable (the message gives the reader's last line), is a FIFO,
             socket or device (which could block the reader forever), is a NIfTI file that is
             truncated, corrupt or holds NaN/inf voxels (the checks of ``sammed3d segment``,
             :func:`SAMMed3DLib.image_checks.check_nifti_file`), or is not a 3D scalar image.
@@ -281,27 +282,39 @@ def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
     from .image_checks import check_nifti_file
     from .special_files import special_file_kind
 
-    images = []
-    for path in (case.image_path, case.label_path):
-        kind = special_file_kind(Path(path))
-        if kind is not None:
-            raise DataError(f"cannot read {path}: it is {kind}, not a regular file, and reading it could block forever")
-        if str(path).lower().endswith((".nii", ".nii.gz")):
-            try:
-                check_nifti_file(path)
-            except ImageError as exc:
-                raise DataError(f"case {case.case_id}: {exc}") from exc
+    kind = special_file_kind(Path(path))
+    if kind is not None:
+        raise DataError(f"cannot read {path}: it is {kind}, not a regular file, and reading it could block forever")
+    if str(path).lower().endswith((".nii", ".nii.gz")):
         try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise DataError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
-        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise DataError(
-                f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s); "
-                "a 3D scalar image is needed"
-            )
-        images.append(image)
-    return images[0], images[1]
+            check_nifti_file(path)
+        except ImageError as exc:
+            raise DataError(f"case {case_id}: {exc}" if case_id else str(exc)) from exc
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(
+            f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s); "
+            "a 3D scalar image is needed"
+        )
+    return image
 
 
-__all__ = ["EXPECTED_LAYOUT", "IMAGE_FILE", "LABELS_JSON", "LABEL_FILE", "Case", "find_cases", "read_case_images", "same_grid"]
+def read_case_images(case: Case) -> tuple[sitk.Image, sitk.Image]:
+    """Read a case's image and label map, both checked to be 3D scalar images (:func:`read_image`).
+
+    Returns:
+        ``(image, label)`` as SimpleITK images (the label's grid is not compared with the image's).
+
+    Raises:
+        DataError: a file cannot be read as a 3D scalar image (see :func:`read_image`).
+    """
+    return read_image(case.image_path, case.case_id), read_image(case.label_path, case.case_id)
+
+
+__all__ = [
+    "EXPECTED_LAYOUT", "IMAGE_FILE", "LABELS_JSON", "LABEL_FILE", "Case", "find_cases", "read_case_images", "read_image", "read_labels_json",
+    "same_grid",
+]  # fmt: skip

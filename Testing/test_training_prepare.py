@@ -251,6 +251,21 @@ def test_cache_round_trip_and_ras_orientation(tmp_path, direction):
     assert image[tuple(np.round(centroid).astype(int))] == pytest.approx(600, abs=1)
 
 
+def test_label_values_above_255_survive_resampling(tmp_path):
+    # FreeSurfer colour-table labels (ctx-lh-* 1000-1035, ctx-rh-* 2000-2035) in a uint16 map: a
+    # uint8 resampling once clamped both to 255, which no labels.json names, so both were lost
+    _write_case(tmp_path / "src" / "c", DIRECTIONS["flipped"], names={"1000": "ctx_lh_a", "2035": "ctx_rh_b"})
+    label_path = tmp_path / "src" / "c" / "label.nii.gz"
+    label = sitk.ReadImage(str(label_path))
+    arr = sitk.GetArrayFromImage(label).astype(np.uint16)
+    wide = sitk.GetImageFromArray(np.where(arr == 1, 1000, np.where(arr == 2, 2035, 0)).astype(np.uint16))
+    wide.CopyInformation(label)
+    sitk.WriteImage(wide, str(label_path))
+    index = prepare([tmp_path / "src"], tmp_path / "cache", PrepareOptions(window=32))
+    assert [s["name"] for s in index["cases"][0]["structures"]] == ["ctx_lh_a", "ctx_rh_b"]
+    assert [s["volume_ml"] for s in index["cases"][0]["structures"]] == pytest.approx([4.19, 3.05], rel=0.15)
+
+
 def test_nnunet_raw_layout(tmp_path):
     root = tmp_path / "Dataset001_Test"
     (root / "imagesTr").mkdir(parents=True)

@@ -24,6 +24,8 @@ from SAMMed3DLib.devices import is_device_name
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model.build import normalize_config
 
+from .synth import mode_weights
+
 #: The shipped default model: 6.14 M parameters (24.6 MB in fp32). Measured on this machine
 #: (2 vCPU, torch 2.13, benchmarks/train_speed.py): encoder 0.042 s + first decoder call, fine
 #: head (geodesic maps included) and upsampling 0.137 s on 2 threads; one training sample with
@@ -69,6 +71,9 @@ DEFAULT_MODEL_CONFIG: dict[str, dict[str, Any]] = {
 #: columns come in (u, v, w) / (v, u, w) pairs (see :func:`training.trainer.make_pe_swap_closed`).
 PE_MATRIX_CHOICES: tuple[str, ...] = ("keep", "swap_closed")
 
+#: ``--synthetic-modes``: how often a synthetic sample is MR-, CT- or PET-like (:mod:`training.synth`).
+SYNTHETIC_MODE_WEIGHTS: dict[str, float] = {"mr": 0.4, "ct": 0.35, "pet": 0.25}
+
 
 @dataclass
 class TrainConfig:
@@ -80,6 +85,10 @@ class TrainConfig:
     val_cases: list[str] = field(default_factory=list)
     samples_per_epoch: int = 1000
     num_workers: int = 0
+    # synthetic samples (training.synth_samples): label maps from `python -m training.labelmaps`
+    synthetic_cache: str = ""
+    synthetic_fraction: float = 0.0
+    synthetic_modes: dict[str, float] = field(default_factory=lambda: dict(SYNTHETIC_MODE_WEIGHTS))
     # model
     model_config: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_MODEL_CONFIG))
     init: str = ""
@@ -167,6 +176,14 @@ class TrainConfig:
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if any(c < 1 for c in self.val_clicks + self.export_clicks):
             raise ConfigError("click counts must be ≥ 1")
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise ConfigError(f"--synthetic-fraction must lie in [0, 1], got {self.synthetic_fraction}")
+        if self.synthetic_fraction > 0 and not self.synthetic_cache:
+            raise ConfigError("--synthetic-fraction > 0 needs --synthetic-cache (a folder written by `python -m training.labelmaps`)")
+        try:
+            mode_weights(self.synthetic_modes)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"--synthetic-modes: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

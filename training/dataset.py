@@ -180,6 +180,29 @@ def extract(array: np.ndarray, start: Sequence[int], window: int, fill: float = 
     return out
 
 
+def structure_window(label: np.ndarray, value: int, lo: np.ndarray, hi: np.ndarray, window: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``window``³ crop around structure ``value`` of ``label``: (start, bool mask in it).
+
+    The start comes from :func:`crop_start`; a structure wider than the window can leave a
+    hole at the crop (a U shape), and then the window is centred on one of its voxels instead.
+    """
+    start = crop_start(lo, hi, label.shape, window, rng)
+    gt = extract(label, start, window) == value
+    if not gt.any():
+        voxels = np.argwhere(label == value)
+        start = voxels[int(rng.integers(len(voxels)))] - window // 2
+        gt = extract(label, start, window) == value
+    return start, gt
+
+
+def random_flips(rng: np.random.Generator, prob: float, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random flips (each axis with probability ``prob``) applied to every array."""
+    flips = [a for a in range(3) if rng.random() < prob]
+    if not flips:
+        return list(arrays)
+    return [np.ascontiguousarray(np.flip(a, axis=flips)) for a in arrays]
+
+
 class StructureSamples(Dataset):
     """Map-style dataset of random training samples (see the module docstring).
 
@@ -231,20 +254,8 @@ class StructureSamples(Dataset):
         ref = refs[int(rng.integers(len(refs)))]
         image, label = self.cache.arrays(case)
         lo, hi = self.cache.bbox(ref)
-        start = crop_start(lo, hi, image.shape, self.window, rng)
-        gt = extract(label, start, self.window) == ref.value
-        if not gt.any():
-            # A structure wider than the window can leave a hole at the crop (a U shape):
-            # centre the window on one of its voxels instead.
-            voxels = np.argwhere(label == ref.value)
-            centre = voxels[int(rng.integers(len(voxels)))]
-            start = centre - self.window // 2
-            gt = extract(label, start, self.window) == ref.value
-        img = extract(image, start, self.window)
-        flips = [a for a in range(3) if rng.random() < self.flip_prob]
-        if flips:
-            img = np.ascontiguousarray(np.flip(img, axis=flips))
-            gt = np.ascontiguousarray(np.flip(gt, axis=flips))
+        start, gt = structure_window(label, ref.value, lo, hi, self.window, rng)
+        img, gt = random_flips(rng, self.flip_prob, extract(image, start, self.window), gt)
         img = normalize_window(img, self.card).astype(np.float32, copy=False)
         x = torch.from_numpy(img)[None]
         for t in (self._scale, self._shift, self._noise):

@@ -125,6 +125,11 @@ def export_run(
         source="trained by training/ of this repository",
         extra={"training_config": cfg.to_dict(), "step": step, "weights": weights},
     )
+    if trainer.synthetic_cases:
+        sets: dict[str, int] = {}
+        for case in trainer.synthetic_cases:
+            sets[case.split("/", 1)[0]] = sets.get(case.split("/", 1)[0], 0) + 1
+        card.extra["synthetic"] = {"fraction": cfg.synthetic_fraction, "modes": cfg.synthetic_modes, "label_maps_per_set": sets}
     export_model(model.cpu(), path, card, extra={"step": step})
     logger.info("exported %s (step %d) to %s", weights, step, path)
     return card

@@ -138,6 +138,23 @@ def ras_reference_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return ref
 
 
+def resample_label_to_ras(label: sitk.Image, ref: sitk.Image) -> np.ndarray:
+    """Resample a label map (nearest) onto a grid from :func:`ras_reference_grid`; 0 outside it.
+
+    The values keep their type: a uint8 map stays uint8, any other (uint16 FreeSurfer colour
+    table values up to 2035, signed or float label files) becomes uint16, so that no label value
+    up to 65535 (the largest a labels.json may name) is clamped.
+
+    Returns:
+        An array (nR, nA, nS) whose axis 0 increases toward patient Right, 1 toward Anterior,
+        2 toward Superior (``ref``'s index (i, j, k) = array [i, j, k]).
+    """
+    pixel = sitk.sitkUInt8 if label.GetPixelID() == sitk.sitkUInt8 else sitk.sitkUInt16
+    lab = sitk.Resample(label, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, pixel)
+    # SimpleITK arrays are (k, j, i); transpose to (i, j, k) = (R, A, S).
+    return np.ascontiguousarray(sitk.GetArrayFromImage(lab).transpose(2, 1, 0))
+
+
 def resample_to_ras(image: sitk.Image, label: sitk.Image, spacing_mm: float) -> tuple[np.ndarray, np.ndarray, sitk.Image]:
     """Resample an image (linear) and its label map (nearest) onto the RAS grid.
 
@@ -147,17 +164,16 @@ def resample_to_ras(image: sitk.Image, label: sitk.Image, spacing_mm: float) -> 
         spacing_mm: output isotropic spacing in mm.
 
     Returns:
-        ``(image_ras, label_ras, reference)``: float32 and uint8 arrays of shape (nR, nA, nS) —
+        ``(image_ras, label_ras, reference)``: float32 and integer arrays of shape (nR, nA, nS) —
         array axis 0 increases toward patient Right, 1 toward Anterior, 2 toward Superior —
         and the SimpleITK reference grid they lie on (its index (i, j, k) = array [i, j, k]).
+        ``label_ras`` is uint8 for a uint8 label map, uint16 otherwise
+        (:func:`resample_label_to_ras`).
     """
     ref = ras_reference_grid(image, spacing_mm)
     img = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    lab = sitk.Resample(label, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    # SimpleITK arrays are (k, j, i); transpose to (i, j, k) = (R, A, S).
     image_ras = np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0), dtype=np.float32)
-    label_ras = np.ascontiguousarray(sitk.GetArrayFromImage(lab).transpose(2, 1, 0), dtype=np.uint8)
-    return image_ras, label_ras, ref
+    return image_ras, resample_label_to_ras(label, ref), ref
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +242,7 @@ def clean_structures(
 
     Args:
         case_id: for the drop log.
-        label_ras: uint8 label map (R, A, S) at ``opts.spacing_mm``.
+        label_ras: integer label map (R, A, S) at ``opts.spacing_mm``.
         names: class value → name.
         opts: thresholds.
 

@@ -1,7 +1,8 @@
 """The training loop: one run's model, optimizer, data, DDP, AMP, validation and checkpoints.
 
 One optimizer step (per rank): ``grad_accum`` micro-batches of ``batch_size`` windows from
-:class:`training.dataset.StructureSamples` (128³ for the default card; size, spacing and
+:class:`training.dataset.StructureSamples` (with ``--synthetic-fraction`` > 0 some of them painted from
+label maps instead: :class:`training.synth_samples.MixedSamples`; 128³ for the default card; size, spacing and
 orientation are the cache's window spec, which the run's card — an ``--init`` model's card and
 ``--model-config`` included — must match), each through :class:`training.interaction.ClickLoop`
 (the encoder once, ``rounds`` simulated click rounds, the loss of every round: see that module),
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from SAMMed3DLib.atomic import atomic_path, atomic_write_json
 from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.devices import resolve_device
-from SAMMed3DLib.errors import CheckpointError
+from SAMMed3DLib.errors import CheckpointError, ConfigError
 
 from . import distributed as D
 from .checkpoints import BEST, LAST, load_state
@@ -50,7 +51,9 @@ from .dataset import (
 )
 from .export import export_model, export_run
 from .interaction import ClickLoop, evaluate_windows, mask_only_plan
+from .labelmaps import LabelMapCache
 from .model_init import initial_model, make_pe_swap_closed
+from .synth_samples import MixedSamples, SyntheticSamples
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +144,24 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
         self.train_cases = cache_train.case_ids
-        self.dataset = StructureSamples(
+        real = StructureSamples(
             cache_train, self.card, cfg.samples_per_epoch, cfg.seed, cfg.flip_prob, cfg.intensity_prob,
             cfg.intensity_scale, cfg.intensity_shift, cfg.noise_std,
         )
+        self.dataset: StructureSamples | MixedSamples = real
+        self.synthetic_cases: list[str] = []
+        if cfg.synthetic_fraction > 0:
+            maps = LabelMapCache(cfg.synthetic_cache)
+            check_card_fits_cache(self.card, maps, "--synthetic-cache")  # type: ignore[arg-type]
+            leaked = sorted({c.split("/", 1)[-1] for c in maps.case_ids} & set(cfg.val_cases))
+            if leaked:
+                raise ConfigError(
+                    f"the label-map cache {cfg.synthetic_cache} holds validation case(s) {leaked}: prepare it with "
+                    f"`python -m training.labelmaps ... --exclude-cases {' '.join(cfg.val_cases)}`"
+                )
+            synthetic = SyntheticSamples(maps, self.card, cfg.samples_per_epoch, cfg.seed, cfg.flip_prob, cfg.synthetic_modes)
+            self.dataset = MixedSamples(real, synthetic, cfg.synthetic_fraction, cfg.seed)
+            self.synthetic_cases = maps.case_ids
         self.val_samples: list[dict[str, Any]] = []
         if cfg.val_cases and self.info.is_main:
             self.val_samples = validation_samples(TrainingCache(cfg.cache, cases=cfg.val_cases), self.card)
