@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .editing import corner_bounds
 from .errors import DataError, PromptError
 from .geometry import ImageGeometry
 
@@ -101,16 +102,7 @@ class VoxelBox:
             PromptError: a corner is not 3 finite numbers, or no voxel centre lies in the box
                 (it is outside the image or thinner than a voxel).
         """
-        corners = []
-        for corner in (corner_a_lps, corner_b_lps):
-            try:
-                point = np.asarray(corner, dtype=np.float64).reshape(3)
-            except (TypeError, ValueError) as exc:
-                raise PromptError(f"a box corner must be 3 numbers (x, y, z in mm), got {corner!r}") from exc
-            if not np.all(np.isfinite(point)):
-                raise PromptError(f"a box corner must be finite, got {point.tolist()}")
-            corners.append(point)
-        lo, hi = np.minimum(*corners), np.maximum(*corners)
+        lo, hi = corner_bounds(corner_a_lps, corner_b_lps)
         box_corners = np.array([[(lo, hi)[c][axis] for axis, c in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
         index = geometry.lps_to_index(box_corners)
         size = np.asarray(geometry.size_xyz)

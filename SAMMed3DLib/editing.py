@@ -212,6 +212,24 @@ def _ball(shape: tuple[int, ...], centre_zyx: np.ndarray, spacing_zyx: np.ndarra
     return box, ball  # type: ignore[return-value]
 
 
+def corner_bounds(corner_a_lps: Any, corner_b_lps: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) LPS corners of the box with these two opposite corners, in any order.
+
+    Raises:
+        PromptError: a corner is not 3 finite numbers.
+    """
+    corners = []
+    for name, corner in (("first", corner_a_lps), ("second", corner_b_lps)):
+        try:
+            point = np.asarray(corner, dtype=np.float64).reshape(3)
+        except (TypeError, ValueError) as exc:
+            raise PromptError(f"the {name} box corner must be 3 numbers (x, y, z in mm), got {corner!r}") from exc
+        if not np.all(np.isfinite(point)):
+            raise PromptError(f"the {name} box corner must be finite, got {point.tolist()}")
+        corners.append(point)
+    return np.minimum(*corners), np.maximum(*corners)
+
+
 @dataclass(frozen=True, eq=False)
 class Box:
     """An axis-aligned 3D box in LPS mm, the object's bounds (``lo`` ≤ ``hi`` componentwise)."""
@@ -226,19 +244,10 @@ class Box:
         Raises:
             PromptError: a corner is not 3 finite numbers, or the box is flat (zero extent).
         """
-        corners = []
-        for name, corner in (("first", corner_a_lps), ("second", corner_b_lps)):
-            try:
-                point = np.asarray(corner, dtype=np.float64).reshape(3)
-            except (TypeError, ValueError) as exc:
-                raise PromptError(f"the box's {name} corner must be 3 numbers (x, y, z in mm), got {corner!r}") from exc
-            if not np.all(np.isfinite(point)):
-                raise PromptError(f"the box's {name} corner must be finite, got {point.tolist()}")
-            corners.append(point)
-        lo, hi = np.minimum(*corners), np.maximum(*corners)
+        lo, hi = corner_bounds(corner_a_lps, corner_b_lps)
         if np.any(hi - lo <= 0):
             raise PromptError(
-                f"the box from {corners[0].tolist()} to {corners[1].tolist()} mm is flat (zero extent along an axis): "
+                f"the box from {lo.tolist()} to {hi.tolist()} mm is flat (zero extent along an axis): "
                 "give two opposite corners of a 3D box"
             )
         lo.setflags(write=False)
