@@ -36,7 +36,7 @@ import torch
 from scipy import ndimage
 
 from .errors import PromptError
-from .geometry import ImageGeometry, Window
+from .geometry import CANONICAL_DIRECTION_LPS, ImageGeometry, Window
 from .paste import window_footprint
 
 #: Dense-prompt logit of a low-resolution voxel fully inside the existing mask.
@@ -71,17 +71,27 @@ def region_image(block_zyx: np.ndarray, region: Slices3, geometry: ImageGeometry
     return out
 
 
-def mask_fraction_in_window(mask_zyx: np.ndarray, geometry: ImageGeometry, window: Window) -> np.ndarray | None:
-    """The mask resampled into ``window`` (linear): (size,)³ float32 in tensor order (R, A, S), or None if empty there."""
+def mask_fraction_in_window(mask_zyx: np.ndarray, geometry: ImageGeometry, window: Window, samples: int | None = None) -> np.ndarray | None:
+    """The mask resampled into ``window`` (linear): (n,)³ float32 in tensor order (R, A, S), or None if empty there.
+
+    ``samples`` (n) per side, ``window.size`` by default; fewer sample the same cube more coarsely
+    (``window.size`` must be a multiple of n): the dense prompt needs only 2 samples per side of
+    its low-resolution voxels (0.01 s instead of 0.1 s a click for 128³).
+    """
     region = window_footprint(window, geometry)
     if region is None:
         return None
     block = mask_zyx[region]
     if not block.any():
         return None
+    grid = window
+    if samples is not None and samples != window.size:
+        step = window.size // samples
+        shift = window.spacing_mm * (step - 1) / 2.0  # the centre of each step³ block of window voxels
+        grid = Window(window.origin_lps + shift * (CANONICAL_DIRECTION_LPS @ np.ones(3)), samples, window.spacing_mm * step)
     resampled = sitk.Resample(
         region_image(block.astype(np.float32), region, geometry),
-        window.to_reference_image(),
+        grid.to_reference_image(),
         sitk.Transform(),
         sitk.sitkLinear,
         0.0,
@@ -100,7 +110,8 @@ def mask_prompt_logits(
     mask_zyx: np.ndarray, geometry: ImageGeometry, window: Window, low_res_size: tuple[int, int, int], device: torch.device
 ) -> torch.Tensor | None:
     """The existing mask as the decoder's dense prompt in ``window``: (1, 1, *low_res_size) logits, or None where it is empty."""
-    fraction = mask_fraction_in_window(mask_zyx, geometry, window)
+    samples = 2 * low_res_size[0] if window.size % (2 * low_res_size[0]) == 0 else None
+    fraction = mask_fraction_in_window(mask_zyx, geometry, window, samples)
     if fraction is None:
         return None
     x = torch.from_numpy(fraction)[None, None]

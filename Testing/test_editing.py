@@ -314,3 +314,20 @@ def test_a_click_the_model_disagrees_with_still_sets_the_voxels_around_it() -> N
     block = before.copy()
     force_click(block, near, True, np.ones(3), click_depth(before, near, True, np.ones(3)))
     assert block[15, 15, 11] == 1 and block[15, 15, 13] == 0
+
+
+def test_the_dense_prompt_sampled_coarsely_matches_the_full_window_resampling() -> None:
+    from SAMMed3DLib.editing import mask_fraction_in_window
+    from SAMMed3DLib.geometry import ImageGeometry, Window
+
+    image = oblique_volume()
+    pts = lps_grid(image)
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint((45.0, 40.0, 20.0)))
+    mask = (np.linalg.norm((pts - centre) / (14.0, 9.0, 20.0), axis=-1) <= 1.0).astype(np.uint8)
+    geometry = ImageGeometry.from_image(image)
+    window = Window.centred_at(centre + 2.7, 128, 1.5)
+    pool = lambda f: torch.nn.functional.adaptive_avg_pool3d(torch.from_numpy(f)[None, None], (32, 32, 32))  # noqa: E731
+    full = pool(mask_fraction_in_window(mask, geometry, window))
+    coarse = pool(mask_fraction_in_window(mask, geometry, window, 64))
+    assert float((full - coarse).abs().mean()) < 0.01
+    assert float(((full > 0.5) == (coarse > 0.5)).float().mean()) > 0.99
