@@ -500,3 +500,46 @@ def test_normalize_rejects_unknown_scheme():
     c.normalization = "minmax"
     with pytest.raises(ModelCardError, match="not supported"):
         normalize_window(np.ones(4, np.float32), c)
+
+
+def _paste_reference(low: np.ndarray, window: Window, geom: ImageGeometry, mask: np.ndarray, value: int) -> np.ndarray:
+    """What paste_logits must write: SimpleITK's interpolation at every footprint voxel, > 0 inside the window."""
+    expected = mask.copy()
+    full = resample_logits_to_grid(low, window, geom)
+    if full is not None:
+        block = expected[full.slices_zyx]
+        block[full.inside_zyx] = np.where(full.logits_zyx[full.inside_zyx] > 0, value, 0)
+    return expected
+
+
+@pytest.mark.parametrize("side", [8, 16], ids=["decoder_grid", "fine_head_grid"])
+@pytest.mark.parametrize(("name", "spacing", "direction"), GRIDS, ids=GRID_IDS)
+def test_paste_equals_interpolating_every_voxel(name, spacing, direction, side):
+    # Random logit fields (scattered masks, compact blobs, all-positive with holes), windows in the
+    # image and across its border, a coarser window grid (a zoomed-out box's window), a previous
+    # scattered mask and other labels in place: the paste is voxel for voxel the full interpolation.
+    size_xyz = tuple(int(round(60 / s)) for s in spacing)
+    image, _ = make_image(size_xyz, spacing, direction, CENTRE, [])
+    geom = ImageGeometry.from_image(image)
+    rng = np.random.default_rng(sum(map(ord, name)) + side)
+    x = np.arange(side) - (side - 1) / 2
+    blob = 0.25 * side - np.linalg.norm(np.stack(np.meshgrid(x, x, x, indexing="ij")), axis=0)
+    fields = {
+        "scattered": rng.normal(0.0, 1.0, (side,) * 3),
+        "mostly_positive": rng.normal(0.0, 1.0, (side,) * 3) + 1.5,
+        "blob": blob + 0.3 * rng.normal(size=(side,) * 3),
+        "filled_with_hole": np.where(rng.random((side,) * 3) < 0.03, -1.0, 1.0) * rng.uniform(0.2, 2.0, (side,) * 3),
+    }
+    windows = [
+        Window.centred_at(CENTRE + 3.0 * R - 2.0 * S, 32, 1.5),  # inside the 60 mm image
+        Window.centred_at(CENTRE + 40.0 * R + 25.0 * A, 32, 1.5),  # across a corner of the image
+        Window.centred_at(CENTRE - 4.0 * S, 32, 2.5),  # a coarser grid: a box's zoomed-out window
+    ]
+    for window in windows:
+        for field_name, low in fields.items():
+            low = low.astype(np.float32)
+            for value in (1, 4):
+                mask = rng.choice(np.array([0, 1, 4, 6], np.uint8), size=geom.shape_zyx, p=[0.4, 0.3, 0.2, 0.1])
+                expected = _paste_reference(low, window, geom, mask, value)
+                paste_logits(low, window, geom, mask, value=value)
+                assert np.array_equal(mask, expected), (field_name, window.spacing_mm, value)
