@@ -251,6 +251,13 @@ class WindowStack:
             region = union_region(region, window_footprint(s.window, self.geometry))
         return region
 
+    def shares(self, state: WindowState, region: Slices3) -> bool:
+        """Whether another window that holds logits sees part of ``region`` (else :meth:`owned` is all True)."""
+        return any(
+            other is not state and other.output is not None and intersect_regions(region, window_footprint(other.window, self.geometry)) is not None
+            for other in self.states
+        )
+
     def owned(self, state: WindowState, region: Slices3) -> np.ndarray:
         """Boolean (z, y, x) block of ``region``: the voxels ``state``'s window decides (see module docstring).
 
