@@ -216,6 +216,17 @@ def first_click(
     return Click(_central_voxel(gt, rng, spacing), True)
 
 
+def _error_inputs(
+    pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None, tuple[slice, ...] | None]:
+    """Checked masks, spacing, and the box holding both masks (None when both are empty)."""
+    pred = _as_mask(pred, "pred")
+    gt = _as_mask(gt, "gt")
+    if pred.shape != gt.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; they must share one grid")
+    return pred, gt, _check_spacing(spacing_mm, gt.ndim), _union_box(bounding_box(gt), bounding_box(pred))
+
+
 def error_masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False negatives (gt and not pred) and false positives (pred and not gt), boolean arrays."""
     pred = _as_mask(pred, "pred")
@@ -253,12 +264,7 @@ def next_click(
     """
     mode = check_click_mode(mode)
     rng = np.random.default_rng(rng)
-    pred = _as_mask(pred, "pred")
-    gt = _as_mask(gt, "gt")
-    if pred.shape != gt.shape:
-        raise DataError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; they must share one grid")
-    spacing = _check_spacing(spacing_mm, gt.ndim)
-    box = _union_box(bounding_box(gt), bounding_box(pred))
+    pred, gt, spacing, box = _error_inputs(pred, gt, spacing_mm)
     if box is None:
         return None
     fn, fp = error_masks(pred[box], gt[box])
@@ -316,12 +322,7 @@ def cvpr25_click(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float] |
         DataError: the shapes differ.
         ConfigError: malformed ``spacing_mm``.
     """
-    pred = _as_mask(pred, "pred")
-    gt = _as_mask(gt, "gt")
-    if pred.shape != gt.shape:
-        raise DataError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}; they must share one grid")
-    spacing = _check_spacing(spacing_mm, gt.ndim)
-    box = _union_box(bounding_box(gt), bounding_box(pred))
+    pred, gt, spacing, box = _error_inputs(pred, gt, spacing_mm)
     if box is None:
         return None
     error = pred[box] != gt[box]

@@ -71,3 +71,25 @@ def ct_file(tmp_path) -> Path:
     path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(image, str(path))
     return path
+
+
+@pytest.fixture
+def scene():
+    """An MRML scene with the logics Slicer registers at start-up (kept alive with the scene).
+
+    An application logic (it creates the selection and interaction singletons), then the
+    segmentations and markups module logics registered on the scene, as Slicer does.
+    """
+    slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML outside Slicer (pip install slicer-core)")
+    mrml = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(mrml)
+    logics = [app]
+    for cls in (slicer.vtkSlicerSegmentationsModuleLogic, slicer.vtkSlicerMarkupsLogic):
+        logic = cls()
+        logic.SetMRMLApplicationLogic(app)
+        logic.SetMRMLScene(mrml)
+        logics.append(logic)
+    yield mrml
+    for logic in reversed(logics):
+        logic.SetMRMLScene(None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_slicer_logic import add_points, case, paint, scene, slicer, sphere_truth  # noqa: F401, F811  (fixtures re-used)
+from test_slicer_logic import add_points, case, paint, slicer, sphere_truth  # noqa: F401, F811  (fixtures re-used)
 
 from InteractiveSegmentationLogic import WriteOptions  # noqa: E402
 from InteractiveSegmentationLogic.testing import ijk_to_ras_matrix, in_window, segment_on_volume  # noqa: E402

@@ -55,22 +55,6 @@ from SAMMed3DLib.errors import ImageError, PromptError, SessionStateError  # noq
 # -- scene helpers ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def scene():
-    """A scene with the logics Slicer registers at start-up (kept alive with the scene)."""
-    mrml = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(mrml)
-    logics = [app]
-    for cls in (slicer.vtkSlicerSegmentationsModuleLogic, slicer.vtkSlicerMarkupsLogic):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(mrml)
-        logics.append(logic)
-    yield mrml
-    for logic in reversed(logics):
-        logic.SetMRMLScene(None)
-
 
 def add_segmentation(scene, volume, names=("A",)):
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")

@@ -27,7 +27,6 @@ from SAMMed3DModule import dependencies, segment_editor  # noqa: E402
 from SAMMed3DModule.choices import DeviceChoice, ModelChoice, WriteMode  # noqa: E402
 from SAMMed3DModule.module_logic import ParameterNodeLogic  # noqa: E402
 from SAMMed3DModule.worker import WAIT_S, ModelWorker, waitPumpingEvents  # noqa: E402
-from test_slicer_logic import scene  # noqa: E402, F401 - the MRML scene as Slicer sets it up at start-up
 
 # -- worker -----------------------------------------------------------------------------------------
 

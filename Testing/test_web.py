@@ -119,22 +119,6 @@ slicer_needed = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def scene():
-    slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML outside Slicer")
-    mrml = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(mrml)
-    logics = [app]
-    for cls in (slicer.vtkSlicerSegmentationsModuleLogic, slicer.vtkSlicerMarkupsLogic):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(mrml)
-        logics.append(logic)
-    yield mrml
-    for logic in reversed(logics):
-        logic.SetMRMLScene(None)
-
 
 def _oblique_image() -> sitk.Image:
     """An oblique anisotropic CT-like volume: a bright sphere (r 10 mm) at voxel (30, 28, 10) and a bar."""
