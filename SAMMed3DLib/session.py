@@ -318,7 +318,7 @@ class Session(WindowSteps):
         self._box = state.box
         self._windows.set_logits(state.window_logits)  # type: ignore[union-attr]
         if region_zyx is not None and voxels is not None:
-            self._before_mask_change()
+            self._before_mask_change(region_zyx)
             self._mask[region_zyx] = voxels  # type: ignore[index]
 
     def reset(self) -> None:
@@ -550,11 +550,26 @@ class Session(WindowSteps):
             release_free_memory()  # see SAMMed3DLib.memory: the freed tensors of the last steps
         return result
 
-    def _before_mask_change(self) -> None:
-        """Give results that still refer to the mask buffer their own copy before it changes."""
-        for result in list(self._results):
-            result._detach()
-        self._results.clear()
+    def _before_mask_change(self, region: Slices3 | None = None) -> None:
+        """Hand results that still share the mask buffer the voxels of ``region`` (default: all) before it changes.
+
+        One read-only copy of the region, shared by all of them (see :class:`ClickResult`).
+        """
+        results = [r for r in self._results if r._shares(self._mask)]  # type: ignore[arg-type]
+        if not results:
+            self._results.clear()
+            return
+        region = region if region is not None else tuple(slice(0, s) for s in self._mask.shape)  # type: ignore[union-attr]
+        if 2 * int(np.prod([r.stop - r.start for r in region])) > self._mask.size:  # type: ignore[union-attr]
+            for result in results:  # most of the mask changes (a replay): a copy each is cheaper
+                result._detach()
+            self._results.clear()
+            return
+        voxels = self._mask[region].copy()  # type: ignore[index]
+        voxels.setflags(write=False)
+        for result in results:
+            result._before_write(region, voxels)
+        self._results = weakref.WeakSet(r for r in results if r._shares(self._mask))  # type: ignore[arg-type]
 
     def _check_labels(self, labels: Sequence[int], first: bool, points: np.ndarray, box: Any = KEEP_BOX) -> None:
         """Refuse a negative first click of a fresh object and positive clicks outside the box."""

@@ -128,7 +128,7 @@ class WindowSteps:
             keep = self._locked[region] if keep is None else keep | self._locked[region]
         if keep is not None and not keep.any():
             keep = None
-        self._before_mask_change()
+        self._before_mask_change(region)
         paste_logits(state.output[0, 0], state.window, self._geometry, self._mask)  # type: ignore[index]
         block = self._mask[region]  # type: ignore[index]
         if keep is not None:

@@ -4,10 +4,11 @@
   since the logits tensors are shared (the session replaces them, never modifies them).
 * :class:`MaskChange`: the voxels a step changed (region, before, after), so a caller writes
   exactly those and an undo puts ``before`` back.
-* :class:`PackedMaskChange`: the same change as a history keeps it, one bit a voxel and
-  zlib-compressed (:meth:`MaskChange.packed`): a 0/1 block of a window's footprint is mostly
-  runs, so it shrinks several hundred-fold (the two 4.4 MB blocks of a click on a 512 × 512 × 200
-  CT to 24 kB, measured) in 4 ms, and unpacking (4 ms) gives back the exact arrays.
+* :class:`PackedMaskChange`: the same change as a history keeps it, one bit a voxel
+  (:meth:`MaskChange.packed`), zlib-compressed when that pays: a 0/1 block of a real mask is
+  mostly runs and shrinks several hundred-fold (the two 4.4 MB blocks of a click on a
+  512 × 512 × 200 CT to 24 kB, measured) in about 1.5 ms a block, while the scattered mask of an
+  untrained model barely compresses and cost 18 ms a block, so a sample of the bits decides.
 * :class:`ClickResult`: what a click, replay, undo or redo returns (the change, the windows that
   ran, timings, and the whole mask on demand).
 """
@@ -62,48 +63,66 @@ class MaskChange:
         """This change in the compact form of :class:`PackedMaskChange`, or itself if it cannot be packed.
 
         Only uint8 blocks of 0 and 1 (the session's masks) are packed; anything else is returned
-        as is, so packing never loses a value.
+        as is, so packing never loses a value. A few milliseconds for a CT window's footprint.
         """
         blocks = (self.before, self.after)
         if any(b.dtype != np.uint8 or b.shape != self.before.shape or (b.size and b.max() > 1) for b in blocks):
             return self
-        packed = [zlib.compress(np.packbits(b, axis=None).tobytes(), _PACK_LEVEL) for b in blocks]
-        return PackedMaskChange(self.region, self.before.shape, packed[0], packed[1])
+        packed = [_compress(np.packbits(b, axis=None)) for b in blocks]
+        return PackedMaskChange(self.region, self.before.shape, packed[0][0], packed[1][0], (packed[0][1], packed[1][1]))
 
 
 #: zlib level of :class:`PackedMaskChange`: level 1 already removes the runs of a mask block
 #: (higher levels cost several times more time for a few percent).
 _PACK_LEVEL = 1
+#: Packed bits up to this size are always compressed (at most ~1 ms even when they do not shrink).
+_ALWAYS_COMPRESS_BYTES = 64 * 1024
+#: Larger ones are compressed only when a sample of them shrinks to at most this fraction.
+_COMPRESS_IF_RATIO = 0.5
+_SAMPLE_CHUNKS, _SAMPLE_CHUNK_BYTES = 4, 16 * 1024
+
+
+def _compress(bits: np.ndarray) -> tuple[bytes, bool]:
+    """(data, compressed): zlib of the packed bits when that pays, else the bits as they are."""
+    raw = bits.tobytes()
+    if len(raw) > _ALWAYS_COMPRESS_BYTES:
+        starts = np.linspace(0, len(raw) - _SAMPLE_CHUNK_BYTES, _SAMPLE_CHUNKS).astype(np.int64)
+        sample = b"".join(raw[s : s + _SAMPLE_CHUNK_BYTES] for s in starts)
+        if len(zlib.compress(sample, _PACK_LEVEL)) > _COMPRESS_IF_RATIO * len(sample):
+            return raw, False
+    return zlib.compress(raw, _PACK_LEVEL), True
 
 
 @dataclass(frozen=True)
 class PackedMaskChange:
-    """A :class:`MaskChange` of 0/1 uint8 blocks, kept as zlib-compressed bits (see :meth:`MaskChange.packed`).
+    """A :class:`MaskChange` of 0/1 uint8 blocks, kept as bits (see :meth:`MaskChange.packed`).
 
     Attributes:
         region: the (z, y, x) slices of the change.
         shape: the blocks' (z, y, x) shape.
-        before, after: the compressed bits of each block.
+        before, after: the bits of each block (``np.packbits``), zlib-compressed where ``compressed`` says.
+        compressed: for (before, after), whether the bits are zlib-compressed.
     """
 
     region: Slices3
     shape: tuple[int, ...]
     before: bytes
     after: bytes
+    compressed: tuple[bool, bool] = (True, True)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the two compressed blocks."""
         return len(self.before) + len(self.after)
 
-    def _block(self, data: bytes) -> np.ndarray:
+    def _block(self, data: bytes, compressed: bool) -> np.ndarray:
         count = int(np.prod(self.shape, dtype=np.int64))
-        bits = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
+        bits = np.frombuffer(zlib.decompress(data) if compressed else data, dtype=np.uint8)
         return np.unpackbits(bits, count=count).reshape(self.shape)
 
     def unpacked(self) -> MaskChange:
         """The :class:`MaskChange` this was packed from (fresh, writable arrays)."""
-        return MaskChange(self.region, self._block(self.before), self._block(self.after))
+        return MaskChange(self.region, self._block(self.before, self.compressed[0]), self._block(self.after, self.compressed[1]))
 
 
 class ClickResult:
@@ -117,14 +136,19 @@ class ClickResult:
 
     The mask is built on first access (:attr:`mask`): converting a 512×512×200 mask into a
     SimpleITK image costs ~30 ms, which callers that only need the change (the Slicer logic,
-    the evaluation loop) should not pay on every click. If the session changes before then, it
-    hands the result a private copy of the mask first (a plain memory copy), so a result always
-    shows the mask as it was after its click.
+    the evaluation loop) should not pay on every click. Until then the result shares the
+    session's mask buffer, copy-on-write: before the session writes a region of it, the result
+    is handed that region's voxels as they are (:meth:`_before_write`; a window's footprint,
+    0.5 ms for a CT, instead of copying the whole 52 MB mask, 20-50 ms, on every click while an
+    earlier result is alive). So a result always shows the mask as it was after its click, and
+    the regions it keeps never add up to more than half the mask: beyond that it takes its own copy.
     """
 
     def __init__(self, mask_zyx: np.ndarray, reference: sitk.Image, change: MaskChange | None, windows: list[Window], timings: dict[str, float]) -> None:
         self._mask_zyx: np.ndarray | None = mask_zyx
         self._owns_array = False
+        self._saved: list[tuple[Slices3, np.ndarray]] = []  # (region, its voxels at this step), oldest first
+        self._saved_bytes = 0
         self._reference = reference
         self._mask: sitk.Image | None = None
         self.change = change
@@ -136,22 +160,46 @@ class ClickResult:
         """(z, y, x) slices of the region that may have changed, or None if nothing ran."""
         return self.change.region if self.change is not None else None
 
+    def _shares(self, buffer: np.ndarray) -> bool:
+        """Whether this result still reads the session's ``buffer`` (and must hear of writes to it)."""
+        return self._mask is None and not self._owns_array and self._mask_zyx is buffer
+
+    def _before_write(self, region: Slices3, voxels: np.ndarray) -> None:
+        """Called by the session before it writes ``region`` of the shared buffer; ``voxels`` is that
+        region as it is now (read-only, possibly shared with other results)."""
+        if self._mask is not None or self._owns_array:
+            return
+        self._saved.append((region, voxels))
+        self._saved_bytes += voxels.nbytes
+        if self._saved_bytes > self._mask_zyx.nbytes // 2:  # type: ignore[union-attr]
+            self._detach()
+
     def _detach(self) -> None:
-        """Called by the session before it modifies the buffer this result refers to."""
-        if self._mask is None and not self._owns_array and self._mask_zyx is not None:
-            self._mask_zyx = self._mask_zyx.copy()
-            self._owns_array = True
+        """Take a private copy of the mask of this step (the session is about to rewrite most of the buffer)."""
+        if self._mask is None and not self._owns_array:
+            self._mask_zyx, self._owns_array = self._array(), True
+            self._saved, self._saved_bytes = [], 0
+
+    def _array(self) -> np.ndarray:
+        """The mask of this step as a fresh array: the buffer with the saved regions put back, newest first."""
+        assert self._mask_zyx is not None
+        array = self._mask_zyx.copy()
+        for region, voxels in reversed(self._saved):
+            array[region] = voxels
+        return array
 
     @property
     def mask(self) -> sitk.Image:
         """The whole mask after this step: SimpleITK uint8 image on the input image's grid."""
         if self._mask is None:
-            image = sitk.GetImageFromArray(self._mask_zyx)
+            image = sitk.GetImageFromArray(self._array() if self._saved else self._mask_zyx)
             image.CopyInformation(self._reference)
-            self._mask, self._mask_zyx = image, None
+            self._mask, self._mask_zyx, self._saved = image, None, []
         return self._mask
 
     @property
     def mask_array(self) -> np.ndarray:
         """The mask as a (z, y, x) uint8 array (a copy)."""
-        return sitk.GetArrayFromImage(self.mask)
+        if self._mask is None:
+            return self._array()
+        return sitk.GetArrayFromImage(self._mask)
