@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 # by the user wins; once torch is loaded, changing it would be a lie, so it is left alone.
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+#: The policy torch's OpenMP runs with (None: torch came first with none set, so it spins);
+#: see SAMMed3DLib.warmup.openmp_wait_is_passive.
+_OMP_WAIT_POLICY_AT_IMPORT = os.environ.get("OMP_WAIT_POLICY")
 
 from .errors import SAMMed3DError
 

@@ -53,6 +53,7 @@ from .checkpoint_formats import FORMAT_NAME, FORMAT_VERSION, _RESERVED_KEYS, Che
 from .devices import resolve_device
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError, ModelCardError, SAMMed3DError
 from .model import KNOWN_CONFIGS, Sam3D, build_sam3d, infer_config, match_known_config, normalize_config
+from .warmup import warm_up_in_background, warn_if_openmp_spins
 
 __all__ = [
     "FORMAT_NAME",
@@ -227,6 +228,7 @@ def load_model(
     *,
     download: bool = False,
     progress: Callable[[int, int | None], None] | None = None,
+    warm_up: bool = False,
 ) -> Sam3D:
     """Load a SAM-Med3D model from a registry name or a checkpoint file.
 
@@ -241,6 +243,8 @@ def load_model(
         card: the model card to attach (and whose config to build) instead of the file's.
         download: download a registry model that is not cached yet (never implicit).
         progress: ``progress(done_bytes, total_bytes_or_None)`` during such a download.
+        warm_up: pre-warm the kernels in the background (:mod:`SAMMed3DLib.warmup`), so that the
+            first click costs what later ones do; a session on the model waits for it.
 
     Returns:
         The model in eval mode on the device, with ``model.card`` (a :class:`ModelCard`): the
@@ -278,6 +282,9 @@ def load_model(
         model_card = official_card(name=name or path.stem, config=chosen)
     model.card = model_card
     model.to(target).eval()
+    warn_if_openmp_spins(model)
+    if warm_up:
+        warm_up_in_background(model)
     logger.info(
         "loaded %s (%s layout, %.1f M parameters) on %s in %.2f s",
         path,

@@ -20,10 +20,27 @@ TINY = {
 @pytest.mark.slow
 def test_the_benchmark_reports_cold_and_warm_first_clicks_next_clicks_encoder_and_memory() -> None:
     result = benchmark.run_click_latency(threads=1, follow_ups=2, config=TINY)
-    for key in ("cold_first_click_s", "cold_load_s", "first_click_s", "next_click_s", "encoder_s", "peak_rss_mb"):
+    keys = ("cold_first_click_s", "cold_first_click_no_warm_up_s", "cold_load_s", "first_click_s", "next_click_s", "encoder_s",
+            "first_click_oblique_s", "next_click_oblique_s", "peak_rss_mb")  # fmt: skip
+    for key in keys:
         assert isinstance(result[key], float) and result[key] > 0, key
+    assert result["windows"] == 1 and len(result["next_click_all_s"]) == 2
     table = benchmark.format_table(result)
-    assert "cold first click (fresh process)" in table and "first click, new window" in table
+    assert "cold first click (fresh process)" in table and "without pre-warming" in table and "first click, new window" in table
+    assert "oblique CT: follow-up click" in table
+
+
+def test_the_benchmark_ct_is_axis_aligned_or_tilted() -> None:
+    # the axis-aligned CT takes the separable paste, the tilted one SimpleITK's
+    from SAMMed3DLib.geometry import ImageGeometry, Window
+    from SAMMed3DLib.paste import _index_affine
+    from SAMMed3DLib.separable import separable_axes
+
+    for oblique, separable in ((False, True), (True, False)):
+        image = benchmark.synthetic_ct(size_xyz=(64, 64, 20), oblique=oblique)
+        geometry = ImageGeometry.from_image(image)
+        window = Window.centred_at(geometry.index_to_lps([[32.0, 32.0, 10.0]])[0], 128, 1.5)
+        assert (separable_axes(_index_affine(window, geometry)[0], geometry.size_xyz) is not None) is separable
 
 
 def test_a_failing_cold_process_is_reported_with_its_error() -> None:

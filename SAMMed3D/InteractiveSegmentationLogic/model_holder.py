@@ -113,7 +113,7 @@ class ModelHolder:
             ensure_model(spec, download=allow_download, progress=bytes_progress, cancel=cancel)
         if progress is not None:
             progress(0.0, 0.0, f"Loading model {spec}")
-        model = load_model(spec, device=device)
+        model = load_model(spec, device=device, warm_up=True)  # kernels warmed in the background
         logger.info("model %s loaded on %s in %.2f s", spec, device, time.perf_counter() - started)
         with self._lock:
             if self.generation == generation and self._model is None:

@@ -51,10 +51,10 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
-    """Load ``args.model`` on ``args.device`` after setting the thread count."""
+    """Load ``args.model`` on ``args.device`` after setting the thread count; its kernels warm up in the background."""
     from ..checkpoint import load_model
 
     apply_threads(args)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, warm_up=True)
     logger.info("model %s (%s) on %s", model.card.name, args.model, next(model.parameters()).device)
     return model
