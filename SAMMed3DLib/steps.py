@@ -81,7 +81,7 @@ _ALWAYS_COMPRESS_BYTES = 64 * 1024
 #: organ's mask shrinks to 3 % in 1.5 ms a CT footprint; an untrained model's blotchy mask to
 #: 40 %, but in 30 ms a block, which is not worth it.
 _COMPRESS_IF_RATIO = 0.15
-_SAMPLE_CHUNKS, _SAMPLE_CHUNK_BYTES = 4, 16 * 1024
+_SAMPLE_CHUNKS, _SAMPLE_CHUNK_BYTES = 4, 4 * 1024
 
 
 def _compress(bits: np.ndarray) -> tuple[bytes, bool]:
