@@ -11,12 +11,12 @@ click runs exactly one window (random weights predict arbitrary masks that would
 random).
 
 Two first clicks are reported, because users meet both: ``cold_first_click_s`` in a fresh
-process (model built, then the first click, with the kernels pre-warmed in the background as
-the ``sammed3d`` commands and Slicer do, :mod:`SAMMed3DLib.warmup`; the session waits for the
-warm-up, so its time is included), and ``first_click_s`` in a new window after kernels have warmed
-up (every later new window). ``cold_first_click_no_warm_up_s`` is the fresh-process first click
-without pre-warming. The cold figures come from child processes, so this process's warm-up does
-not leak into them.
+process (model built, image made, then the first click, with the kernels pre-warmed in the
+background meanwhile, as the ``sammed3d`` commands and Slicer do, :mod:`SAMMed3DLib.warmup`),
+and ``first_click_s`` in a new window after kernels have warmed up (every later new window).
+``cold_first_click_no_warm_up_s`` is the fresh-process first click without pre-warming. The cold
+figures come from child processes, so this process's warm-up does not leak into them.
+``peak_rss_mb`` is the process's peak during the axis-aligned session, before the oblique one.
 """
 
 from __future__ import annotations
@@ -67,14 +67,16 @@ def _centre(image: sitk.Image) -> np.ndarray:
 
 
 def cold_first_click(threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", warm_up: bool = True) -> dict[str, float]:
-    """In this (fresh) process: build the model, then time the first click.
+    """In this (fresh) process: build the model, make the image, then time the first click.
 
-    With ``warm_up`` the kernels are pre-warmed in the background right after the model is built,
-    as :func:`~SAMMed3DLib.checkpoint.load_model` does for the ``sammed3d`` commands; the session
-    waits for it, so the time from the model being ready to the first mask includes it.
+    This is the order of ``sammed3d segment``: the model loads, the image is read, the session
+    starts. With ``warm_up`` the kernels are pre-warmed in the background from the moment the
+    model is built, as :func:`~SAMMed3DLib.checkpoint.load_model` does for the ``sammed3d``
+    commands, while the image is made (as it would be read); the session stops a warm-up that
+    has not finished.
 
-    Returns ``cold_load_s`` (building the model and moving it to ``device``) and
-    ``cold_first_click_s`` (model ready to first mask: warm-up, window extraction to paste-back).
+    Returns ``cold_load_s`` (building the model and moving it to ``device``), ``cold_image_s``
+    (making the image) and ``cold_first_click_s`` (session start to first mask).
     """
     import torch
 
@@ -84,15 +86,17 @@ def cold_first_click(threads: int = 2, config: str | dict = "vit_b_ori", device:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    image = synthetic_ct(oblique=False)
     t = time.perf_counter()
     model = build_sam3d(config).to(device).eval()
     load_s = time.perf_counter() - t
-    t = time.perf_counter()
     if warm_up:
         warm_up_in_background(model)
+    t = time.perf_counter()
+    image = synthetic_ct(oblique=False)
+    image_s = time.perf_counter() - t
+    t = time.perf_counter()
     Session(model, image, auto_extend=False).click(_centre(image), positive=True)
-    return {"cold_load_s": round(load_s, 4), "cold_first_click_s": round(time.perf_counter() - t, 4)}
+    return {"cold_load_s": round(load_s, 4), "cold_image_s": round(image_s, 4), "cold_first_click_s": round(time.perf_counter() - t, 4)}
 
 
 def run_cold_first_click(
@@ -152,25 +156,28 @@ def run_click_latency(
     warm.click_index((30, 30, 16), positive=False)
 
     first_s, first, next_times, windows = _clicks(model, image, follow_ups)
+    peak_rss_mb = _peak_rss_mb()  # one CT session, as a user has it
+    timings, size, spacing = dict(first.timings), list(image.GetSize()), list(image.GetSpacing())
+    del first, image
     oblique_first_s, oblique_first, oblique_next, _ = _clicks(model, synthetic_ct(oblique=True), follow_ups)
     result = {
-        "image_size_xyz": list(image.GetSize()),
-        "spacing_xyz_mm": list(image.GetSpacing()),
+        "image_size_xyz": size,
+        "spacing_xyz_mm": spacing,
         "threads": threads,
         "device": device,
         "first_click_s": round(first_s, 4),
-        "extract_s": round(first.timings["extract"], 4),
-        "encoder_s": round(first.timings["encoder"], 4),
-        "decoder_s": round(first.timings["decoder"], 4),
-        "paste_s": round(first.timings["paste"], 4),
-        "first_click_overhead_ratio": round(first_s / first.timings["encoder"], 3),
+        "extract_s": round(timings["extract"], 4),
+        "encoder_s": round(timings["encoder"], 4),
+        "decoder_s": round(timings["decoder"], 4),
+        "paste_s": round(timings["paste"], 4),
+        "first_click_overhead_ratio": round(first_s / timings["encoder"], 3),
         "next_click_s": round(statistics.median(next_times), 4),
         "next_click_all_s": [round(v, 4) for v in next_times],
         "first_click_oblique_s": round(oblique_first_s, 4),
         "paste_oblique_s": round(oblique_first.timings["paste"], 4),
         "next_click_oblique_s": round(statistics.median(oblique_next), 4),
         "windows": windows,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
     }
     if cold:
         result.update(run_cold_first_click(threads, config, device))
@@ -182,7 +189,7 @@ def format_table(result: dict[str, Any]) -> str:
     cold = (
         ("cold first click (fresh process)", "cold_first_click_s"),
         ("  the same without pre-warming", "cold_first_click_no_warm_up_s"),
-        ("  model build", "cold_load_s"),
+        ("  model build (before it)", "cold_load_s"),
     )
     rows = [(name, result[key]) for name, key in cold if key in result]
     rows += [

@@ -60,7 +60,7 @@ from .model.sam3d import Sam3D
 from .prompts import as_labels, as_points, order_clicks
 from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, WindowSteps
 from .steps import ClickResult, MaskChange, PackedMaskChange, SessionState
-from .warmup import wait_for_warm_up
+from .warmup import stop_warm_up
 from .windows import BORDER_TOUCH_VOXELS, WINDOW_MARGIN_VOXELS, Slices3, WindowStack
 
 __all__ = ["BORDER_TOUCH_VOXELS", "DEFAULT_HISTORY_LIMIT", "WINDOW_MARGIN_VOXELS", "MAX_WINDOWS", "MAX_EXTENSIONS_PER_CLICK", "ClickResult", "MaskChange", "Session", "SessionState"]
@@ -204,7 +204,7 @@ class Session(WindowSteps):
                 direction=np.eye(3) if direction is None else direction,
             )
         image = validate_image(image)
-        wait_for_warm_up(self.model)  # a background warm-up would compete with the first click for the cores
+        stop_warm_up(self.model)  # an unfinished background warm-up would compete with the first click for the cores
         if image.GetPixelID() != sitk.sitkFloat32:
             image = sitk.Cast(image, sitk.sitkFloat32)
         self._image = image

@@ -12,9 +12,14 @@ encoder pass.
 
 Who warms up: the ``sammed3d`` commands start it in the background right after loading a model,
 ``load_model(..., warm_up=True)`` does for the Python API, and the Slicer logic's model holder
-after each load; :func:`warm_up_in_background` never blocks, and a :class:`~SAMMed3DLib.session.Session`
-waits for a warm-up still running on its model (:func:`wait_for_warm_up`) so that the two never
-compete for the same cores.
+after each load. :func:`warm_up_in_background` never blocks: the warm-up uses the time until the
+first click (reading the image, placing the click). A :class:`~SAMMed3DLib.session.Session` that
+starts before it has finished stops it (:func:`stop_warm_up`: the step in progress ends, the rest
+is skipped), so the two never compete for the same cores and the first click is never later
+than without pre-warming by more than one step (about a twelfth of an encoder pass). Measured
+pre-warming right before the first click, in ``sammed3d benchmark``, waiting for the whole
+warm-up cost more than it saved (``benchmarks/README.md``): it pays only in time that would
+otherwise be idle.
 
 OpenMP's passive wait (``OMP_WAIT_POLICY=PASSIVE``, set by ``SAMMed3DLib/__init__.py`` before
 torch loads) only counts if it is in the environment when torch is first imported: libgomp reads
@@ -42,6 +47,7 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # held while a warm-up runs
         self.thread: threading.Thread | None = None
+        self.stop = threading.Event()  # set: skip the remaining steps of a background warm-up
         self.warmed_on: str | None = None  # the device the kernels were warmed on
 
 
@@ -57,7 +63,39 @@ def _device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
-def warm_up(model: Any) -> float:
+def _steps(model: Any, device: Any) -> list[Any]:
+    """The warm-up as steps (closures run in order), each about a twelfth of an encoder pass or less."""
+    import torch
+
+    encoder = model.image_encoder
+    size = model.img_size
+    window = torch.zeros((1, encoder.in_chans, size, size, size), device=device)
+    held: dict[str, Any] = {}
+
+    def patches() -> None:
+        tokens = encoder.patch_embed(window)
+        held["tokens"] = tokens + encoder.pos_embed if encoder.pos_embed is not None else tokens
+
+    def block(b: Any) -> Any:
+        return lambda: held.__setitem__("tokens", b(held["tokens"]))
+
+    def neck() -> None:
+        held["embedding"] = encoder.neck(held["tokens"].permute(0, 4, 1, 2, 3))
+
+    def decoder() -> None:
+        coords = torch.full((1, 1, 3), size / 2.0, device=device)
+        labels = torch.ones((1, 1), dtype=torch.int64, device=device)
+        previous = torch.zeros((1, 1, *model.low_res_size), device=device)
+        logits, _ = model.predict_low_res(held["embedding"], coords, labels, previous)
+        model.refine(window if model.has_fine_head else None, logits, coords, labels)
+
+    kinds: dict[int, Any] = {}
+    for b in encoder.blocks:  # one block of each attention kind (window size): the others run the same kernels
+        kinds.setdefault(b.window_size, b)
+    return [patches, *(block(b) for b in kinds.values()), neck, decoder]
+
+
+def warm_up(model: Any, stop: threading.Event | None = None) -> float:
     """Run every kind of layer of ``model`` once at the shapes of a click; returns the seconds it took.
 
     Does nothing (0.0) when the model was already warmed on its current device. Thread-safe: a
@@ -65,6 +103,7 @@ def warm_up(model: Any) -> float:
 
     Args:
         model: a :class:`~SAMMed3DLib.model.Sam3D`, on the device it will run on.
+        stop: when set, the remaining steps are skipped (the model then does not count as warmed).
     """
     import torch
 
@@ -75,24 +114,12 @@ def warm_up(model: Any) -> float:
         if state.warmed_on == str(device):
             return 0.0
         started = time.perf_counter()
-        encoder = model.image_encoder
-        size = model.img_size
         with torch.inference_mode():
-            window = torch.zeros((1, encoder.in_chans, size, size, size), device=device)
-            tokens = encoder.patch_embed(window)
-            if encoder.pos_embed is not None:
-                tokens = tokens + encoder.pos_embed
-            kinds = set()
-            for block in encoder.blocks:  # one block of each attention kind (window size)
-                if block.window_size not in kinds:
-                    kinds.add(block.window_size)
-                    tokens = block(tokens)
-            embedding = encoder.neck(tokens.permute(0, 4, 1, 2, 3))
-            coords = torch.full((1, 1, 3), size / 2.0, device=device)
-            labels = torch.ones((1, 1), dtype=torch.int64, device=device)
-            previous = torch.zeros((1, 1, *model.low_res_size), device=device)
-            logits, _ = model.predict_low_res(embedding, coords, labels, previous)
-            model.refine(window if model.has_fine_head else None, logits, coords, labels)
+            for step in _steps(model, device):
+                if stop is not None and stop.is_set():
+                    logger.debug("pre-warming stopped after %.2f s: a click came first", time.perf_counter() - started)
+                    return time.perf_counter() - started
+                step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         state.warmed_on = str(device)
@@ -101,12 +128,12 @@ def warm_up(model: Any) -> float:
         return seconds
 
 
-def _run_in_background(model_ref: weakref.ref) -> None:
+def _run_in_background(model_ref: weakref.ref, stop: threading.Event) -> None:
     model = model_ref()
     if model is None:
         return
     try:
-        warm_up(model)
+        warm_up(model, stop)
     except Exception as exc:  # noqa: BLE001 - a failed warm-up only means a slower first click
         logger.warning("pre-warming the model failed (the first click will be slower): %s", exc)
 
@@ -114,9 +141,10 @@ def _run_in_background(model_ref: weakref.ref) -> None:
 def warm_up_in_background(model: Any) -> threading.Thread:
     """Start :func:`warm_up` on a daemon thread and return at once (the thread is returned)."""
     state = _state(model)
-    thread = threading.Thread(target=_run_in_background, args=(weakref.ref(model),), name="sammed3d-warm-up", daemon=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=_run_in_background, args=(weakref.ref(model), stop), name="sammed3d-warm-up", daemon=True)
     with _lock:
-        state.thread = thread
+        state.thread, state.stop = thread, stop
     thread.start()
     return thread
 
@@ -130,6 +158,19 @@ def wait_for_warm_up(model: Any, timeout: float | None = None) -> bool:
         return True
     thread.join(timeout)
     return not thread.is_alive()
+
+
+def stop_warm_up(model: Any) -> None:
+    """Stop a background warm-up of ``model`` that has not finished: its current step ends, the rest is skipped.
+
+    A session calls it before its first click, which then warms the kernels itself.
+    """
+    with _lock:
+        state = _states.get(model)
+        if state is None or state.thread is None:
+            return
+        state.stop.set()
+    wait_for_warm_up(model)
 
 
 def openmp_wait_is_passive() -> bool:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -71,24 +72,36 @@ def test_a_model_with_a_fine_head_warms_its_head_too() -> None:
     assert calls == [1]
 
 
-def test_a_session_waits_for_a_background_warm_up_instead_of_competing_with_it(monkeypatch) -> None:
+def test_a_session_stops_an_unfinished_background_warm_up_instead_of_competing_with_it(monkeypatch) -> None:
     model = build_sam3d(TINY).eval()
-    started, release = threading.Event(), threading.Event()
+    started = threading.Event()
     real = warmup.warm_up
 
-    def slow_warm_up(m):  # noqa: ANN001, ANN202
+    def slow_warm_up(m, stop):  # noqa: ANN001, ANN202 - a warm-up whose first step lasts until it is stopped
         started.set()
-        release.wait(10)
-        return real(m)
+        stop.wait(30)
+        return real(m, stop)
 
     monkeypatch.setattr(warmup, "warm_up", slow_warm_up)
     thread = warmup.warm_up_in_background(model)  # returns at once
     assert started.wait(10) and thread.is_alive()
     assert not warmup.wait_for_warm_up(model, timeout=0.05)
-    threading.Timer(0.2, release.set).start()
-    Session(model, _image())  # waits for the warm-up to end
-    assert not thread.is_alive()
-    assert warmup.wait_for_warm_up(model)
+    t = time.perf_counter()
+    Session(model, _image())  # stops it: the step in progress ends, the rest is skipped
+    assert time.perf_counter() - t < 10 and not thread.is_alive()
+    monkeypatch.setattr(warmup, "warm_up", real)
+    assert warmup.warm_up(model) > 0.0  # a stopped warm-up does not count: the kernels were not all warmed
+
+
+def test_a_stopped_warm_up_skips_its_remaining_steps() -> None:
+    model = build_sam3d(TINY).eval()
+    counts = _calls(model)
+    stop = threading.Event()
+    model.image_encoder.patch_embed.register_forward_hook(lambda *_: stop.set())  # a click comes during the first step
+    warmup.warm_up(model, stop)
+    assert counts["patch_embed"] == 1 and counts["block0"] == counts["neck"] == counts["decoder"] == 0
+    warmup.warm_up(model)  # not warmed yet: a later call runs every step
+    assert counts["block0"] == counts["block1"] == counts["neck"] == counts["decoder"] == 1
 
 
 def test_load_model_warms_up_in_the_background_when_asked(tmp_path) -> None:
@@ -96,8 +109,8 @@ def test_load_model_warms_up_in_the_background_when_asked(tmp_path) -> None:
     path = tmp_path / "tiny.pt"
     save_model(model, path, card=ModelCard(name="tiny", config=model.config))
     loaded = load_model(path, device="cpu", warm_up=True)
-    Session(loaded, _image())
-    assert warmup.warm_up(loaded) == 0.0  # the background warm-up ran before the session started
+    assert warmup.wait_for_warm_up(loaded, timeout=120)
+    assert warmup.warm_up(loaded) == 0.0  # the background warm-up ran to the end
     assert warmup.warm_up(load_model(path, device="cpu")) > 0.0  # not asked: not warmed
 
 

@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = [("the input image", Path(args.image))] + ([("the --init mask", Path(args.init))] if args.init else [])
     check_distinct([("--out", out), ("--preview", preview)], inputs=inputs)
     t0 = time.perf_counter()
+    model = load_model_from_args(args)  # first: its kernels warm up in the background while the image is read
     image = read_image(args.image)
     initial = _read_init(args.init, args.init_label, read_image) if args.init else None
-    model = load_model_from_args(args)
     session = Session(model, image, correction=args.correction)
     if initial is not None:
         session.set_mask(initial)
