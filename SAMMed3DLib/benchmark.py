@@ -138,9 +138,10 @@ def _clicks(model: Any, image: sitk.Image, follow_ups: int) -> tuple[float, Any,
 
 
 def run_click_latency(
-    threads: int = 2, follow_ups: int = 10, config: str | dict = "vit_b_ori", device: str = "cpu", cold: bool = True
+    threads: int = 2, follow_ups: int = 10, config: str | dict = "vit_b_ori", device: str = "cpu", cold: bool = True, cold_repeats: int = 3
 ) -> dict[str, Any]:
-    """Run the benchmark and return its figures (seconds and MB); ``cold`` adds the fresh-process first clicks."""
+    """Run the benchmark and return its figures (seconds and MB); ``cold`` adds the fresh-process first
+    clicks (medians of ``cold_repeats`` child processes with and without pre-warming)."""
     import torch
 
     from .model import build_sam3d
@@ -180,8 +181,16 @@ def run_click_latency(
         "peak_rss_mb": round(peak_rss_mb, 1),
     }
     if cold:
-        result.update(run_cold_first_click(threads, config, device))
-        result["cold_first_click_no_warm_up_s"] = run_cold_first_click(threads, config, device, warm_up=False)["cold_first_click_s"]
+        # alternately with and without pre-warming, medians: the machine's load falls on both alike
+        runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+        for _ in range(cold_repeats):
+            for warm_up in (True, False):
+                runs[warm_up].append(run_cold_first_click(threads, config, device, warm_up=warm_up))
+        result["cold_load_s"] = round(statistics.median(r["cold_load_s"] for r in runs[True] + runs[False]), 4)
+        result["cold_first_click_s"] = round(statistics.median(r["cold_first_click_s"] for r in runs[True]), 4)
+        result["cold_first_click_no_warm_up_s"] = round(statistics.median(r["cold_first_click_s"] for r in runs[False]), 4)
+        result["cold_first_click_all_s"] = [r["cold_first_click_s"] for r in runs[True]]
+        result["cold_first_click_no_warm_up_all_s"] = [r["cold_first_click_s"] for r in runs[False]]
     return result
 
 

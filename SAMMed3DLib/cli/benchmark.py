@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     p.add_argument("--no-cold", action="store_true", help="skip the fresh-process (cold) first click")
+    p.add_argument("--cold-repeats", type=int, default=3, help="fresh processes with and without pre-warming, each (default: %(default)s)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark import format_table, run_click_latency, to_json
     from ..checkpoint import resolve_device
 
-    result = run_click_latency(threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)), cold=not args.no_cold)
+    result = run_click_latency(threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)), cold=not args.no_cold, cold_repeats=args.cold_repeats)
     text = to_json(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
