@@ -449,7 +449,7 @@ class Session(WindowSteps):
 
         The object restarts from the starting mask with the box: a window centred on the box
         (zoomed out when the box is larger than one window) with a positive click at the box's
-        centre, the prediction confined to the box (the CVPR 2025 baseline's use of a box, since
+        centre (moved off it once a negative click lands near it: :mod:`.box_prompt`), the prediction confined to the box (the CVPR 2025 baseline's use of a box, since
         SAM-Med3D has no box embedding; :mod:`.editing`). The clicks so far are replayed after
         it; later clicks refine, and the box keeps bounding the object. One history step.
 

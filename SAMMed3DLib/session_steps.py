@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .box_prompt import stand_in_click
 from .editing import Box, box_window_spacing, click_depth, force_click, keep_clicked_change, mask_prompt_logits
 from .geometry import ImageGeometry, Window
 from .paste import paste_logits
@@ -51,11 +52,17 @@ class WindowSteps:
     # Also used from the session: points_lps, labels, device, _before_mask_change().
 
     def _prompts(self) -> tuple[np.ndarray, np.ndarray]:
-        """The decoder's sparse prompts: the box's centre click (if any) first, then the clicks."""
+        """The decoder's sparse prompts: the box's stand-in click (if any) first, then the clicks.
+
+        The stand-in is the box's centre until a negative click contradicts it
+        (:func:`~SAMMed3DLib.box_prompt.stand_in_click`).
+        """
         points, labels = self.points_lps, self.labels
         if self._box is not None:
-            points = np.concatenate([self._box.center_lps[None], points])
-            labels = np.concatenate([[1], labels]).astype(np.int64)
+            stand_in = stand_in_click(self._box, self._geometry, self._mask, points, labels)  # type: ignore[arg-type]
+            if stand_in is not None:
+                points = np.concatenate([stand_in[None], points])
+                labels = np.concatenate([[1], labels]).astype(np.int64)
         return points, labels
 
     def _decode(self, state: WindowState, timings: dict[str, float]) -> None:
