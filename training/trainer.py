@@ -215,7 +215,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        self._apply_new_lr(json.loads(state["config"]).get("lr"))
+        self._apply_new_lr()
         self.best_dice = float(state["best_dice"])
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["torch_rng"])
@@ -223,9 +223,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         logger.info("resumed from %s at step %d", path, self.step)
 
-    def _apply_new_lr(self, saved_lr: float | None) -> None:
+    def _apply_new_lr(self) -> None:
         """Honour ``--lr`` given on resume: the scheduler's saved base rate would otherwise win silently."""
-        if saved_lr is None or float(saved_lr) == self.cfg.lr:
+        saved = [float(b) for b in self.scheduler.base_lrs]
+        if all(b == self.cfg.lr for b in saved):
             return
         self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
         rate = self.cfg.lr * lr_factor(self.step, self.cfg)
@@ -233,7 +234,7 @@ class Trainer:
             group["initial_lr"] = self.cfg.lr
             group["lr"] = rate
         self.scheduler._last_lr = [rate] * len(self.optimizer.param_groups)  # what get_last_lr() reports
-        logger.info("learning rate %.3g from --lr (the run was saved with %.3g)", self.cfg.lr, float(saved_lr))
+        logger.info("learning rate %.3g from --lr (the run was saved with %.3g)", self.cfg.lr, saved[0])
 
     # -- data ----------------------------------------------------------------------------------
 
