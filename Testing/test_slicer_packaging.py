@@ -232,7 +232,7 @@ def test_every_bound_control_maps_to_a_parameter_node_field_of_a_matching_type()
     fields = _parameter_fields()
     enums = _enums()
     bound = {name: w for name, w in _ui_widgets().items() if _string_property(w, "SlicerParameterName")}
-    assert len(bound) >= 8
+    assert len(bound) >= 7
     names = [_string_property(w, "SlicerParameterName") for w in bound.values()]
     assert len(names) == len(set(names)), "two controls bound to the same parameter"
     for widget_name, widget in bound.items():
@@ -251,8 +251,8 @@ def test_every_bound_control_maps_to_a_parameter_node_field_of_a_matching_type()
             assert annotation == "pathlib.Path"
         else:
             assert annotation == kind
-    # Fields without a control are set by the widget code (the segment selector) only.
-    assert set(fields) - set(names) == {"segmentId"}
+    # Fields without a control are the embedded Segment Editor's choices, copied by segment_editor.syncParameterNode.
+    assert set(fields) - set(names) == {"inputVolume", "segmentation", "segmentId"}
 
 
 def test_widget_code_only_uses_controls_that_exist_in_the_ui_file() -> None:
@@ -261,11 +261,14 @@ def test_widget_code_only_uses_controls_that_exist_in_the_ui_file() -> None:
     assert used, "the widget uses no .ui control"
     missing = sorted(used - set(widgets))
     assert not missing, f"SAMMed3D.py uses controls missing from SAMMed3D.ui: {missing}"
-    for required in ("positivePlaceWidget", "negativePlaceWidget", "segmentSelector", "undoButton", "redoButton",
+    for required in ("positivePlaceWidget", "negativePlaceWidget", "segmentEditorWidget", "undoButton", "redoButton",
                      "resetButton", "clearPointsButton", "nextSegmentButton", "statusLabel", "progressBar", "cancelButton"):
         assert required in used, f"the widget never wires {required}"
     assert widgets["positivePlaceWidget"].get("class") == widgets["negativePlaceWidget"].get("class") == "qSlicerMarkupsPlaceWidget"
-    assert widgets["segmentSelector"].get("class") == "qMRMLSegmentSelectorWidget"
+    assert widgets["segmentEditorWidget"].get("class") == "qMRMLSegmentEditorWidget"
+    # the embedded Segment Editor replaced the volume, segmentation and segment selectors
+    assert not {w.get("class") for w in widgets.values()} & {"qMRMLSegmentSelectorWidget"}
+    assert not [n for n, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox" and "vtkMRMLSegmentationNode" in ET.tostring(w, encoding="unicode")]
 
 
 def test_every_mrml_widget_receives_the_scene() -> None:
@@ -276,7 +279,11 @@ def test_every_mrml_widget_receives_the_scene() -> None:
         if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
     mrml = {name for name, w in _ui_widgets().items() if w.get("class", "").startswith(("qMRML", "qSlicerMarkups")) and w.get("class") != "qMRMLWidget"}
-    assert mrml and mrml <= receivers, f"these MRML widgets never get the scene: {sorted(mrml - receivers)}"
+    # The Segment Editor gets it in setup(), after its settings (connected in the .ui it would get it first).
+    setup = ast.unparse(_widget_method("setup"))
+    in_code = {"segmentEditorWidget"} if re.search(r"editor = self\.ui\.segmentEditorWidget\b.*editor\.setMRMLScene\(slicer\.mrmlScene\)", setup, re.S) else set()
+    assert in_code and "segmentEditorWidget" not in receivers
+    assert mrml and mrml <= receivers | in_code, f"these MRML widgets never get the scene: {sorted(mrml - receivers - in_code)}"
 
 
 def test_combo_box_choices_are_values_the_logic_accepts() -> None:
@@ -284,8 +291,8 @@ def test_combo_box_choices_are_values_the_logic_accepts() -> None:
     from SAMMed3DLib.devices import DEVICE_CHOICES
 
     enums = _enums()
-    assert sorted(enums["WriteMode"].values()) == sorted(WRITE_MODES)
-    for mode in WRITE_MODES:
+    assert "WriteMode" not in enums, "how updates treat other segments is the Segment Editor's masking now"
+    for mode in WRITE_MODES:  # still accepted by the logic (scripts)
         write_options_for_mode(mode)
     registry = json.loads((CORE / "Resources" / "models.json").read_text(encoding="utf-8"))["models"]
     assert {v for v in enums["ModelChoice"].values() if v != "file"} <= set(registry)
@@ -378,16 +385,17 @@ def _widget_method(name: str) -> ast.FunctionDef:
 
 
 def test_shortcuts_are_single_keys_installed_on_enter_and_removed_on_exit_and_cleanup() -> None:
+    """The bookkeeping itself runs on real QShortcut objects in test_slicer_qt.py; here: the widget calls it."""
     text = MODULE_SCRIPT.read_text(encoding="utf-8") + UI_FILE.read_text(encoding="utf-8")
-    assert "Ctrl+Alt+" not in text.replace("#: Ctrl+Alt+letter is AltGr", ""), "Ctrl+Alt+letter is AltGr on many layouts"
+    assert "Ctrl+Alt+" not in text, "Ctrl+Alt+letter is AltGr on many layouts"
     choices = _module_ast(MODULE / "SAMMed3DModule" / "choices.py")
     table = next(n.value for n in choices.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
     documented = {k.value for k in table.keys}
-    installed = next(n.value for n in ast.walk(_widget_method("_installShortcuts")) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "slots")
-    assert {k.value for k in installed.keys} == documented and all(len(k) == 1 for k in documented)
-    for method, expected in (("enter", "_installShortcuts"), ("exit", "_removeShortcuts"), ("cleanup", "_removeShortcuts")):
-        calls = {c.func.attr for c in ast.walk(_widget_method(method)) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
-        assert expected in calls, f"{method}() must call {expected}() (a module Reload runs cleanup)"
+    install = next(c for c in ast.walk(_widget_method("enter")) if isinstance(c, ast.Call) and ast.unparse(c.func) == "self._shortcuts.install")
+    assert {k.value for k in install.args[1].keys} == documented and all(len(k) == 1 for k in documented)
+    for method in ("exit", "cleanup"):
+        calls = {ast.unparse(c.func) for c in ast.walk(_widget_method(method)) if isinstance(c, ast.Call)}
+        assert "self._shortcuts.remove" in calls, f"{method}() must remove the shortcuts (a module Reload runs cleanup)"
     help_text = MODULE_SCRIPT.read_text(encoding="utf-8").split("helpText", 1)[1].split('"""', 2)[1]
     assert all(f"{k} " in help_text for k in documented), "the module's help lists every shortcut"
 
@@ -406,8 +414,10 @@ def test_the_self_test_skips_with_a_reason_without_pytorch_instead_of_failing() 
     assert isinstance(guard, ast.If) and "self.skipTest(" in ast.unparse(guard)
 
 
-def test_updates_follow_the_segment_editor_masking_by_default() -> None:
-    """Like every Segment Editor effect: a user who never opens the setting gets the editor's rules."""
+def test_updates_follow_the_embedded_segment_editors_masking() -> None:
+    """Like every Segment Editor effect: the masking shown in the panel is the masking every update follows."""
     node = _class(_module_ast(), "SAMMed3DParameterNode")
-    default = next(n.value for n in node.body if isinstance(n, ast.AnnAssign) and n.target.id == "writeMode")
-    assert ast.unparse(default) == "WriteMode.SEGMENT_EDITOR"
+    assert "writeMode" not in {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+    source = ast.unparse(_widget_method("_useEditorNode"))
+    assert "moduleEditorNode(slicer.mrmlScene)" in source and "setMRMLSegmentEditorNode(self._editorNode)" in source
+    assert "self.logic.useSegmentEditor(self._editorNode, UndoStates(self.ui.segmentEditorWidget))" in source
