@@ -122,7 +122,8 @@ class InteractiveSegmentationLogic:
         self._key: tuple | None = None
         self._history: History[UndoRecord] = History(limit=MAX_UNDO)
         self._pointsState: dict[tuple[int, int], PointsSnapshot] = {}
-        self._locked = LockedVoxels()
+        #: The locked segments' voxels, cached per segment until it changes (its ``reads`` count the misses).
+        self.lockedVoxels = LockedVoxels()
 
     # -- model (see ModelHolder) ------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class InteractiveSegmentationLogic:
         self.endSession()
         self._history.clear()
         self._pointsState.clear()
-        self._locked.clear()
+        self.lockedVoxels.clear()
 
     def _sessionKey(self, volumeNode: Any, geometry: ImageGeometry, segmentationNode: Any, segmentId: str) -> tuple:
         return (
@@ -300,7 +301,7 @@ class InteractiveSegmentationLogic:
             require_positive(positive)  # negative points alone correct an existing segment only
         locked = [s for s in request.options.lockedSegmentIds if s != segmentId and segmentationNode.GetSegmentation().GetSegment(s)]
         if locked:  # re-read only the locked segments that changed since the last click
-            request.lockedMask = self._locked.mask(segmentationNode, locked, volume_ijk_to_local, full)
+            request.lockedMask = self.lockedVoxels.mask(segmentationNode, locked, volume_ijk_to_local, full)
         return request
 
     def compute(
