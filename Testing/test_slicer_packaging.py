@@ -161,23 +161,50 @@ def test_module_cmake_registers_the_self_test_and_generic_tests() -> None:
     assert "slicer_add_python_unittest" in testing and "SAMMed3D.py" in testing
 
 
-def test_extension_description_is_consistent_between_cmake_and_s4ext() -> None:
+#: The one project home of the extension (the upstream SAM-Med3D repository holds no extension).
+PROJECT_HOME = "https://github.com/SlicerSAMMed3D/SlicerSAMMed3D"
+#: Keys of Slicer's extensions catalog entry schema v1.0.2 (``additionalProperties`` is false).
+CATALOG_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
+                "build_subdirectory", "enabled", "tier"}
+
+
+def _local_file(url: str) -> Path:
+    """The repository file a raw URL of the project names (fails for any other URL)."""
+    prefix = PROJECT_HOME.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    assert url.startswith(prefix), f"{url} is not a file of {PROJECT_HOME}"
+    return ROOT / url[len(prefix):]
+
+
+def test_extension_description_agrees_in_cmake_s4ext_and_the_catalog_entry() -> None:
     top = ROOT / "CMakeLists.txt"
     text = top.read_text(encoding="utf-8")
     assert "add_subdirectory(SAMMed3D)" in text
     assert "include(${Slicer_EXTENSION_CPACK})" in text and "find_package(Slicer REQUIRED)" in text
     s4ext = _s4ext()
-    assert _cmake_set(top, "EXTENSION_CATEGORY") == s4ext["category"] == "Segmentation"
-    assert _cmake_set(top, "EXTENSION_DEPENDS") == s4ext["depends"] == "PyTorch"
-    for cmake_name, key in (("EXTENSION_HOMEPAGE", "homepage"), ("EXTENSION_DESCRIPTION", "description"),
-                            ("EXTENSION_CONTRIBUTORS", "contributors"), ("EXTENSION_ICONURL", "iconurl"),
-                            ("EXTENSION_SCREENSHOTURLS", "screenshoturls")):
+    entry = json.loads((ROOT / "SAMMed3D.json").read_text(encoding="utf-8"))
+    assert set(entry) <= CATALOG_KEYS and {"$schema", "category", "scm_url"} <= set(entry)
+    assert re.fullmatch(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1\.0\.\d\.json#", entry["$schema"])
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5 and entry["build_subdirectory"] == s4ext["build_subdirectory"] == "."
+    assert _cmake_set(top, "EXTENSION_CATEGORY") == s4ext["category"] == entry["category"] == "Segmentation"
+    assert _cmake_set(top, "EXTENSION_DEPENDS").split() == s4ext["depends"].split() == entry["build_dependencies"] == ["PyTorch"]
+    assert _cmake_set(top, "EXTENSION_HOMEPAGE") == s4ext["homepage"] == PROJECT_HOME
+    assert s4ext["scmurl"] == entry["scm_url"] == PROJECT_HOME + ".git" and s4ext["scmrevision"] == entry["scm_revision"] == "main"
+    for cmake_name, key in (("EXTENSION_DESCRIPTION", "description"), ("EXTENSION_CONTRIBUTORS", "contributors"),
+                            ("EXTENSION_ICONURL", "iconurl"), ("EXTENSION_SCREENSHOTURLS", "screenshoturls")):
         assert _cmake_set(top, cmake_name) == s4ext[key], cmake_name
-    assert _cmake_set(top, "EXTENSION_ICONURL").endswith("/Resources/SAMMed3D.png")
-    for url in _cmake_set(top, "EXTENSION_SCREENSHOTURLS").split():
-        local = ROOT / url.split("/main/", 1)[1]
+    contributors = _cmake_set(top, "EXTENSION_CONTRIBUTORS")
+    assert "for 3D Slicer contributors" not in contributors and "for Slicer developers" not in contributors, "no placeholder"
+    assert "uni-medical" not in text and "uni-medical" not in (ROOT / "SAMMed3D.s4ext").read_text(encoding="utf-8")
+    icon = _local_file(_cmake_set(top, "EXTENSION_ICONURL"))
+    assert icon == ROOT / "Resources" / "SAMMed3D.png" and icon.is_file()
+    screenshots = _cmake_set(top, "EXTENSION_SCREENSHOTURLS").split()
+    assert screenshots, "the catalogue needs at least one screenshot (Resources/Screenshots)"
+    assert any(url.endswith("/slicer-module-panel.png") for url in screenshots), "the module panel is shown"
+    for url in screenshots:
+        local = _local_file(url)
         assert local.is_file() and local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot {url} is not a PNG of this repository"
-    assert _cmake_set(top, "EXTENSION_SCREENSHOTURLS"), "the catalogue needs at least one screenshot (Resources/Screenshots)"
+    module = _class(_module_ast(), "SAMMed3D")
+    assert f'self.parent.contributors = ["{contributors.split(" (")[0]}' in ast.unparse(module).replace("'", '"'), "the module names the same team"
 
 
 @pytest.mark.parametrize("icon", [ROOT / "Resources" / "SAMMed3D.png", MODULE / "Resources" / "Icons" / "SAMMed3D.png"], ids=["extension", "module"])
