@@ -20,8 +20,10 @@ that clinical volumes require:
   it. After a prediction whose mask touches a face of its window, the session follows the object
   (``auto_extend``): it opens a neighbouring window centred on the touching part of the mask,
   seeded with a positive click there, and pastes its prediction only where no earlier window
-  decided — so what the user refined is never overwritten by an automatic step. See the README
-  ("Large objects") for the strategy and its limits.
+  decided — so what the user refined is never overwritten by an automatic step. With
+  ``zoom_out`` it also sees such an object in a 2× (then 4×) coarser window whose mask the native
+  windows refine (:mod:`.session_steps`). See the README ("Large objects") for the strategy and
+  its limits.
 
 State and history: :meth:`Session.state` is the session's state apart from the mask (the clicks
 and every window's feedback and shown logits; cheap: tensors are shared, never modified), every

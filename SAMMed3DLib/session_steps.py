@@ -14,7 +14,7 @@ it: the same grid at 2× the card's spacing, then, if the object leaves that one
 (:data:`ZOOM_FACTORS`); beyond 4× it logs that the object is larger than the tool can see at once
 (:data:`TOO_LARGE_MESSAGE`). A coarse window is decoded with every click of the object and decides
 only the voxels that no finer window sees, so the object is whole after one click. It is decoded
-when it opens, never by a later click (which changes only the window it falls in: a click never
+once, when it opens, never by a later click (which changes only the window it falls in: a click never
 flips a far part of the object). Its mask refines at the model's resolution: every native window
 that opens afterwards (an automatic extension, or a click outside the windows so far) gets the
 current mask, i.e. the coarse mask where no finer window decided, as its first dense prompt
@@ -158,15 +158,17 @@ class WindowSteps:
             return None, None, []
         if all(windows.seen_zoomed_out(seed) for seed in seeds):
             return None, None, []  # a coarse window already sees where the object goes on
-        coarse = []
+        coarse = []  # the windows decoded now; one that has decided already keeps its mask
         for factor in ZOOM_FACTORS:
             zoomed = windows.open(state.window.center_lps, timings, automatic=True, zoom=factor)
-            self._decode(zoomed, timings)
-            coarse.append(zoomed)
+            if zoomed.output is None:
+                self._decode(zoomed, timings)
+                coarse.append(zoomed)
             if not windows.border_seeds(zoomed):
                 break
         else:
-            logger.warning(TOO_LARGE_MESSAGE, ZOOM_FACTORS[-1], coarse[-1].window.size * coarse[-1].window.spacing_mm)
+            if coarse:
+                logger.warning(TOO_LARGE_MESSAGE, ZOOM_FACTORS[-1], zoomed.window.size * zoomed.window.spacing_mm)
         region: Slices3 | None = None
         previous: np.ndarray | None = None
         t = time.perf_counter()
