@@ -20,8 +20,10 @@ that clinical volumes require:
   it. After a prediction whose mask touches a face of its window, the session follows the object
   (``auto_extend``): it opens a neighbouring window centred on the touching part of the mask,
   seeded with a positive click there, and pastes its prediction only where no earlier window
-  decided — so what the user refined is never overwritten by an automatic step. See the README
-  ("Large objects") for the strategy and its limits.
+  decided — so what the user refined is never overwritten by an automatic step. With
+  ``zoom_out`` it also sees such an object in a 2× (then 4×) coarser window whose mask the native
+  windows refine (:mod:`.session_steps`). See the README ("Large objects") for the strategy and
+  its limits.
 
 State and history: :meth:`Session.state` is the session's state apart from the mask (the clicks
 and every window's feedback and shown logits; cheap: tensors are shared, never modified), every
@@ -58,7 +60,7 @@ from .masks import mask_on_grid
 from .memory import TRIM_EVERY_STEPS, release_free_memory
 from .model.sam3d import Sam3D
 from .prompts import as_labels, as_points, order_clicks
-from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, WindowSteps
+from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, ZOOM_OUT_DEFAULT, WindowSteps
 from .steps import ClickResult, MaskChange, PackedMaskChange, SessionState
 from .windows import BORDER_TOUCH_VOXELS, WINDOW_MARGIN_VOXELS, Slices3, WindowStack
 
@@ -99,6 +101,8 @@ class Session(WindowSteps):
         image: optional image to set right away (see :meth:`set_image`).
         card: overrides ``model.card``.
         auto_extend: follow objects that leave the window (see module docstring).
+        zoom_out: see an object that leaves its window in a coarser window too (2×, then 4× the
+            spacing), whose mask the native windows refine (:mod:`.session_steps`).
         keep_history: keep an undo/redo history (:meth:`undo`, :meth:`redo`); a caller that
             owns the history itself (with :meth:`state` and :meth:`restore`) passes False.
         history_limit: undo steps kept (the oldest are forgotten), a positive integer, or None
@@ -123,6 +127,7 @@ class Session(WindowSteps):
         *,
         card: ModelCard | None = None,
         auto_extend: bool = True,
+        zoom_out: bool = ZOOM_OUT_DEFAULT,
         keep_history: bool = True,
         history_limit: int | None = DEFAULT_HISTORY_LIMIT,
         initial_mask: np.ndarray | sitk.Image | None = None,
@@ -142,6 +147,7 @@ class Session(WindowSteps):
                 f"model card {self.card.name!r} says input size {self.card.input_size} but the model takes {model.img_size}"
             )
         self.auto_extend = auto_extend
+        self.zoom_out = zoom_out
         self.correction = correction
         self.keep_history = keep_history
         self._image: sitk.Image | None = None
