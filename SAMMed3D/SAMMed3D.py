@@ -5,22 +5,19 @@ Design (the Slicer ExtensionWizard layout):
 - :class:`SAMMed3D` declares the module; :class:`SAMMed3DParameterNode` (``@parameterNodeWrapper``)
   keeps every user choice in the scene, so saving the scene saves the settings.
 - :class:`SAMMed3DWidget` only wires Qt to the logic: it loads ``Resources/UI/SAMMed3D.ui``
-  (controls bound through their ``SlicerParameterName``), observes the segment's points, debounces
-  clicks, runs the model on one persistent worker thread and shows status and progress.
+  (controls bound through their ``SlicerParameterName``; the embedded Segment Editor on the
+  module's own editor node), observes the segment's points, debounces clicks, runs the model on
+  one persistent worker thread and shows what ``SAMMed3DModule/feedback.py`` says.
 - All behaviour a user relies on lives in ``InteractiveSegmentationLogic`` (next to this file),
   which speaks MRML but not Qt and is tested with pytest on real scenes from slicer-core;
   :class:`SAMMed3DLogic` is the thin ``ScriptedLoadableModuleLogic`` in front of it.
 - Helpers live in the ``SAMMed3DModule`` sub-package (Slicer takes every loose ``.py`` file here
-  for a module): the option enums, the persistent model worker, the parameter-node side of the
-  logic, dependency installation and the Segment Editor hooks.
+  for a module): options, worker, parameter-node logic, Segment Editor, feedback, shortcuts.
 - Dependencies are installed when the user first runs the model, never at import: PyTorch through
   the PyTorch extension (``PyTorchUtils``), the rest from ``Resources/requirements.txt`` with
   ``slicer.packaging.pip_ensure`` (both ask first, both are skipped in testing mode).
 - :class:`SAMMed3DTest` runs the logic on a generated oblique volume inside Slicer and fails when
   the segment does not land on the clicked sphere or undo is not exact.
-
-This file needs the Slicer application; everything testable lives in the logic package and in
-``SAMMed3DModule``.
 """
 
 from __future__ import annotations
@@ -49,8 +46,18 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SAMMed3DModule import dependencies
-from SAMMed3DModule.choices import SHORTCUTS, DeviceChoice, ModelChoice, WriteMode
+from SAMMed3DModule.choices import DeviceChoice, ModelChoice
+from SAMMed3DModule.feedback import Feedback, undoText
 from SAMMed3DModule.module_logic import ParameterNodeLogic
+from SAMMed3DModule.segment_editor import (
+    EFFECT_ORDER,
+    UNDO_STATES,
+    UndoStates,
+    initializeEditorNode,
+    moduleEditorNode,
+    syncParameterNode,
+)
+from SAMMed3DModule.shortcuts import ShortcutSet
 from SAMMed3DModule.worker import Job, ModelWorker, waitPumpingEvents
 
 logger = logging.getLogger(__name__)
@@ -90,12 +97,12 @@ class SAMMed3D(ScriptedLoadableModule):
         self.parent.title = "SAM-Med3D"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = ["Segmentations", "Markups"]
-        self.parent.contributors = ["SAM-Med3D for 3D Slicer contributors"]
+        self.parent.contributors = ["SlicerSAMMed3D team (https://github.com/SlicerSAMMed3D)"]
         self.parent.helpText = """
 Interactive 3D segmentation with <a href="https://github.com/uni-medical/SAM-Med3D">SAM-Med3D</a>.
-Select a volume and a segment, press <b>+</b> and click inside the structure in any view; add
-<b>−</b> points where the mask leaks. Every update can be undone (Z) and redone (Y).
-Clicks are saved with the segment, so a saved scene can be reloaded and refined later.
+Pick the volume, the segmentation and the segment in the embedded Segment Editor, press <b>+</b> and
+click inside the structure in any slice or 3D view; add <b>−</b> points where the mask leaks, or
+draw a box (markups ROI). Updates follow the Segment Editor's masking and share its undo.
 Shortcuts while the module is shown: P place +, N place −, T toggle + / −, Z undo, Y redo.
 """
         self.parent.acknowledgementText = """
@@ -108,11 +115,9 @@ template (Kitware, Isomics, PerkLab) and the PyTorch extension (PyTorchUtils).
 class SAMMed3DParameterNode:
     """The module's settings, stored in the scene.
 
-    inputVolume - the image to segment.
-    segmentation - the segmentation receiving the segments.
-    segmentId - the segment the clicks write into.
+    inputVolume, segmentation, segmentId - the image, the segmentation and the segment the clicks
+        write into: the embedded Segment Editor's choices (its parameter node), copied here.
     model, modelPath, device - which weights run where.
-    writeMode - how updates treat other segments.
     autoRun - update the segment whenever a point is placed or moved.
     autoExtend - follow objects larger than one model window.
     boxRoi - optional markups ROI: the object's box (alone or with points).
@@ -125,7 +130,6 @@ class SAMMed3DParameterNode:
     model: ModelChoice = ModelChoice.DEFAULT
     modelPath: pathlib.Path = pathlib.Path()
     device: DeviceChoice = DeviceChoice.AUTO
-    writeMode: WriteMode = WriteMode.SEGMENT_EDITOR  # behave as every other Segment Editor effect
     autoRun: bool = True
     autoExtend: bool = True
     boxRoi: vtkMRMLMarkupsROINode
@@ -141,6 +145,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: SAMMed3DLogic | None = None
         self._parameterNode: SAMMed3DParameterNode | None = None
         self._parameterNodeGuiTag = None
+        self._editorNode: Any = None
         self._pointsNodes: tuple[Any, Any] = (None, None)
         self._boxRoi: Any = None  # the ROI observed for changes
         self._boundSegment: tuple[str, str] | None = None
@@ -149,10 +154,10 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._request: Any = None
         self._pending = False
         self._cancel = threading.Event()
-        self._progress: tuple[float, float, str] = (0.0, 0.0, "")
+        self._feedback = Feedback()
         self._clickTime = 0.0
         self._restoringPoints = False
-        self._shortcuts: list[Any] = []
+        self._shortcuts = ShortcutSet(qt)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -162,14 +167,21 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SAMMed3DLogic()
 
+        editor = self.ui.segmentEditorWidget
+        editor.setMaximumNumberOfUndoStates(UNDO_STATES)
+        editor.setEffectNameOrder(list(EFFECT_ORDER))
+        editor.unorderedEffectsVisible = False
+        editor.setSwitchToSegmentationsButtonVisible(False)
+        editor.setMRMLScene(slicer.mrmlScene)
+        self._useEditorNode()
+
         for placeWidget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget):
             placeWidget.buttonsVisible = False
             placeWidget.placeButton().show()
             placeWidget.deleteButton().show()
             placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.modelPathLineEdit.nameFilters = self.logic.checkpointNameFilters()
-        self.ui.progressBar.hide()
-        self.ui.cancelButton.hide()
+        self._showFeedback()
 
         self._debounce = qt.QTimer()
         self._debounce.setSingleShot(True)
@@ -179,7 +191,6 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentChanged)
         self.ui.runButton.connect("clicked(bool)", self.onRun)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.redoButton.connect("clicked(bool)", self.onRedo)
@@ -191,16 +202,25 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._removeShortcuts()
+        self._shortcuts.remove()
         self.removeObservers()
         self._worker.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self._installShortcuts()
+        self.ui.segmentEditorWidget.setupViewObservations()
+        self._shortcuts.install(slicer.util.mainWindow(), {
+            "P": lambda: self._placePoints(positive=True),
+            "N": lambda: self._placePoints(positive=False),
+            "T": self._togglePointSign,
+            "Z": self.onUndo,
+            "Y": self.onRedo,
+        })
 
     def exit(self) -> None:
-        self._removeShortcuts()
+        self._shortcuts.remove()
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
         for placeWidget in (self.ui.positivePlaceWidget, self.ui.negativePlaceWidget):
             placeWidget.setPlaceModeEnabled(False)
         if self._parameterNode:
@@ -216,15 +236,28 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateUndoButtons()
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        self._useEditorNode()  # the closed scene took the editor's parameter node with it
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def _useEditorNode(self) -> None:
+        """Give the embedded Segment Editor the module's own parameter node and follow its choices."""
+        if self._editorNode is not None:
+            self.removeObserver(self._editorNode, vtk.vtkCommand.ModifiedEvent, self.onEditorNodeModified)
+        self._editorNode = moduleEditorNode(slicer.mrmlScene)
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self._editorNode)
+        self.addObserver(self._editorNode, vtk.vtkCommand.ModifiedEvent, self.onEditorNodeModified)
+        self.logic.useSegmentEditor(self._editorNode, UndoStates(self.ui.segmentEditorWidget))
+
+    def onEditorNodeModified(self, caller: Any = None, event: Any = None) -> None:
+        """The user picked another segmentation, volume or segment in the Segment Editor."""
+        if self._parameterNode is not None:
+            syncParameterNode(self._parameterNode, self._editorNode)
+
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume:
-                self._parameterNode.inputVolume = firstVolume
+        initializeEditorNode(self._editorNode, self._parameterNode, slicer.mrmlScene)
+        self.onEditorNodeModified()
 
     def setParameterNode(self, inputParameterNode: SAMMed3DParameterNode | None) -> None:
         if self._parameterNode:
@@ -243,9 +276,6 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        self.ui.segmentSelector.setCurrentNode(p.segmentation)
-        if p.segmentation and p.segmentId and self.ui.segmentSelector.currentSegmentID() != p.segmentId:
-            self.ui.segmentSelector.setCurrentSegmentID(p.segmentId)
         self.ui.modelPathLineEdit.enabled = p.model == ModelChoice.FILE
         self.logic.configure(p)
         ready = bool(p.inputVolume and p.segmentation and self.logic.currentSegmentId(p))
@@ -259,16 +289,13 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._bindPointsNodes(p.segmentation, p.segmentId)
         else:
             self._bindPointsNodes(None, None)
-            self.ui.statusLabel.text = "Select a volume, a segmentation and a segment, then place + points."
+            if not self._feedback.busy:
+                self.ui.statusLabel.text = "Choose a volume, a segmentation and a segment in the Segment Editor below, then place + points."
 
     def _updateUndoButtons(self) -> None:
         busy = self._job is not None
         self.ui.undoButton.enabled = not busy and self.logic.canUndo
         self.ui.redoButton.enabled = not busy and self.logic.canRedo
-
-    def onSegmentChanged(self, segmentId: str) -> None:
-        if self._parameterNode is not None and segmentId != self._parameterNode.segmentId:
-            self._parameterNode.segmentId = segmentId or ""
 
     def _bindPointsNodes(self, segmentation: Any, segmentId: str | None) -> None:
         """Show the segment's +/− points in the place widgets and observe them (once per segment)."""
@@ -307,23 +334,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         markups = slicer.vtkMRMLMarkupsNode
         return (markups.PointPositionDefinedEvent, markups.PointEndInteractionEvent, markups.PointRemovedEvent)
 
-    # -- shortcuts ----------------------------------------------------------------------------------
-
-    def _installShortcuts(self) -> None:
-        if self._shortcuts:
-            return
-        slots = {
-            "P": lambda: self._placePoints(positive=True),
-            "N": lambda: self._placePoints(positive=False),
-            "T": self._togglePointSign,
-            "Z": self.onUndo,
-            "Y": self.onRedo,
-        }
-        for keys, slot in slots.items():
-            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
-            shortcut.setWhatsThis(f"SAM-Med3D: {SHORTCUTS[keys]}")
-            shortcut.connect("activated()", slot)
-            self._shortcuts.append(shortcut)
+    # -- shortcuts (SAMMed3DModule/shortcuts.py) ----------------------------------------------------
 
     def _placePoints(self, positive: bool) -> None:
         (self.ui.negativePlaceWidget if positive else self.ui.positivePlaceWidget).setPlaceModeEnabled(False)
@@ -331,12 +342,6 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _togglePointSign(self) -> None:
         self._placePoints(positive=not self.ui.positivePlaceWidget.placeModeEnabled)
-
-    def _removeShortcuts(self) -> None:
-        for shortcut in self._shortcuts:
-            shortcut.setParent(None)
-            shortcut.deleteLater()
-        self._shortcuts = []
 
     # -- running the model --------------------------------------------------------------------------
 
@@ -373,61 +378,56 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.statusLabel.text = "Download declined: choose another model."
                     return
             request = self._request = self.logic.prepare(p, positive, negative)
-            self._startJob(lambda: self.logic.compute(request, self._setProgress, self._cancel, allowDownload))
+            self._startJob(lambda: self.logic.compute(request, self._feedback.report, self._cancel, allowDownload))
 
     def _startJob(self, function: Callable[[], Any]) -> None:
         """Run ``function`` on the worker and wait for it here, processing Qt events (see worker.py)."""
         self._cancel.clear()
-        self._progress = (0.0, 0.0, "")
         self._job = job = self._worker.submit(function)
-        if not self.logic.modelLoaded:
-            self.ui.progressBar.setRange(0, 0)
-            self.ui.progressBar.show()
-            self.ui.cancelButton.show()
-            self.ui.statusLabel.text = "Loading the model…"
-        else:
-            self.ui.statusLabel.text = "Segmenting…"
+        self._feedback.start(self.logic.modelLoaded)
+        self._showFeedback()
         self._updateUndoButtons()
+        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)  # busy: the views show it while the model runs
 
         def pumpEvents() -> None:
-            self._showProgress()
+            self._feedback.poll()
+            self._showFeedback()
             slicer.app.processEvents()
 
-        waitPumpingEvents(job, pumpEvents)
+        try:
+            waitPumpingEvents(job, pumpEvents)
+        finally:
+            qt.QApplication.restoreOverrideCursor()
         self._finishJob(job)
 
-    def _setProgress(self, done: float, total: float, message: str) -> None:
-        """Called on the worker thread: only stores the numbers; the waiting main thread shows them."""
-        self._progress = (done, total, message)
-
-    def _showProgress(self) -> None:
-        done, total, message = self._progress
-        if self.ui.progressBar.visible:
-            if total > 0:
-                self.ui.progressBar.setRange(0, 1000)
-                self.ui.progressBar.setValue(int(1000 * done / total))
-                self.ui.statusLabel.text = f"{message}: {done / 1e6:.0f} / {total / 1e6:.0f} MB"
-            elif message:
-                self.ui.progressBar.setRange(0, 0)
-                self.ui.statusLabel.text = message + "…"
+    def _showFeedback(self) -> None:
+        """Copy the feedback state machine (``SAMMed3DModule/feedback.py``) into the widgets."""
+        visible, maximum, value = self._feedback.progressBar()
+        self.ui.progressBar.visible = visible
+        self.ui.progressBar.setRange(0, maximum)
+        self.ui.progressBar.setValue(value)
+        self.ui.cancelButton.visible = self._feedback.cancellable
+        self.ui.statusLabel.text = self._feedback.status
 
     def _finishJob(self, job: Job) -> None:
         self._job = None
-        self.ui.progressBar.hide()
-        self.ui.cancelButton.hide()
         if job.error is not None:
             self._pending = False
             self._reportError(job.error)
+        elif self._cancel.is_set():
+            self._pending = False
+            self.logic.discard()  # computed but not written: the next click starts from the segment's voxels
+            self._feedback.cancelled()
         else:
             with slicer.util.tryWithErrorDisplay("SAM-Med3D could not write the segment.", waitCursor=True):
                 with slicer.util.RenderBlocker():
                     result = self.logic.apply(self._request, job.result)
                 clickToDisplay = time.perf_counter() - self._clickTime if self._clickTime else result.latencySeconds
                 self._clickTime = 0.0  # the next update measures from its own click
-                self.ui.statusLabel.text = (
-                    f"{result.changedVoxels} voxels changed; model {result.modelSeconds * 1000:.0f} ms, "
-                    f"click to display {clickToDisplay * 1000:.0f} ms" + (" (new session)" if result.newSession else "")
-                )
+                self._feedback.finished(result.changedVoxels, result.modelSeconds, clickToDisplay, result.newSession)
+        if self._feedback.busy:  # the write failed: its error was shown
+            self._feedback.failed("The segment could not be written.")
+        self._showFeedback()
         self._updateUndoButtons()
         if self._pending:
             self._pending = False
@@ -437,20 +437,21 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from SAMMed3DLib.errors import SAMMed3DError
 
         if self._cancel.is_set():
-            self.ui.statusLabel.text = "Cancelled."
+            self._feedback.cancelled()
             return
         if isinstance(error, SAMMed3DError):
-            self.ui.statusLabel.text = str(error)
+            self._feedback.failed(str(error))
             slicer.util.errorDisplay(str(error), windowTitle="SAM-Med3D")
         else:
             details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             logger.error("SAM-Med3D update failed:\n%s", details)
-            self.ui.statusLabel.text = f"Update failed: {error}"
+            self._feedback.failed(f"Update failed: {error}")
             slicer.util.errorDisplay(f"SAM-Med3D update failed: {error}", detailedText=details, windowTitle="SAM-Med3D")
 
     def onCancel(self) -> None:
-        self._cancel.set()
-        self.ui.statusLabel.text = "Cancelling…"
+        if self._feedback.cancel():
+            self._cancel.set()
+            self._showFeedback()
 
     def _confirm(self, text: str) -> bool:
         return slicer.util.confirmOkCancelDisplay(text, windowTitle="SAM-Med3D")
@@ -471,12 +472,10 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateUndoButtons()
 
     def onUndo(self) -> None:
-        self._edit("SAM-Med3D could not undo.", self.logic.undo,
-                   lambda segmentId: f"Undone ({segmentId})." if segmentId else "Nothing to undo.")
+        self._edit("SAM-Med3D could not undo.", self.logic.undo, lambda segmentId: undoText(segmentId, "Undone", "undo"))
 
     def onRedo(self) -> None:
-        self._edit("SAM-Med3D could not redo.", self.logic.redo,
-                   lambda segmentId: f"Redone ({segmentId})." if segmentId else "Nothing to redo.")
+        self._edit("SAM-Med3D could not redo.", self.logic.redo, lambda segmentId: undoText(segmentId, "Redone", "redo"))
 
     def onReset(self) -> None:
         p = self._parameterNode
@@ -493,19 +492,16 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("SAM-Med3D could not add a segment.", waitCursor=True):
-            p.segmentId = self.logic.addNextSegment(p.segmentation)
+            segmentId = self.logic.addNextSegment(p.segmentation)
+            self.ui.segmentEditorWidget.setCurrentSegmentID(segmentId)  # the editor's node, then the parameter node
+            p.segmentId = segmentId
             self.ui.positivePlaceWidget.setPlaceModeEnabled(True)
             self.ui.statusLabel.text = "New segment: place + points inside the next structure."
 
 
 class SAMMed3DLogic(ParameterNodeLogic, ScriptedLoadableModuleLogic):
-    """Thin module logic: reads the parameter node and delegates to ``InteractiveSegmentationLogic``.
-
-    The settings and the delegation (``configure``, ``prepare``/``compute``/``apply``, undo, points)
-    are :class:`SAMMed3DModule.module_logic.ParameterNodeLogic`, which needs no Slicer application,
-    so pytest runs them on real MRML scenes. The interactive logic (and with it ``SAMMed3DLib``) is
-    created on first use, after :meth:`ensureDependencies`; before that only the torch-free parts
-    (points) are used.
+    """Thin module logic: everything but the parameter node wrapper and the dependency installation is
+    :class:`SAMMed3DModule.module_logic.ParameterNodeLogic` (no Slicer application: pytest runs it on real MRML).
     """
 
     def __init__(self) -> None:

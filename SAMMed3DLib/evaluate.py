@@ -140,7 +140,7 @@ def check_clicks(clicks: Iterable[int]) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _method_factory(method: Method | str | SegmenterFactory, model: Any) -> tuple[SegmenterFactory, str, str]:
+def _method_factory(method: Method | str | SegmenterFactory, model: Any, zoom_out: bool | None = None) -> tuple[SegmenterFactory, str, str]:
     """(factory, method name, model name) for a method name or a factory callable."""
     if callable(method):
         return method, getattr(method, "__name__", type(method).__name__), getattr(getattr(model, "card", None), "name", "custom")
@@ -150,7 +150,8 @@ def _method_factory(method: Method | str | SegmenterFactory, model: Any) -> tupl
         from .session import Session
 
         card = getattr(model, "card", None)
-        return (lambda image: Session(model, image)), "model", getattr(card, "name", "unnamed")
+        options = {} if zoom_out is None else {"zoom_out": bool(zoom_out)}
+        return (lambda image: Session(model, image, **options)), "model", getattr(card, "name", "unnamed")
     if method == "growcut":
         from .baselines import GrowCutSession, _import_growcut
 
@@ -176,6 +177,7 @@ def evaluate(
     min_voxels: int = MIN_STRUCTURE_VOXELS,
     tolerance_mm: float | None = None,
     progress: ProgressCallback | None = None,
+    zoom_out: bool | None = None,
 ) -> EvaluationResult:
     """Run an interactive protocol on every selected structure of a data folder.
 
@@ -201,6 +203,8 @@ def evaluate(
         min_voxels: skip structures with fewer voxels.
         tolerance_mm: NSD tolerance in mm; None: the protocol's (paper 1 mm, the others 2 mm).
         progress: ``progress(done, total, message)`` after each structure.
+        zoom_out: the model's session zooms out for large objects (``Session(zoom_out=...)``);
+            None: the session's default.
 
     Returns:
         The rows, skipped structures and summaries.
@@ -221,7 +225,7 @@ def evaluate(
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm!r}")
-    factory, method_name, model_name = _method_factory(method, model)
+    factory, method_name, model_name = _method_factory(method, model, zoom_out)
     if method == "model":
         from .session import Session
 

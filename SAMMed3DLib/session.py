@@ -20,8 +20,10 @@ that clinical volumes require:
   it. After a prediction whose mask touches a face of its window, the session follows the object
   (``auto_extend``): it opens a neighbouring window centred on the touching part of the mask,
   seeded with a positive click there, and pastes its prediction only where no earlier window
-  decided — so what the user refined is never overwritten by an automatic step. See the README
-  ("Large objects") for the strategy and its limits.
+  decided — so what the user refined is never overwritten by an automatic step. With
+  ``zoom_out`` it also sees such an object in a 2× (then 4×) coarser window whose mask the native
+  windows refine (:mod:`.session_steps`). See the README ("Large objects") for the strategy and
+  its limits.
 
 State and history: :meth:`Session.state` is the session's state apart from the mask (the clicks
 and every window's feedback and shown logits; cheap: tensors are shared, never modified), every
@@ -58,8 +60,8 @@ from .masks import mask_on_grid
 from .memory import TRIM_EVERY_STEPS, release_free_memory
 from .model.sam3d import Sam3D
 from .prompts import as_labels, as_points, order_clicks
-from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, WindowSteps
-from .steps import ClickResult, MaskChange, PackedMaskChange, SessionState
+from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, ZOOM_OUT_DEFAULT, WindowSteps
+from .steps import ClickResult, MaskChange, PackedMaskChange, SessionState, save_for_results
 from .warmup import stop_warm_up
 from .windows import BORDER_TOUCH_VOXELS, WINDOW_MARGIN_VOXELS, Slices3, WindowStack
 
@@ -100,6 +102,8 @@ class Session(WindowSteps):
         image: optional image to set right away (see :meth:`set_image`).
         card: overrides ``model.card``.
         auto_extend: follow objects that leave the window (see module docstring).
+        zoom_out: see an object that leaves its window in a coarser window too (2×, then 4× the
+            spacing), whose mask the native windows refine (:mod:`.session_steps`).
         keep_history: keep an undo/redo history (:meth:`undo`, :meth:`redo`); a caller that
             owns the history itself (with :meth:`state` and :meth:`restore`) passes False.
         history_limit: undo steps kept (the oldest are forgotten), a positive integer, or None
@@ -124,6 +128,7 @@ class Session(WindowSteps):
         *,
         card: ModelCard | None = None,
         auto_extend: bool = True,
+        zoom_out: bool = ZOOM_OUT_DEFAULT,
         keep_history: bool = True,
         history_limit: int | None = DEFAULT_HISTORY_LIMIT,
         initial_mask: np.ndarray | sitk.Image | None = None,
@@ -143,6 +148,7 @@ class Session(WindowSteps):
                 f"model card {self.card.name!r} says input size {self.card.input_size} but the model takes {model.img_size}"
             )
         self.auto_extend = auto_extend
+        self.zoom_out = zoom_out
         self.correction = correction
         self.keep_history = keep_history
         self._image: sitk.Image | None = None
@@ -451,7 +457,7 @@ class Session(WindowSteps):
 
         The object restarts from the starting mask with the box: a window centred on the box
         (zoomed out when the box is larger than one window) with a positive click at the box's
-        centre, the prediction confined to the box (the CVPR 2025 baseline's use of a box, since
+        centre (moved off it once a negative click lands near it: :mod:`.box_prompt`), the prediction confined to the box (the CVPR 2025 baseline's use of a box, since
         SAM-Med3D has no box embedding; :mod:`.editing`). The clicks so far are replayed after
         it; later clicks refine, and the box keeps bounding the object. One history step.
 
@@ -553,25 +559,8 @@ class Session(WindowSteps):
         return result
 
     def _before_mask_change(self, region: Slices3 | None = None) -> None:
-        """Hand results that still share the mask buffer the voxels of ``region`` (default: all) before it changes.
-
-        One read-only copy of the region, shared by all of them (see :class:`ClickResult`).
-        """
-        results = [r for r in self._results if r._shares(self._mask)]  # type: ignore[arg-type]
-        if not results:
-            self._results.clear()
-            return
-        region = region if region is not None else tuple(slice(0, s) for s in self._mask.shape)  # type: ignore[union-attr]
-        if 2 * int(np.prod([r.stop - r.start for r in region])) > self._mask.size:  # type: ignore[union-attr]
-            for result in results:  # most of the mask changes (a replay): a copy each is cheaper
-                result._detach()
-            self._results.clear()
-            return
-        voxels = self._mask[region].copy()  # type: ignore[index]
-        voxels.setflags(write=False)
-        for result in results:
-            result._before_write(region, voxels)
-        self._results = weakref.WeakSet(r for r in results if r._shares(self._mask))  # type: ignore[arg-type]
+        """Hand results that still share the mask buffer its voxels of ``region`` (default: all) before they change."""
+        self._results = save_for_results(self._results, self._mask, region)  # type: ignore[arg-type]
 
     def _check_labels(self, labels: Sequence[int], first: bool, points: np.ndarray, box: Any = KEEP_BOX) -> None:
         """Refuse a negative first click of a fresh object and positive clicks outside the box."""

@@ -5,16 +5,31 @@ of the mask. A window is decoded with every prompt of the object (the box's cent
 then the clicks; an edited mask as dense prompt), its prediction is pasted on the voxels it owns
 (:meth:`~SAMMed3DLib.windows.WindowStack.owned`) except the voxels outside the box and the locked
 ones, an edit keeps only the change the click points at, and an object started from clicks is
-followed into neighbouring windows (``auto_extend``).
+followed into neighbouring windows (``auto_extend``) and seen zoomed out (``zoom_out``).
+
+**Zoom out for large objects** (in the spirit of nnInteractive's AutoZoom). When the mask of a
+user's window is cut off by a face of the window (:meth:`~SAMMed3DLib.windows.WindowStack.border_seeds`)
+and no zoomed-out window holds that window yet, the session opens a coarse window concentric with
+it: the same grid at 2× the card's spacing, then, if the object leaves that one too, at 4×
+(:data:`ZOOM_FACTORS`); beyond 4× it logs that the object is larger than the tool can see at once
+(:data:`TOO_LARGE_MESSAGE`). A coarse window is decoded with every click of the object and decides
+only the voxels that no finer window sees, so the object is whole after one click. It is decoded
+once, when it opens, never by a later click (which changes only the window it falls in: a click never
+flips a far part of the object). Its mask refines at the model's resolution: every native window
+that opens afterwards (an automatic extension, or a click outside the windows so far) gets the
+current mask, i.e. the coarse mask where no finer window decided, as its first dense prompt
+(:func:`~SAMMed3DLib.editing.mask_prompt_logits`), as an edited mask is.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .box_prompt import stand_in_click
 from .editing import Box, box_window_spacing, click_depth, force_click, keep_clicked_change, mask_prompt_logits
 from .geometry import ImageGeometry, Window
 from .paste import paste_logits
@@ -29,6 +44,21 @@ if TYPE_CHECKING:
 MAX_WINDOWS = 12
 #: Automatic extensions after one click (bounds the latency of a single click).
 MAX_EXTENSIONS_PER_CLICK = 2
+#: Zoom factors of the coarse windows tried for an object that leaves its window, in order: the
+#: model's grid at 2× then 4× the card's spacing (384 mm, then 768 mm across for the default card).
+ZOOM_FACTORS = (2, 4)
+#: Whether a :class:`~SAMMed3DLib.session.Session` zooms out by default (``zoom_out``; the CLI's
+#: ``--zoom-out``). Off: on the long structures of the shared data the default model's masks almost
+#: never reach a window face, and where they do (thin vessels, the cortex) its coarse masks cost
+#: Dice (README, "Large objects").
+ZOOM_OUT_DEFAULT = False
+#: Logged (warning) when the object leaves even the coarsest window.
+TOO_LARGE_MESSAGE = (
+    "the object is larger than the tool can see at once: it leaves even the %d× zoomed-out window (%.0f mm across); "
+    "the parts beyond it are segmented where you click (each click far from the windows so far opens one there)"
+)
+
+logger = logging.getLogger(__name__)
 
 
 class WindowSteps:
@@ -40,6 +70,7 @@ class WindowSteps:
     model: Sam3D
     card: ModelCard
     auto_extend: bool
+    zoom_out: bool
     correction: str
     _geometry: ImageGeometry | None
     _windows: WindowStack | None
@@ -51,21 +82,36 @@ class WindowSteps:
     # Also used from the session: points_lps, labels, device, _before_mask_change().
 
     def _prompts(self) -> tuple[np.ndarray, np.ndarray]:
-        """The decoder's sparse prompts: the box's centre click (if any) first, then the clicks."""
+        """The decoder's sparse prompts: the box's stand-in click (if any) first, then the clicks.
+
+        The stand-in is the box's centre until a negative click contradicts it
+        (:func:`~SAMMed3DLib.box_prompt.stand_in_click`).
+        """
         points, labels = self.points_lps, self.labels
         if self._box is not None:
-            points = np.concatenate([self._box.center_lps[None], points])
-            labels = np.concatenate([[1], labels]).astype(np.int64)
+            stand_in = stand_in_click(self._box, self._geometry, self._mask, points, labels)  # type: ignore[arg-type]
+            if stand_in is not None:
+                points = np.concatenate([stand_in[None], points])
+                labels = np.concatenate([[1], labels]).astype(np.int64)
         return points, labels
 
     def _decode(self, state: WindowState, timings: dict[str, float]) -> None:
         """Decode ``state``'s window with every prompt; an edited mask is the dense prompt."""
         t = time.perf_counter()
-        dense = None
-        if self._editing:
-            dense = mask_prompt_logits(self._mask, self._geometry, state.window, self.model.low_res_size, self.device)  # type: ignore[arg-type]
-        self._windows.decode(state, *self._prompts(), dense=dense)  # type: ignore[union-attr]
+        self._windows.decode(state, *self._prompts(), dense=self._dense_prompt(state))  # type: ignore[union-attr]
         timings["decoder"] += time.perf_counter() - t
+
+    def _dense_prompt(self, state: WindowState):  # noqa: ANN202 (torch.Tensor | None)
+        """The mask as ``state``'s dense prompt: always for an edited mask; on a native window's first
+        decode once the object is seen zoomed out (the coarse mask it refines); else None (the
+        window's own logits)."""
+        if self._editing or (state.logits is None and state.zoom == 1 and self._zoomed()):
+            return mask_prompt_logits(self._mask, self._geometry, state.window, self.model.low_res_size, self.device)  # type: ignore[arg-type]
+        return None
+
+    def _zoomed(self) -> bool:
+        """Whether a zoomed-out window has decided part of the object."""
+        return any(w.zoom > 1 and w.output is not None for w in self._windows)  # type: ignore[union-attr]
 
     def _run_box(self, box: Box, timings: dict[str, float]) -> list[Window]:
         windows = self._windows
@@ -99,11 +145,45 @@ class WindowSteps:
         timings["paste"] += time.perf_counter() - t
         ran = [state.window]
         # An edited mask or a box already covers the object: windows open only where the user clicks.
-        if self.auto_extend and not self._editing and self._box is None:
+        follow = not self._editing and self._box is None
+        if follow and self.zoom_out:
+            extra_region, extra_prev, extra_ran = self._zoom(state, timings)
+            region, previous = self._grow(region, previous, extra_region, extra_prev)
+            ran += extra_ran
+        if follow and self.auto_extend:
             extra_region, extra_prev, extra_ran = self._extend(state, timings)
             region, previous = self._grow(region, previous, extra_region, extra_prev)
             ran += extra_ran
         return region, ran, previous
+
+    def _zoom(self, state: WindowState, timings: dict[str, float]) -> tuple[Slices3 | None, np.ndarray | None, list[Window]]:
+        """Open zoomed-out windows around ``state``'s when its mask leaves it (see the module docstring)."""
+        windows = self._windows
+        assert windows is not None
+        seeds = windows.border_seeds(state)
+        if len(windows) >= MAX_WINDOWS or not seeds:
+            return None, None, []
+        if all(windows.seen_zoomed_out(seed) for seed in seeds):
+            return None, None, []  # a coarse window already sees where the object goes on
+        coarse = []  # the windows decoded now; one that has decided already keeps its mask
+        for factor in ZOOM_FACTORS:
+            zoomed = windows.open(state.window.center_lps, timings, automatic=True, zoom=factor)
+            if zoomed.output is None:
+                self._decode(zoomed, timings)
+                coarse.append(zoomed)
+            if not windows.border_seeds(zoomed):
+                break
+        else:
+            if coarse:
+                logger.warning(TOO_LARGE_MESSAGE, ZOOM_FACTORS[-1], zoomed.window.size * zoomed.window.spacing_mm)
+        region: Slices3 | None = None
+        previous: np.ndarray | None = None
+        t = time.perf_counter()
+        for zoomed in coarse:  # each decides only what no finer window sees
+            r, prev_block = self._paste_owned(zoomed)
+            region, previous = self._grow(region, previous, r, prev_block)
+        timings["paste"] += time.perf_counter() - t
+        return region, previous, [z.window for z in coarse]
 
     def _paste_owned(
         self, state: WindowState, click: tuple[np.ndarray, bool] | None = None
@@ -192,7 +272,7 @@ class WindowSteps:
                 continue  # an existing window already covers the continuation
             new = windows.open(seed, timings, automatic=True)
             t = time.perf_counter()
-            windows.decode(new, seed[None], np.array([1]))
+            windows.decode(new, seed[None], np.array([1]), dense=self._dense_prompt(new))  # the coarse mask, once zoomed out
             timings["decoder"] += time.perf_counter() - t
             t = time.perf_counter()
             r, prev_block = self._paste_owned(new)  # an automatic window owns no voxel of a user's window

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -205,3 +206,25 @@ class ClickResult:
         if self._mask is None:
             return self._array()
         return sitk.GetArrayFromImage(self._mask)
+
+
+def save_for_results(results: weakref.WeakSet[ClickResult], buffer: np.ndarray, region: Slices3 | None) -> weakref.WeakSet[ClickResult]:
+    """Before ``region`` (default: all) of a session's mask ``buffer`` is rewritten: hand it to the results sharing it.
+
+    One read-only copy of the region serves all of them (see :class:`ClickResult`); when the
+    region is most of the mask (a replay), each takes its own copy instead. Returns the results
+    that still share the buffer afterwards.
+    """
+    sharing = [r for r in results if r._shares(buffer)]
+    if not sharing:
+        return weakref.WeakSet()
+    region = region if region is not None else tuple(slice(0, s) for s in buffer.shape)  # type: ignore[assignment]
+    if 2 * int(np.prod([r.stop - r.start for r in region])) > buffer.size:  # type: ignore[union-attr]
+        for result in sharing:
+            result._detach()
+        return weakref.WeakSet()
+    voxels = buffer[region].copy()
+    voxels.setflags(write=False)
+    for result in sharing:
+        result._before_write(region, voxels)  # type: ignore[arg-type]
+    return weakref.WeakSet(r for r in sharing if r._shares(buffer))

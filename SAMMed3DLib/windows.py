@@ -24,6 +24,14 @@ windows opened or clicked by the user always outrank automatic ones. A window pa
 prediction only on the voxels it owns, so a click changes only what its window decides, an
 automatic extension never overwrites a user's window, and no click flips a far part of the
 object that its window does not own.
+
+**Zoomed-out windows.** For an object larger than a window the session also opens coarse windows
+(``zoom`` 2 or 4: the same grid at 2× or 4× the spacing, centred on the native window; see
+:mod:`.session_steps`). They see the whole object at once and decide only the voxels that no
+finer window sees: in :meth:`WindowStack.owned` a finer window outranks a coarser one wherever
+it sees a voxel, before the user/automatic and distance rules, which order windows of one zoom.
+A click never lands in a coarse window (:meth:`containing` skips them): the user works at the
+model's own resolution.
 """
 
 from __future__ import annotations
@@ -87,6 +95,7 @@ class WindowState:
     automatic: bool = False  # opened by auto-extension, not by a user click
     image: torch.Tensor | None = None  # (1, 1, S, S, S) normalised window, kept for a fine head only
     output: torch.Tensor | None = None  # logits of the mask shown: the fine head's, else ``logits``
+    zoom: int = 1  # 1 at the card's (or a box's) spacing; 2 or 4 for a zoomed-out window of a large object
 
 
 #: An image whose voxels all fit in fewer model voxels than this per axis gives the model nothing to see.
@@ -160,24 +169,41 @@ class WindowStack:
             w.logits, w.output = logits[i] if i < len(logits) else (None, None)
 
     def containing(self, point_lps: np.ndarray) -> WindowState | None:
-        """The most recent window holding ``point_lps`` at least WINDOW_MARGIN_VOXELS from its faces."""
-        size = self.card.input_size
+        """The most recent window holding ``point_lps`` at least WINDOW_MARGIN_VOXELS from its faces.
+
+        Zoomed-out windows are left out: a click is always decoded at the model's own resolution.
+        """
         for state in reversed(self.states):
-            idx = state.window.lps_to_index(point_lps[None])[0]
-            if np.all(idx >= WINDOW_MARGIN_VOXELS) and np.all(idx <= size - 1 - WINDOW_MARGIN_VOXELS):
+            if state.zoom == 1 and self._holds(state, point_lps):
                 return state
         return None
 
+    def seen_zoomed_out(self, point_lps: np.ndarray) -> bool:
+        """Whether a zoomed-out window that has decided voxels holds ``point_lps`` WINDOW_MARGIN_VOXELS from its faces."""
+        return any(state.zoom > 1 and state.output is not None and self._holds(state, point_lps) for state in self.states)
+
+    def _holds(self, state: WindowState, point_lps: np.ndarray) -> bool:
+        idx = state.window.lps_to_index(point_lps[None])[0]
+        return bool(np.all(idx >= WINDOW_MARGIN_VOXELS) and np.all(idx <= self.card.input_size - 1 - WINDOW_MARGIN_VOXELS))
+
     def open(
-        self, center_lps: np.ndarray, timings: dict[str, float], automatic: bool = False, spacing_mm: float | None = None
+        self,
+        center_lps: np.ndarray,
+        timings: dict[str, float],
+        automatic: bool = False,
+        spacing_mm: float | None = None,
+        zoom: int = 1,
     ) -> WindowState:
         """Open a window centred on ``center_lps``: resample, normalise, encode (adds to ``timings``).
 
-        ``spacing_mm`` overrides the card's spacing (a box larger than a window is seen zoomed out).
+        ``spacing_mm`` overrides the card's spacing (a box larger than a window is seen zoomed out);
+        ``zoom`` > 1 opens a zoomed-out window of a large object at ``zoom`` × the card's spacing.
         """
+        if zoom != 1:
+            spacing_mm = self.card.spacing_mm * zoom
         window = Window.centred_at(center_lps, self.card.input_size, self.card.spacing_mm if spacing_mm is None else spacing_mm)
         for state in self.states:
-            if state.window == window:  # the same window again (a box replayed): its embedding is cached
+            if state.window == window and state.zoom == zoom:  # the same window again (a replay): its embedding is cached
                 state.automatic = state.automatic and automatic
                 return state
         t = time.perf_counter()
@@ -186,7 +212,7 @@ class WindowStack:
         t = time.perf_counter()
         embedding = self._encode(array)
         timings["encoder"] += time.perf_counter() - t
-        state = WindowState(window, embedding, automatic=automatic)
+        state = WindowState(window, embedding, automatic=automatic, zoom=zoom)
         if self.model.has_fine_head:
             state.image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(embedding.device)
         self.states.append(state)
@@ -268,12 +294,16 @@ class WindowStack:
         mine = self.states.index(state)
         half = self.card.input_size / 2.0
         for index, other in enumerate(self.states):
-            if other is state or other.output is None:
-                continue
+            if other is state or other.output is None or other.zoom > state.zoom:
+                continue  # a coarser window never takes a voxel from a finer one
             overlap = intersect_regions(region, window_footprint(other.window, self.geometry))
             if overlap is None:
                 continue
             d_other = window_distance(other.window, self.geometry, overlap)
+            if other.zoom < state.zoom:
+                local = tuple(slice(o.start - r.start, o.stop - r.start) for o, r in zip(overlap, region))
+                owned[local] &= ~(d_other <= half)  # the finer window wins wherever it sees the voxel
+                continue
             d_mine = window_distance(state.window, self.geometry, overlap)
             if other.automatic != state.automatic:
                 wins = np.full(d_other.shape, state.automatic)  # the user's window wins wherever both see the voxel
@@ -285,32 +315,48 @@ class WindowStack:
             owned[local] &= ~(wins & (d_other <= half))
         return owned
 
-    def border_seed(self, state: WindowState) -> np.ndarray | None:
-        """LPS point inside the mask where it touches a face of ``state``'s window, or None."""
+    def cut_faces(self, state: WindowState) -> list[tuple[int, np.ndarray]]:
+        """(touching voxels, LPS point) of each face of ``state``'s window that cuts the mask off, most cut first.
+
+        A face counts when the mask touches it on at least :data:`BORDER_TOUCH_VOXELS` window
+        voxels; its point is the touching voxel nearest the touching part's centre (it may lie
+        outside the image, where the object leaves the image).
+        """
         if state.output is None or state.output.numel() == 0:
-            return None
+            return []
         size = self.card.input_size
         with torch.inference_mode():
             up = torch.nn.functional.interpolate(state.output, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
         positive = up > self.model.mask_threshold
-        best = None
+        faces = []
         for axis in range(3):
             for side in (0, size - 1):
                 face = positive.select(axis, side)
                 count = int(face.sum())
-                if count >= BORDER_TOUCH_VOXELS and (best is None or count > best[0]):
-                    best = (count, axis, side, face)
-        if best is None:
+                if count >= BORDER_TOUCH_VOXELS:
+                    faces.append((count, axis, side, face))
+        out = []
+        for count, axis, side, face in sorted(faces, key=lambda f: -f[0]):
+            coords = torch.nonzero(face).double()
+            centre = coords.mean(0)
+            nearest = coords[torch.argmin(((coords - centre) ** 2).sum(1))]
+            index = [0.0, 0.0, 0.0]
+            other = [a for a in range(3) if a != axis]
+            index[axis] = float(side)
+            index[other[0]], index[other[1]] = float(nearest[0]), float(nearest[1])
+            out.append((count, state.window.index_to_lps(np.array([index]))[0]))
+        return out
+
+    def border_seeds(self, state: WindowState) -> list[np.ndarray]:
+        """The points of :meth:`cut_faces` inside the image: where the object goes on beyond the window."""
+        return [point for _, point in self.cut_faces(state) if self.geometry.contains_lps(point[None])[0]]
+
+    def border_seed(self, state: WindowState) -> np.ndarray | None:
+        """LPS point inside the mask where it touches the face of ``state``'s window it touches most, or None.
+
+        None also when that point lies outside the image: the object leaves the image there.
+        """
+        faces = self.cut_faces(state)
+        if not faces or not self.geometry.contains_lps(faces[0][1][None])[0]:
             return None
-        _, axis, side, face = best
-        coords = torch.nonzero(face).double()
-        centre = coords.mean(0)
-        nearest = coords[torch.argmin(((coords - centre) ** 2).sum(1))]
-        index = [0.0, 0.0, 0.0]
-        other = [a for a in range(3) if a != axis]
-        index[axis] = float(side)
-        index[other[0]], index[other[1]] = float(nearest[0]), float(nearest[1])
-        point = state.window.index_to_lps(np.array([index]))[0]
-        if not self.geometry.contains_lps(point[None])[0]:
-            return None  # the object leaves the image there: nothing to follow
-        return point
+        return faces[0][1]

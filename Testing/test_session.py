@@ -218,9 +218,9 @@ def test_objects_longer_than_one_window_are_followed() -> None:
     start = np.array(image.TransformContinuousIndexToPhysicalPoint((60.0, 60.0, 40.0)))
     bar_centre = np.array(image.TransformContinuousIndexToPhysicalPoint((180.0, 60.0, 40.0)))
     truth, image = paint_box(image, bar_centre, (150.0, 30.0, 30.0))  # a 300 mm long bar
-    single = Session(BrightModel(), image, auto_extend=False)
+    single = Session(BrightModel(), image, auto_extend=False, zoom_out=False)
     single.click(start)
-    followed = Session(BrightModel(), image, auto_extend=True)
+    followed = Session(BrightModel(), image, auto_extend=True, zoom_out=False)
     followed.click(start)
     assert dice(single.mask_array, truth) < 0.8
     assert dice(followed.mask_array, truth) > 0.9
@@ -446,7 +446,7 @@ def test_overlapping_windows_each_decide_the_voxels_nearest_their_centre_and_a_c
     a = np.array(image.TransformContinuousIndexToPhysicalPoint((80.0, 30.0, 25.0)))
     b = np.array(image.TransformContinuousIndexToPhysicalPoint((210.0, 30.0, 25.0)))  # 130 mm apart: the windows overlap
     truth, image = paint_box(image, (a + b) / 2, (120.0, 25.0, 30.0))
-    session = Session(NegativeErasesModel(), image, auto_extend=False)
+    session = Session(NegativeErasesModel(), image, auto_extend=False, zoom_out=False)
     session.click(a)
     session.click(b)
     assert len(session.windows) == 2

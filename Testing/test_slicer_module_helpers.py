@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "SAMMed3D"))
 slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML outside Slicer (pip install slicer-core)")
 
 from SAMMed3DModule import dependencies, segment_editor  # noqa: E402
-from SAMMed3DModule.choices import DeviceChoice, ModelChoice, WriteMode  # noqa: E402
+from SAMMed3DModule.choices import DeviceChoice, ModelChoice  # noqa: E402
 from SAMMed3DModule.module_logic import ParameterNodeLogic  # noqa: E402
 from SAMMed3DModule.worker import WAIT_S, ModelWorker, waitPumpingEvents  # noqa: E402
 
@@ -98,7 +98,7 @@ def test_the_worker_restarts_its_thread_after_a_shutdown() -> None:
 # -- choices ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("choices", [ModelChoice, DeviceChoice, WriteMode])
+@pytest.mark.parametrize("choices", [ModelChoice, DeviceChoice])
 def test_every_choice_has_a_distinct_label(choices) -> None:
     labels = [choice.label() for choice in choices]
     assert all(labels) and len(set(labels)) == len(labels)
@@ -110,7 +110,7 @@ def test_every_choice_has_a_distinct_label(choices) -> None:
 def _parameters(**fields):
     """A stand-in for ``SAMMed3DParameterNode`` (the wrapper needs the Slicer application)."""
     defaults = {"inputVolume": None, "segmentation": None, "segmentId": "", "model": ModelChoice.DEFAULT, "modelPath": pathlib.Path(),
-                "device": DeviceChoice.CPU, "writeMode": WriteMode.ALLOW_OVERLAP, "autoRun": True, "autoExtend": False,
+                "device": DeviceChoice.CPU, "autoRun": True, "autoExtend": False,
                 "boxRoi": None, "lockOtherSegments": False}
     return types.SimpleNamespace(**{**defaults, **fields})
 
@@ -143,7 +143,7 @@ def test_before_any_update_there_is_nothing_to_undo_or_redo() -> None:
 
 @pytest.fixture
 def module_case(scene, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    """Segment "A" of an oblique sphere volume, a small random checkpoint chosen as "Local file…", no Segment Editor.
+    """Segment "A" of an oblique sphere volume, a small random checkpoint chosen as "Local file…", no Segment Editor module.
 
     The module logic is configured and shows the segment's points, one + point placed on a sphere,
     as the widget does before the interactive logic (and PyTorch) is needed.
@@ -162,9 +162,8 @@ def module_case(scene, tmp_path, monkeypatch):  # noqa: F811 - the imported fixt
     segmentation.CreateDefaultDisplayNodes()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segment_id = segmentation.GetSegmentation().AddEmptySegment("A", "A")
-    # The Segment Editor module is not loaded; its parameter node is looked up in the scene.
+    # The Segment Editor module is not loaded (nothing to save an undo state in but our own editor).
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     parameters = _parameters(inputVolume=volume, segmentation=segmentation, segmentId=segment_id,
                              model=ModelChoice.FILE, modelPath=checkpoint)
     logic = ParameterNodeLogic()
@@ -236,20 +235,17 @@ def test_a_cancel_during_the_first_model_load_is_reported_as_cancelled(module_ca
         logic.compute(request, lambda *args: None, cancel, False)
 
 
-# -- Segment Editor hooks ---------------------------------------------------------------------------
+# -- the Segment Editor module's undo ---------------------------------------------------------------
 
 
 class _FakeSegmentEditorWidget:
-    """The parts of ``qMRMLSegmentEditorWidget`` the hooks use (hence Qt's camelCase names)."""
+    """The parts of the Segment Editor module's ``qMRMLSegmentEditorWidget`` the hook uses (Qt's camelCase names)."""
 
-    def __init__(self, segmentation, editor_node) -> None:
-        self._segmentation, self._editor_node, self.saved = segmentation, editor_node, 0
+    def __init__(self, segmentation) -> None:
+        self._segmentation, self.saved = segmentation, 0
 
     def segmentationNode(self):
         return self._segmentation
-
-    def mrmlSegmentEditorNode(self):
-        return self._editor_node
 
     def saveStateForUndo(self) -> None:
         self.saved += 1
@@ -261,29 +257,18 @@ def _with_segment_editor(monkeypatch, widget) -> None:
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(segmenteditor=module), raising=False)
 
 
-def test_the_segment_editor_undo_state_is_saved_only_for_the_segmentation_it_edits(monkeypatch) -> None:
+def test_the_segment_editor_module_saves_an_undo_state_only_for_the_segmentation_it_edits(monkeypatch) -> None:
     bare = slicer.vtkMRMLScene()
     edited, other = (bare.AddNewNodeByClass("vtkMRMLSegmentationNode") for _ in range(2))
-    widget = _FakeSegmentEditorWidget(edited, None)
+    widget = _FakeSegmentEditorWidget(edited)
     _with_segment_editor(monkeypatch, widget)
-    segment_editor.saveSegmentEditorUndoState(other)
+    segment_editor.saveCoreSegmentEditorUndoState(other)
     assert widget.saved == 0
-    segment_editor.saveSegmentEditorUndoState(edited)
+    segment_editor.saveCoreSegmentEditorUndoState(edited)
     assert widget.saved == 1
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
-    segment_editor.saveSegmentEditorUndoState(edited)  # Segment Editor not loaded: nothing to save, no error
+    segment_editor.saveCoreSegmentEditorUndoState(edited)  # Segment Editor not loaded: nothing to save, no error
     assert widget.saved == 1
-
-
-def test_the_segment_editor_node_comes_from_its_widget_else_from_the_scene(monkeypatch) -> None:
-    bare = slicer.vtkMRMLScene()
-    in_scene = bare.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-    monkeypatch.setattr(slicer, "mrmlScene", bare, raising=False)
-    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
-    assert segment_editor.segmentEditorNode() is in_scene
-    of_widget = slicer.vtkMRMLSegmentEditorNode()
-    _with_segment_editor(monkeypatch, _FakeSegmentEditorWidget(None, of_widget))
-    assert segment_editor.segmentEditorNode() is of_widget
 
 
 # -- dependencies -----------------------------------------------------------------------------------

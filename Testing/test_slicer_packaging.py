@@ -161,23 +161,50 @@ def test_module_cmake_registers_the_self_test_and_generic_tests() -> None:
     assert "slicer_add_python_unittest" in testing and "SAMMed3D.py" in testing
 
 
-def test_extension_description_is_consistent_between_cmake_and_s4ext() -> None:
+#: The one project home of the extension (the upstream SAM-Med3D repository holds no extension).
+PROJECT_HOME = "https://github.com/SlicerSAMMed3D/SlicerSAMMed3D"
+#: Keys of Slicer's extensions catalog entry schema v1.0.2 (``additionalProperties`` is false).
+CATALOG_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
+                "build_subdirectory", "enabled", "tier"}
+
+
+def _local_file(url: str) -> Path:
+    """The repository file a raw URL of the project names (fails for any other URL)."""
+    prefix = PROJECT_HOME.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    assert url.startswith(prefix), f"{url} is not a file of {PROJECT_HOME}"
+    return ROOT / url[len(prefix):]
+
+
+def test_extension_description_agrees_in_cmake_s4ext_and_the_catalog_entry() -> None:
     top = ROOT / "CMakeLists.txt"
     text = top.read_text(encoding="utf-8")
     assert "add_subdirectory(SAMMed3D)" in text
     assert "include(${Slicer_EXTENSION_CPACK})" in text and "find_package(Slicer REQUIRED)" in text
     s4ext = _s4ext()
-    assert _cmake_set(top, "EXTENSION_CATEGORY") == s4ext["category"] == "Segmentation"
-    assert _cmake_set(top, "EXTENSION_DEPENDS") == s4ext["depends"] == "PyTorch"
-    for cmake_name, key in (("EXTENSION_HOMEPAGE", "homepage"), ("EXTENSION_DESCRIPTION", "description"),
-                            ("EXTENSION_CONTRIBUTORS", "contributors"), ("EXTENSION_ICONURL", "iconurl"),
-                            ("EXTENSION_SCREENSHOTURLS", "screenshoturls")):
+    entry = json.loads((ROOT / "SAMMed3D.json").read_text(encoding="utf-8"))
+    assert set(entry) <= CATALOG_KEYS and {"$schema", "category", "scm_url"} <= set(entry)
+    assert re.fullmatch(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1\.0\.\d\.json#", entry["$schema"])
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5 and entry["build_subdirectory"] == s4ext["build_subdirectory"] == "."
+    assert _cmake_set(top, "EXTENSION_CATEGORY") == s4ext["category"] == entry["category"] == "Segmentation"
+    assert _cmake_set(top, "EXTENSION_DEPENDS").split() == s4ext["depends"].split() == entry["build_dependencies"] == ["PyTorch"]
+    assert _cmake_set(top, "EXTENSION_HOMEPAGE") == s4ext["homepage"] == PROJECT_HOME
+    assert s4ext["scmurl"] == entry["scm_url"] == PROJECT_HOME + ".git" and s4ext["scmrevision"] == entry["scm_revision"] == "main"
+    for cmake_name, key in (("EXTENSION_DESCRIPTION", "description"), ("EXTENSION_CONTRIBUTORS", "contributors"),
+                            ("EXTENSION_ICONURL", "iconurl"), ("EXTENSION_SCREENSHOTURLS", "screenshoturls")):
         assert _cmake_set(top, cmake_name) == s4ext[key], cmake_name
-    assert _cmake_set(top, "EXTENSION_ICONURL").endswith("/Resources/SAMMed3D.png")
-    for url in _cmake_set(top, "EXTENSION_SCREENSHOTURLS").split():
-        local = ROOT / url.split("/main/", 1)[1]
+    contributors = _cmake_set(top, "EXTENSION_CONTRIBUTORS")
+    assert "for 3D Slicer contributors" not in contributors and "for Slicer developers" not in contributors, "no placeholder"
+    assert "uni-medical" not in text and "uni-medical" not in (ROOT / "SAMMed3D.s4ext").read_text(encoding="utf-8")
+    icon = _local_file(_cmake_set(top, "EXTENSION_ICONURL"))
+    assert icon == ROOT / "Resources" / "SAMMed3D.png" and icon.is_file()
+    screenshots = _cmake_set(top, "EXTENSION_SCREENSHOTURLS").split()
+    assert screenshots, "the catalogue needs at least one screenshot (Resources/Screenshots)"
+    assert any(url.endswith("/slicer-module-panel.png") for url in screenshots), "the module panel is shown"
+    for url in screenshots:
+        local = _local_file(url)
         assert local.is_file() and local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot {url} is not a PNG of this repository"
-    assert _cmake_set(top, "EXTENSION_SCREENSHOTURLS"), "the catalogue needs at least one screenshot (Resources/Screenshots)"
+    module = _class(_module_ast(), "SAMMed3D")
+    assert f'self.parent.contributors = ["{contributors.split(" (")[0]}' in ast.unparse(module).replace("'", '"'), "the module names the same team"
 
 
 @pytest.mark.parametrize("icon", [ROOT / "Resources" / "SAMMed3D.png", MODULE / "Resources" / "Icons" / "SAMMed3D.png"], ids=["extension", "module"])
@@ -232,7 +259,7 @@ def test_every_bound_control_maps_to_a_parameter_node_field_of_a_matching_type()
     fields = _parameter_fields()
     enums = _enums()
     bound = {name: w for name, w in _ui_widgets().items() if _string_property(w, "SlicerParameterName")}
-    assert len(bound) >= 8
+    assert len(bound) >= 7
     names = [_string_property(w, "SlicerParameterName") for w in bound.values()]
     assert len(names) == len(set(names)), "two controls bound to the same parameter"
     for widget_name, widget in bound.items():
@@ -251,8 +278,8 @@ def test_every_bound_control_maps_to_a_parameter_node_field_of_a_matching_type()
             assert annotation == "pathlib.Path"
         else:
             assert annotation == kind
-    # Fields without a control are set by the widget code (the segment selector) only.
-    assert set(fields) - set(names) == {"segmentId"}
+    # Fields without a control are the embedded Segment Editor's choices, copied by segment_editor.syncParameterNode.
+    assert set(fields) - set(names) == {"inputVolume", "segmentation", "segmentId"}
 
 
 def test_widget_code_only_uses_controls_that_exist_in_the_ui_file() -> None:
@@ -261,11 +288,14 @@ def test_widget_code_only_uses_controls_that_exist_in_the_ui_file() -> None:
     assert used, "the widget uses no .ui control"
     missing = sorted(used - set(widgets))
     assert not missing, f"SAMMed3D.py uses controls missing from SAMMed3D.ui: {missing}"
-    for required in ("positivePlaceWidget", "negativePlaceWidget", "segmentSelector", "undoButton", "redoButton",
+    for required in ("positivePlaceWidget", "negativePlaceWidget", "segmentEditorWidget", "undoButton", "redoButton",
                      "resetButton", "clearPointsButton", "nextSegmentButton", "statusLabel", "progressBar", "cancelButton"):
         assert required in used, f"the widget never wires {required}"
     assert widgets["positivePlaceWidget"].get("class") == widgets["negativePlaceWidget"].get("class") == "qSlicerMarkupsPlaceWidget"
-    assert widgets["segmentSelector"].get("class") == "qMRMLSegmentSelectorWidget"
+    assert widgets["segmentEditorWidget"].get("class") == "qMRMLSegmentEditorWidget"
+    # the embedded Segment Editor replaced the volume, segmentation and segment selectors
+    assert not {w.get("class") for w in widgets.values()} & {"qMRMLSegmentSelectorWidget"}
+    assert not [n for n, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox" and "vtkMRMLSegmentationNode" in ET.tostring(w, encoding="unicode")]
 
 
 def test_every_mrml_widget_receives_the_scene() -> None:
@@ -276,7 +306,11 @@ def test_every_mrml_widget_receives_the_scene() -> None:
         if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
     mrml = {name for name, w in _ui_widgets().items() if w.get("class", "").startswith(("qMRML", "qSlicerMarkups")) and w.get("class") != "qMRMLWidget"}
-    assert mrml and mrml <= receivers, f"these MRML widgets never get the scene: {sorted(mrml - receivers)}"
+    # The Segment Editor gets it in setup(), after its settings (connected in the .ui it would get it first).
+    setup = ast.unparse(_widget_method("setup"))
+    in_code = {"segmentEditorWidget"} if re.search(r"editor = self\.ui\.segmentEditorWidget\b.*editor\.setMRMLScene\(slicer\.mrmlScene\)", setup, re.S) else set()
+    assert in_code and "segmentEditorWidget" not in receivers
+    assert mrml and mrml <= receivers | in_code, f"these MRML widgets never get the scene: {sorted(mrml - receivers - in_code)}"
 
 
 def test_combo_box_choices_are_values_the_logic_accepts() -> None:
@@ -284,8 +318,8 @@ def test_combo_box_choices_are_values_the_logic_accepts() -> None:
     from SAMMed3DLib.devices import DEVICE_CHOICES
 
     enums = _enums()
-    assert sorted(enums["WriteMode"].values()) == sorted(WRITE_MODES)
-    for mode in WRITE_MODES:
+    assert "WriteMode" not in enums, "how updates treat other segments is the Segment Editor's masking now"
+    for mode in WRITE_MODES:  # still accepted by the logic (scripts)
         write_options_for_mode(mode)
     registry = json.loads((CORE / "Resources" / "models.json").read_text(encoding="utf-8"))["models"]
     assert {v for v in enums["ModelChoice"].values() if v != "file"} <= set(registry)
@@ -378,16 +412,17 @@ def _widget_method(name: str) -> ast.FunctionDef:
 
 
 def test_shortcuts_are_single_keys_installed_on_enter_and_removed_on_exit_and_cleanup() -> None:
+    """The bookkeeping itself runs on real QShortcut objects in test_slicer_qt.py; here: the widget calls it."""
     text = MODULE_SCRIPT.read_text(encoding="utf-8") + UI_FILE.read_text(encoding="utf-8")
-    assert "Ctrl+Alt+" not in text.replace("#: Ctrl+Alt+letter is AltGr", ""), "Ctrl+Alt+letter is AltGr on many layouts"
+    assert "Ctrl+Alt+" not in text, "Ctrl+Alt+letter is AltGr on many layouts"
     choices = _module_ast(MODULE / "SAMMed3DModule" / "choices.py")
     table = next(n.value for n in choices.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
     documented = {k.value for k in table.keys}
-    installed = next(n.value for n in ast.walk(_widget_method("_installShortcuts")) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "slots")
-    assert {k.value for k in installed.keys} == documented and all(len(k) == 1 for k in documented)
-    for method, expected in (("enter", "_installShortcuts"), ("exit", "_removeShortcuts"), ("cleanup", "_removeShortcuts")):
-        calls = {c.func.attr for c in ast.walk(_widget_method(method)) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)}
-        assert expected in calls, f"{method}() must call {expected}() (a module Reload runs cleanup)"
+    install = next(c for c in ast.walk(_widget_method("enter")) if isinstance(c, ast.Call) and ast.unparse(c.func) == "self._shortcuts.install")
+    assert {k.value for k in install.args[1].keys} == documented and all(len(k) == 1 for k in documented)
+    for method in ("exit", "cleanup"):
+        calls = {ast.unparse(c.func) for c in ast.walk(_widget_method(method)) if isinstance(c, ast.Call)}
+        assert "self._shortcuts.remove" in calls, f"{method}() must remove the shortcuts (a module Reload runs cleanup)"
     help_text = MODULE_SCRIPT.read_text(encoding="utf-8").split("helpText", 1)[1].split('"""', 2)[1]
     assert all(f"{k} " in help_text for k in documented), "the module's help lists every shortcut"
 
@@ -406,8 +441,10 @@ def test_the_self_test_skips_with_a_reason_without_pytorch_instead_of_failing() 
     assert isinstance(guard, ast.If) and "self.skipTest(" in ast.unparse(guard)
 
 
-def test_updates_follow_the_segment_editor_masking_by_default() -> None:
-    """Like every Segment Editor effect: a user who never opens the setting gets the editor's rules."""
+def test_updates_follow_the_embedded_segment_editors_masking() -> None:
+    """Like every Segment Editor effect: the masking shown in the panel is the masking every update follows."""
     node = _class(_module_ast(), "SAMMed3DParameterNode")
-    default = next(n.value for n in node.body if isinstance(n, ast.AnnAssign) and n.target.id == "writeMode")
-    assert ast.unparse(default) == "WriteMode.SEGMENT_EDITOR"
+    assert "writeMode" not in {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+    source = ast.unparse(_widget_method("_useEditorNode"))
+    assert "moduleEditorNode(slicer.mrmlScene)" in source and "setMRMLSegmentEditorNode(self._editorNode)" in source
+    assert "self.logic.useSegmentEditor(self._editorNode, UndoStates(self.ui.segmentEditorWidget))" in source

@@ -276,6 +276,24 @@ def test_resume_continues_bit_for_bit(tiny_cache, tmp_path):
     assert json.loads((tmp_path / "part" / "config.json").read_text(encoding="utf-8"))["max_steps"] == 4
 
 
+def test_resume_with_a_new_learning_rate_uses_it(tiny_cache, tmp_path):
+    first = Trainer(_cfg(tiny_cache, tmp_path / "run", max_steps=2))
+    first.fit()
+    first.close()
+    old_lr = first.cfg.lr
+    resumed = Trainer(_cfg(tiny_cache, tmp_path / "run", max_steps=4, lr=old_lr / 10), resume=True)
+    expected = old_lr / 10 * lr_factor(2, resumed.cfg)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx([expected])
+    resumed.fit()
+    resumed.close()
+    fresh = Trainer(_cfg(tiny_cache, tmp_path / "fresh", max_steps=4, lr=old_lr / 10))
+    fresh.fit()
+    fresh.close()
+    rates = lambda run: [h["lr"] for h in json.loads(load_state(tmp_path / run / LAST)["history"]) if "lr" in h]  # noqa: E731
+    assert rates("run")[:2] == pytest.approx([old_lr * lr_factor(k, first.cfg) for k in (1, 2)])
+    assert rates("run")[2:] == pytest.approx(rates("fresh")[2:])
+
+
 def test_resume_without_state_is_a_clear_error(tiny_cache, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         Trainer(_cfg(tiny_cache, tmp_path / "none"), resume=True)

@@ -215,12 +215,26 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self._apply_new_lr()
         self.best_dice = float(state["best_dice"])
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _apply_new_lr(self) -> None:
+        """Honour ``--lr`` given on resume: the scheduler's saved base rate would otherwise win silently."""
+        saved = [float(b) for b in self.scheduler.base_lrs]
+        if all(b == self.cfg.lr for b in saved):
+            return
+        self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
+        rate = self.cfg.lr * lr_factor(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = rate
+        self.scheduler._last_lr = [rate] * len(self.optimizer.param_groups)  # what get_last_lr() reports
+        logger.info("learning rate %.3g from --lr (the run was saved with %.3g)", self.cfg.lr, saved[0])
 
     # -- data ----------------------------------------------------------------------------------
 

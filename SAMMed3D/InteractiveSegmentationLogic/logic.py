@@ -60,6 +60,7 @@ from SAMMed3DLib.prompts import require_positive
 from . import labelmaps
 from .labelmaps import Lattice
 from .changes import SegmentChange, bbox_extent, blocks_hold, compose_changes, sub_block, union_extent, write_changes
+from .locked import LockedVoxels
 from .masking import CODE_UNDECIDED, WriteOptions
 from .model_holder import ModelHolder, ProgressCallback
 from .mrml_geometry import (
@@ -121,6 +122,8 @@ class InteractiveSegmentationLogic:
         self._key: tuple | None = None
         self._history: History[UndoRecord] = History(limit=MAX_UNDO)
         self._pointsState: dict[tuple[int, int], PointsSnapshot] = {}
+        #: The locked segments' voxels, cached per segment until it changes (its ``reads`` count the misses).
+        self.lockedVoxels = LockedVoxels()
 
     # -- model (see ModelHolder) ------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class InteractiveSegmentationLogic:
         self.endSession()
         self._history.clear()
         self._pointsState.clear()
+        self.lockedVoxels.clear()
 
     def _sessionKey(self, volumeNode: Any, geometry: ImageGeometry, segmentationNode: Any, segmentId: str) -> tuple:
         return (
@@ -296,10 +300,8 @@ class InteractiveSegmentationLogic:
         if len(positive) == 0 and box is None and not editing:
             require_positive(positive)  # negative points alone correct an existing segment only
         locked = [s for s in request.options.lockedSegmentIds if s != segmentId and segmentationNode.GetSegmentation().GetSegment(s)]
-        if locked:
-            request.lockedMask = np.zeros(geometry.shape_zyx, dtype=bool)
-            for lockedId in locked:
-                request.lockedMask |= labelmaps.read_segment(segmentationNode, lockedId, volume_ijk_to_local, full) > 0
+        if locked:  # re-read only the locked segments that changed since the last click
+            request.lockedMask = self.lockedVoxels.mask(segmentationNode, locked, volume_ijk_to_local, full)
         return request
 
     def compute(
@@ -440,6 +442,11 @@ class InteractiveSegmentationLogic:
     @property
     def canRedo(self) -> bool:
         return self._history.can_redo
+
+    def historyStep(self, forward: bool = False) -> tuple[Any, str, bool] | None:
+        """(segmentation, segment ID, writes voxels) of the step :meth:`undo` (or :meth:`redo`) would move, or None."""
+        record = self._history.upcoming() if forward else self._history.last()
+        return None if record is None else (record.segmentationNode, record.segmentId, bool(record.changes))
 
     def undo(self) -> str | None:
         """Undo the last update: voxels, clicks and session step. Returns the segment ID, or None.

@@ -7,6 +7,11 @@ download or a load, so changing the choice never freezes the main thread), and a
 number that changes with every choice: it is part of the logic's session key, so a new model
 never reuses embeddings computed by the previous one, and a model loaded for an older choice is
 not kept.
+
+The first model loaded on a GPU is warmed up (:func:`warm_up`: one click on an empty window)
+before the first real click: CUDA's lazy initialisation and cuDNN's kernel choice cost seconds
+once, and the user sees them as "Warming up" progress instead of a first click that hangs. On
+the CPU nothing is warmed up: a first click there costs the same either way.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ class ModelHolder:
         spec: a registry name (``"default"``, ``"sam_med3d_turbo"``), a checkpoint path, or an
             already built :class:`~SAMMed3DLib.model.Sam3D` (placed on ``device`` at once).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        warm: warm a loaded model up (:func:`warm_up`) before handing it out; None: on CUDA only.
     """
 
-    def __init__(self, spec: Any, device: str) -> None:
+    def __init__(self, spec: Any, device: str, warm: bool | None = None) -> None:
         self.spec = spec
+        self.warm = warm  # None: warm up on CUDA only
         self.device = device
         self.generation = 0
         self._model: Any = None
@@ -115,7 +122,36 @@ class ModelHolder:
             progress(0.0, 0.0, f"Loading model {spec}")
         model = load_model(spec, device=device, warm_up=True)  # kernels warmed in the background
         logger.info("model %s loaded on %s in %.2f s", spec, device, time.perf_counter() - started)
+        if self.warm or (self.warm is None and _on_cuda(model)):
+            if progress is not None:
+                progress(0.0, 0.0, f"Warming up model {spec}")
+            logger.info("model %s warmed up in %.2f s", spec, warm_up(model))
         with self._lock:
             if self.generation == generation and self._model is None:
                 self._model = model  # still the choice: keep it; otherwise it serves this call only
             return self._model if self.generation == generation else model
+
+
+def _on_cuda(model: Any) -> bool:
+    return any(p.is_cuda for p in model.parameters())
+
+
+def warm_up(model: Any) -> float:
+    """One click on an empty image of one window, on the model's device; returns the seconds it took.
+
+    Runs the whole path of a click (resampling, encoder, decoder, paste), so every kernel a real
+    click needs has been chosen and loaded once.
+    """
+    import SimpleITK as sitk
+
+    from SAMMed3DLib.session import Session
+
+    started = time.perf_counter()
+    side = int(model.img_size)
+    image = sitk.Image([side] * 3, sitk.sitkFloat32)
+    card = getattr(model, "card", None)
+    if card is not None:
+        image.SetSpacing([float(card.spacing_mm)] * 3)  # exactly one window
+    session = Session(model, image, auto_extend=False, keep_history=False)
+    session.click_index((side // 2,) * 3)
+    return time.perf_counter() - started

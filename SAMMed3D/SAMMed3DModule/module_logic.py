@@ -3,11 +3,13 @@
 Design: :class:`ParameterNodeLogic` reads the module's settings (a ``SAMMed3DParameterNode``, or
 anything with its fields) and delegates every action to one ``InteractiveSegmentationLogic``,
 created on first use: only then are ``SAMMed3DLib`` and the model needed, so Slicer can show and
-keep the clicks before PyTorch is installed. It needs no Slicer application (``slicer.mrmlScene``
-and ``slicer.modules`` are touched only by :func:`~.segment_editor.segmentEditorNode` for the
-"use Segment Editor masking" write mode, and by Segment Editor undo when that module is loaded),
-so pytest runs it on real MRML scenes; ``SAMMed3D.py``'s ``SAMMed3DLogic`` adds the parameter
-node wrapper and the dependency installation.
+keep the clicks before PyTorch is installed. The embedded Segment Editor is handed in
+(:meth:`ParameterNodeLogic.useSegmentEditor`): its parameter node gives the write options
+(masking, "modify other segments") and its undo states are the ones every update saves and
+Undo/Redo restore (see :mod:`.segment_editor`). It needs no Slicer application (``slicer.modules``
+is touched only to save an undo state in the Segment Editor module too, when it is loaded), so
+pytest runs it on real MRML scenes; ``SAMMed3D.py``'s ``SAMMed3DLogic`` adds the parameter node
+wrapper and the dependency installation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .choices import ModelChoice
-from .segment_editor import saveSegmentEditorUndoState, segmentEditorNode
+from .segment_editor import UndoStates, saveCoreSegmentEditorUndoState
 
 
 class ParameterNodeLogic:
@@ -28,10 +30,25 @@ class ParameterNodeLogic:
     model, device or window-following setting ends the editing session.
     """
 
-    def __init__(self) -> None:
-        self._impl: Any = None
+    def __init__(self, interactiveLogic: Any = None) -> None:
+        """``interactiveLogic``: an ``InteractiveSegmentationLogic`` to use instead of one created on first use (scripts, tests)."""
+        self._impl: Any = interactiveLogic
+        if interactiveLogic is not None:
+            interactiveLogic.beforeWriteCallback = self._saveUndoStates
         self._settings: tuple | None = None
         self._baseline: Any = None
+        self._editorNode: Any = None
+        self._undoStates: UndoStates | None = None
+
+    def useSegmentEditor(self, editorNode: Any, undoStates: UndoStates | None) -> None:
+        """Take write options from ``editorNode`` and save/restore undo states through ``undoStates``.
+
+        Args:
+            editorNode: the module's ``vtkMRMLSegmentEditorNode`` (masking, overwrite), or None.
+            undoStates: the embedded Segment Editor's undo states, or None (the module's own undo only).
+        """
+        self._editorNode = editorNode
+        self._undoStates = undoStates
 
     # -- settings -----------------------------------------------------------------------------------
 
@@ -91,7 +108,7 @@ class ParameterNodeLogic:
 
             spec, device, autoExtend = self._settings or ("default", "auto", True)
             self._impl = InteractiveSegmentationLogic(model=spec, device=device, autoExtend=autoExtend)
-            self._impl.beforeWriteCallback = saveSegmentEditorUndoState
+            self._impl.beforeWriteCallback = self._saveUndoStates
             if self._baseline is not None:
                 self._impl.rememberPoints(self._baseline)
         return self._impl
@@ -134,17 +151,24 @@ class ParameterNodeLogic:
 
         return str(cache_dir())
 
-    def writeOptions(self, parameterNode: Any) -> Any:
-        """The ``WriteOptions`` of the chosen write mode (the Segment Editor's masking for "segment_editor").
+    def _saveUndoStates(self, segmentationNode: Any) -> None:
+        """Before any write: an undo state in the embedded Segment Editor (and the Segment Editor module)."""
+        if self._undoStates is not None:
+            self._undoStates.save(segmentationNode)
+        saveCoreSegmentEditorUndoState(segmentationNode)
 
-        With "Lock other segments", every other segment of the segmentation is locked: never
-        modified nor overlapped, and left out of the model's mask.
+    def writeOptions(self, parameterNode: Any) -> Any:
+        """The ``WriteOptions`` of the module's Segment Editor node: its masking and "modify other segments".
+
+        Without an editor node, the Segment Editor's defaults (editable everywhere, overwrite all
+        other segments). With "Lock other segments", every other segment of the segmentation is
+        locked: never modified nor overlapped, and left out of the model's mask.
         """
         import dataclasses
 
         from InteractiveSegmentationLogic import write_options_for_mode
 
-        options = write_options_for_mode(parameterNode.writeMode.value, segmentEditorNode())
+        options = write_options_for_mode("segment_editor", self._editorNode)
         segmentation = parameterNode.segmentation
         if getattr(parameterNode, "lockOtherSegments", False) and segmentation is not None:
             ids = segmentation.GetSegmentation().GetSegmentIDs()
@@ -191,10 +215,34 @@ class ParameterNodeLogic:
         return self._logic().segment(volume, segmentation, segmentId, positive, negative, options)
 
     def undo(self) -> str | None:
-        return self._logic().undo() if self._impl is not None else None
+        """Undo the last edit: through the Segment Editor's undo states when it shows the segmentation.
+
+        Returns:
+            The segment ID whose update was undone; "" when the Segment Editor undid an edit of its
+            own (a Paint stroke: the module's history stays); None when there was nothing to undo.
+        """
+        return self._move(forward=False)
 
     def redo(self) -> str | None:
-        return self._logic().redo() if self._impl is not None else None
+        """Redo, the same way as :meth:`undo`."""
+        return self._move(forward=True)
+
+    def _move(self, forward: bool) -> str | None:
+        impl = self._impl
+        step = None
+        if impl is not None:
+            impl.followOutsideUndo()  # an undo made in the editor meanwhile
+            step = impl.historyStep(forward)
+        if step is not None and not step[2]:  # a clicks-only step (Clear points): only the module has it
+            return impl.redo() if forward else impl.undo()
+        states = self._undoStates
+        if states is not None and (step is None or states.edits(step[0])) and (states.redo() if forward else states.undo()):
+            moved = impl.followOutsideUndo() if impl is not None else 0
+            return step[1] if moved and step is not None else ""
+        if impl is None:
+            return None
+        # The editor had no state to restore (it keeps fewer than the module, or shows another segmentation).
+        return impl.redo() if forward else impl.undo()
 
     def resetSegment(self, segmentation: Any, segmentId: str) -> int:
         return self._logic().resetSegment(segmentation, segmentId)
@@ -208,6 +256,12 @@ class ParameterNodeLogic:
     def endSession(self) -> None:
         if self._impl is not None:
             self._impl.endSession()
+
+    def discard(self) -> None:
+        """An update was computed but cancelled before it was written: the session (which took its
+        points) is dropped, so the next click starts from the segment's voxels and its undo baseline
+        stays the points before the cancelled update."""
+        self.endSession()
 
     def closeScene(self) -> None:
         """The scene closes: nothing of it can be undone any more (the undo buttons turn off)."""

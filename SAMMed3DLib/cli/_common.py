@@ -42,6 +42,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: the cores available)")
 
 
+def add_zoom_arg(parser: argparse.ArgumentParser) -> None:
+    """``--zoom-out`` / ``--no-zoom-out``: see a large object in 2× and 4× coarser windows too (``Session(zoom_out=...)``)."""
+    from ..session_steps import ZOOM_OUT_DEFAULT
+
+    parser.add_argument(
+        "--zoom-out",
+        action=argparse.BooleanOptionalAction,
+        default=ZOOM_OUT_DEFAULT,
+        help="when the mask leaves its window, also run the model on a 2x (then 4x) coarser window that holds the object "
+        "and refine its mask in the native windows (default: %(default)s)",
+    )
+
+
 def apply_threads(args: argparse.Namespace) -> None:
     import torch
 
