@@ -19,23 +19,7 @@ from SAMMed3DLib.card import ModelCard
 from SAMMed3DLib.model.sam3d import Sam3D
 from SAMMed3DLib.session import Session
 from SAMMed3DLib.steps import MaskChange, PackedMaskChange
-
-SMALL = {
-    "image_encoder": {
-        "img_size": 128, "patch_size": 16, "embed_dim": 48, "depth": 1, "num_heads": 4, "out_chans": 48,
-        "use_rel_pos": True, "window_size": 0,
-    },
-    "prompt_encoder": {"embed_dim": 48, "image_embedding_size": 8, "input_image_size": 128, "mask_in_chans": 16},
-    "mask_decoder": {"transformer_dim": 48},
-}  # fmt: skip
-
-
-class _Encoder(torch.nn.Module):
-    img_size = 128
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((1, 48, 8, 8, 8))
-
+from test_many_clicks import SMALL, _Encoder
 
 class BallsModel(Sam3D):
     """Logits > 0 within 4 low-res cells of the last positive click, < 0 near negative ones."""

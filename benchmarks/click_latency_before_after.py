@@ -77,7 +77,11 @@ def run_tree(tree: Path, threads: int, clicks: int) -> dict:
     )
     if out.returncode != 0:
         raise SystemExit(f"the benchmark of {tree} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for figures in result.values():  # the child must have run this tree's code; the path stays out of the results
+        if not Path(figures.pop("sammed3d")).resolve().is_relative_to(tree):
+            raise SystemExit(f"the benchmark of {tree} imported SAMMed3DLib from elsewhere; run it from a checkout without `pip install -e` of another tree on the path")
+    return result
 
 
 def main() -> int:
