@@ -58,6 +58,17 @@ def synthetic_ct(
     return image
 
 
+def _build(config: str | dict, model: str | None, device: str) -> Any:
+    """Random weights of ``config``, or the checkpoint / registry model ``model`` (loaded from disk, as a user loads it)."""
+    if model is not None:
+        from .checkpoint import load_model
+
+        return load_model(model, device=device)
+    from .model import build_sam3d
+
+    return build_sam3d(config).to(device).eval()
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -66,7 +77,9 @@ def _centre(image: sitk.Image) -> np.ndarray:
     return np.array(image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()]))
 
 
-def cold_first_click(threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", warm_up: bool = True) -> dict[str, float]:
+def cold_first_click(
+    threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", warm_up: bool = True, model: str | None = None
+) -> dict[str, float]:
     """In this (fresh) process: build the model, make the image, then time the first click.
 
     This is the order of ``sammed3d segment``: the model loads, the image is read, the session
@@ -75,32 +88,33 @@ def cold_first_click(threads: int = 2, config: str | dict = "vit_b_ori", device:
     commands, while the image is made (as it would be read); the session stops a warm-up that
     has not finished.
 
-    Returns ``cold_load_s`` (building the model and moving it to ``device``), ``cold_image_s``
+    ``model`` (a registry name or checkpoint path) replaces the random weights of ``config``.
+
+    Returns ``cold_load_s`` (building or loading the model and moving it to ``device``), ``cold_image_s``
     (making the image) and ``cold_first_click_s`` (session start to first mask).
     """
     import torch
 
-    from .model import build_sam3d
     from .session import Session
     from .warmup import warm_up_in_background
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     t = time.perf_counter()
-    model = build_sam3d(config).to(device).eval()
+    net = _build(config, model, device)
     load_s = time.perf_counter() - t
     if warm_up:
-        warm_up_in_background(model)
+        warm_up_in_background(net)
     t = time.perf_counter()
     image = synthetic_ct(oblique=False)
     image_s = time.perf_counter() - t
     t = time.perf_counter()
-    Session(model, image, auto_extend=False).click(_centre(image), positive=True)
+    Session(net, image, auto_extend=False).click(_centre(image), positive=True)
     return {"cold_load_s": round(load_s, 4), "cold_image_s": round(image_s, 4), "cold_first_click_s": round(time.perf_counter() - t, 4)}
 
 
 def run_cold_first_click(
-    threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", timeout_s: float = 900.0, warm_up: bool = True
+    threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", timeout_s: float = 900.0, warm_up: bool = True, model: str | None = None
 ) -> dict[str, float]:
     """:func:`cold_first_click` in a child process (a fresh interpreter, nothing warmed up).
 
@@ -109,7 +123,7 @@ def run_cold_first_click(
     """
     code = (
         "import json, sys; from SAMMed3DLib.benchmark import cold_first_click; "
-        f"print(json.dumps(cold_first_click({threads!r}, {config!r}, {device!r}, {warm_up!r})))"
+        f"print(json.dumps(cold_first_click({threads!r}, {config!r}, {device!r}, {warm_up!r}, {model!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
     if out.returncode != 0:
@@ -138,19 +152,28 @@ def _clicks(model: Any, image: sitk.Image, follow_ups: int) -> tuple[float, Any,
 
 
 def run_click_latency(
-    threads: int = 2, follow_ups: int = 10, config: str | dict = "vit_b_ori", device: str = "cpu", cold: bool = True, cold_repeats: int = 3
+    threads: int = 2,
+    follow_ups: int = 10,
+    config: str | dict = "vit_b_ori",
+    device: str = "cpu",
+    cold: bool = True,
+    cold_repeats: int = 3,
+    model_source: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (seconds and MB); ``cold`` adds the fresh-process first
-    clicks (medians of ``cold_repeats`` child processes with and without pre-warming)."""
+    clicks (medians of ``cold_repeats`` child processes with and without pre-warming).
+
+    ``model_source`` (a registry name such as ``default``, or a checkpoint path) measures that
+    model instead of random weights of ``config``.
+    """
     import torch
 
-    from .model import build_sam3d
     from .session import Session
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     image = synthetic_ct(oblique=False)
-    model = build_sam3d(config).to(device).eval()
+    model = _build(config, model_source, device)
     # Warm-up on a small volume: first-call costs of torch kernels are not the user's latency.
     warm = Session(model, sitk.Image([64, 64, 32], sitk.sitkFloat32), auto_extend=False)
     warm.click_index((32, 32, 16))
@@ -162,6 +185,7 @@ def run_click_latency(
     del first, image
     oblique_first_s, oblique_first, oblique_next, _ = _clicks(model, synthetic_ct(oblique=True), follow_ups)
     result = {
+        "model": model_source if model_source is not None else f"random weights ({config if isinstance(config, str) else 'custom config'})",
         "image_size_xyz": size,
         "spacing_xyz_mm": spacing,
         "threads": threads,
@@ -185,7 +209,7 @@ def run_click_latency(
         runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
         for _ in range(cold_repeats):
             for warm_up in (True, False):
-                runs[warm_up].append(run_cold_first_click(threads, config, device, warm_up=warm_up))
+                runs[warm_up].append(run_cold_first_click(threads, config, device, warm_up=warm_up, model=model_source))
         result["cold_load_s"] = round(statistics.median(r["cold_load_s"] for r in runs[True] + runs[False]), 4)
         result["cold_first_click_s"] = round(statistics.median(r["cold_first_click_s"] for r in runs[True]), 4)
         result["cold_first_click_no_warm_up_s"] = round(statistics.median(r["cold_first_click_s"] for r in runs[False]), 4)
@@ -212,7 +236,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("  paste-back", result["paste_oblique_s"]),
         ("oblique CT: follow-up click (median)", result["next_click_oblique_s"]),
     ]
-    lines = [f"{'step':<38}{'seconds':>10}"] + [f"{name:<38}{value:>10.4f}" for name, value in rows]
+    lines = [f"model: {result['model']}"] if "model" in result else []
+    lines += [f"{'step':<38}{'seconds':>10}"] + [f"{name:<38}{value:>10.4f}" for name, value in rows]
     lines.append(f"{'first click / encoder':<38}{result['first_click_overhead_ratio']:>10.3f}")
     lines.append(f"{'peak RSS (MB)':<38}{result['peak_rss_mb']:>10.1f}")
     return "\n".join(lines)

@@ -46,3 +46,19 @@ def test_the_benchmark_ct_is_axis_aligned_or_tilted() -> None:
 def test_a_failing_cold_process_is_reported_with_its_error() -> None:
     with pytest.raises(RuntimeError, match="cold-start benchmark process failed"):
         benchmark.run_cold_first_click(threads=1, config="no_such_config")
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_a_checkpoint_loaded_from_disk(tmp_path) -> None:
+    import torch
+
+    from SAMMed3DLib import build_sam3d
+    from SAMMed3DLib.checkpoint import save_model
+
+    torch.manual_seed(0)
+    path = save_model(build_sam3d(TINY), tmp_path / "tiny.pth", card_json=False)
+    result = benchmark.run_click_latency(threads=1, follow_ups=1, cold_repeats=1, model_source=str(path))
+    assert result["model"] == str(path) and result["cold_load_s"] > 0 and result["next_click_s"] > 0
+    assert benchmark.format_table(result).startswith(f"model: {path}")
+    with pytest.raises(RuntimeError, match="cold-start benchmark process failed"):
+        benchmark.run_cold_first_click(threads=1, model=str(tmp_path / "missing.pth"))

@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     p.add_argument("--no-cold", action="store_true", help="skip the fresh-process (cold) first click")
     p.add_argument("--cold-repeats", type=int, default=3, help="fresh processes with and without pre-warming, each (default: %(default)s)")
+    p.add_argument("--model", help="a registry name (e.g. default) or checkpoint file to measure (default: random weights of the official size)")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(func=run)
 
@@ -24,7 +25,10 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark import format_table, run_click_latency, to_json
     from ..checkpoint import resolve_device
 
-    result = run_click_latency(threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)), cold=not args.no_cold, cold_repeats=args.cold_repeats)
+    result = run_click_latency(
+        threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)), cold=not args.no_cold, cold_repeats=args.cold_repeats,
+        model_source=args.model,
+    )
     text = to_json(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
