@@ -4,18 +4,15 @@ Design (the Slicer ExtensionWizard layout):
 
 - :class:`SAMMed3D` declares the module; :class:`SAMMed3DParameterNode` (``@parameterNodeWrapper``)
   keeps every user choice in the scene, so saving the scene saves the settings.
-- :class:`SAMMed3DWidget` only wires Qt to the logic: it loads ``Resources/UI/SAMMed3D.ui``
-  (controls bound through their ``SlicerParameterName``; the embedded Segment Editor on the
-  module's own editor node), observes the segment's points, debounces clicks, runs the model on
-  one persistent worker thread and shows what ``SAMMed3DModule/feedback.py`` says.
-- All behaviour a user relies on lives in ``InteractiveSegmentationLogic`` (next to this file),
-  which speaks MRML but not Qt and is tested with pytest on real scenes from slicer-core;
-  :class:`SAMMed3DLogic` is the thin ``ScriptedLoadableModuleLogic`` in front of it.
-- Helpers live in the ``SAMMed3DModule`` sub-package (Slicer takes every loose ``.py`` file here
-  for a module): options, worker, parameter-node logic, Segment Editor, feedback, shortcuts.
-- Dependencies are installed when the user first runs the model, never at import: PyTorch through
-  the PyTorch extension (``PyTorchUtils``), the rest from ``Resources/requirements.txt`` with
-  ``slicer.packaging.pip_ensure`` (both ask first, both are skipped in testing mode).
+- :class:`SAMMed3DWidget` only wires Qt to the logic: it loads ``Resources/UI/SAMMed3D.ui`` (the
+  embedded Segment Editor on the module's own editor node), observes the points, debounces
+  clicks, runs the model on one persistent worker thread and shows ``SAMMed3DModule/feedback.py``.
+- All behaviour a user relies on lives in ``InteractiveSegmentationLogic`` (MRML, no Qt; tested
+  with pytest on real slicer-core scenes); :class:`SAMMed3DLogic` is the thin logic in front of it.
+- Helpers live in ``SAMMed3DModule`` (Slicer takes every loose ``.py`` file here for a module).
+- Dependencies are installed when the user first runs the model, never at import, after asking,
+  skipped in testing mode: PyTorch in the background (``SAMMed3DModule/torch_install.py``, the
+  PyTorch extension's light-the-torch command), the rest from ``Resources/requirements.txt``.
 - :class:`SAMMed3DTest` runs the logic on a generated oblique volume inside Slicer and fails when
   the segment does not land on the clicked sphere or undo is not exact.
 """
@@ -58,6 +55,7 @@ from SAMMed3DModule.segment_editor import (
     syncParameterNode,
 )
 from SAMMed3DModule.shortcuts import ShortcutSet
+from SAMMed3DModule.torch_install import runCommands
 from SAMMed3DModule.worker import Job, ModelWorker, waitPumpingEvents
 
 logger = logging.getLogger(__name__)
@@ -71,10 +69,9 @@ if "torch" not in sys.modules:
 def _addCoreFromSourceCheckout() -> None:
     """Make ``SAMMed3DLib`` importable when the module runs from a source checkout.
 
-    An installed extension has the core beside this file (the top-level CMakeLists.txt installs it
-    there, and Slicer puts this folder on ``sys.path``). A source checkout added to "additional
-    module paths" has it one folder up, beside ``SAMMed3D/``: put that folder on ``sys.path`` then,
-    and only then (a pip-installed core wins, nothing is shadowed).
+    An installed extension has the core beside this file (CMakeLists.txt installs it there, on
+    Slicer's ``sys.path``); a source checkout has it one folder up: put that folder on ``sys.path``
+    then, and only then (a pip-installed core wins, nothing is shadowed).
     """
     here = os.path.dirname(os.path.abspath(__file__))
     if os.path.isdir(os.path.join(here, "SAMMed3DLib")):
@@ -115,13 +112,10 @@ template (Kitware, Isomics, PerkLab) and the PyTorch extension (PyTorchUtils).
 class SAMMed3DParameterNode:
     """The module's settings, stored in the scene.
 
-    inputVolume, segmentation, segmentId - the image, the segmentation and the segment the clicks
-        write into: the embedded Segment Editor's choices (its parameter node), copied here.
-    model, modelPath, device - which weights run where.
-    autoRun - update the segment whenever a point is placed or moved.
-    autoExtend - follow objects larger than one model window.
-    boxRoi - optional markups ROI: the object's box (alone or with points).
-    lockOtherSegments - never change, nor overlap, the other segments.
+    inputVolume, segmentation, segmentId - the embedded Segment Editor's choices, copied here.
+    model, modelPath, device - which weights run where. autoRun - update on every point placed
+    or moved. autoExtend - follow objects larger than one window. boxRoi - the object's box
+    (a markups ROI). lockOtherSegments - never change, nor overlap, the other segments.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -361,7 +355,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("SAM-Med3D could not start the update.", waitCursor=True):
-            if not self.logic.ensureDependencies(self._confirm):
+            if not self.logic.ensureDependencies(self._confirm, self._installTorch):
                 self.ui.statusLabel.text = "SAM-Med3D needs PyTorch: install it to segment."
                 return
             positive, negative = self._pointsNodes
@@ -388,17 +382,29 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showFeedback()
         self._updateUndoButtons()
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)  # busy: the views show it while the model runs
-
-        def pumpEvents() -> None:
-            self._feedback.poll()
-            self._showFeedback()
-            slicer.app.processEvents()
-
         try:
-            waitPumpingEvents(job, pumpEvents)
+            waitPumpingEvents(job, self._pumpEvents)
         finally:
             qt.QApplication.restoreOverrideCursor()
         self._finishJob(job)
+
+    def _pumpEvents(self) -> None:
+        self._feedback.poll()
+        self._showFeedback()
+        slicer.app.processEvents()
+
+    def _installTorch(self, commands: list[list[str]]) -> bool:
+        """Install PyTorch on the worker (``SAMMed3DModule/torch_install.py``); the panel stays usable."""
+        self._cancel.clear()
+        self._job = job = self._worker.submit(lambda: runCommands(commands, self._feedback.report, self._cancel))
+        self._feedback.startInstall()
+        try:
+            waitPumpingEvents(job, self._pumpEvents)
+        finally:
+            self._job = None
+        installed = self._feedback.installFinished(job.error)
+        self._showFeedback()
+        return installed
 
     def _showFeedback(self) -> None:
         """Copy the feedback state machine (``SAMMed3DModule/feedback.py``) into the widgets."""
@@ -512,13 +518,13 @@ class SAMMed3DLogic(ParameterNodeLogic, ScriptedLoadableModuleLogic):
         return SAMMed3DParameterNode(super().getParameterNode())
 
     @staticmethod
-    def ensureDependencies(confirm: Callable[[str], bool] | None = None) -> bool:
-        """Install PyTorch (PyTorch extension) and ``requirements.txt`` if missing; False if declined.
+    def ensureDependencies(confirm: Callable[[str], bool] | None = None, installInBackground: Callable[[list[list[str]]], bool] | None = None) -> bool:
+        """Install PyTorch (PyTorch extension; in the background when given) and ``requirements.txt`` if missing; False if declined.
 
         Skipped in testing mode: tests must not change the Python environment.
         """
         requirements = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
-        return dependencies.ensureDependencies(requirements, confirm)
+        return dependencies.ensureDependencies(requirements, confirm, installInBackground)
 
 
 class SAMMed3DTest(ScriptedLoadableModuleTest):

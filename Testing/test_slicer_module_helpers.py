@@ -309,6 +309,36 @@ def test_pytorch_is_installed_through_the_extension_with_the_version_floor(monke
     assert dependencies.TORCH_REQUIREMENT == ">=2.2"
 
 
+@pytest.mark.parametrize("answer", [True, False], ids=["accepted", "declined"])
+def test_a_missing_pytorch_is_installed_in_the_background_after_asking(monkeypatch, tmp_path, answer) -> None:
+    ran, questions = [], []
+
+    class FakeTorchLogic:
+        def torchInstalled(self) -> bool:
+            return False
+
+        def installTorch(self, **kwargs):
+            pytest.fail("the foreground install of PyTorchUtils must not run when the module installs in the background")
+
+        @staticmethod
+        def _getPipInstallArguments(forceComputationBackend=None, torchVersionRequirement=None):  # noqa: N802
+            return ["install", "torch" + torchVersionRequirement, "torchvision"]
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# nothing but a comment\n", encoding="utf-8")
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: False), raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeTorchLogic))
+    from SAMMed3DModule import torch_install
+
+    monkeypatch.setattr(torch_install, "torchImportable", lambda: True)
+    confirm = lambda text: questions.append(text) or answer  # noqa: E731
+    result = dependencies.ensureDependencies(str(requirements), confirm, lambda commands: ran.append(commands) or True)
+    assert result is answer and len(questions) == 1 and "Slicer stays usable" in questions[0]
+    assert ran == ([] if not answer else [torch_install.installCommands(FakeTorchLogic(), dependencies.TORCH_REQUIREMENT)])
+    if answer:
+        assert ran[0][-1][-4:] == ["light_the_torch", "install", "torch>=2.2", "torchvision"]
+
+
 @pytest.mark.parametrize(
     ("version", "ok"),
     [("2.2.0", True), ("2.13.0+cpu", True), ("2.2.0rc1", False), ("2.1.2+cu121", False), ("1.13.1", False), ("not a version", False)],

@@ -429,8 +429,9 @@ def test_shortcuts_are_single_keys_installed_on_enter_and_removed_on_exit_and_cl
 
 def test_the_widget_waits_for_the_worker_pumping_events_instead_of_polling_from_the_event_loop() -> None:
     source = ast.unparse(_class(_module_ast(), "SAMMed3DWidget"))
-    assert "waitPumpingEvents(" in ast.unparse(_widget_method("_startJob"))
-    assert "slicer.app.processEvents()" in ast.unparse(_widget_method("_startJob"))
+    for waiting in ("_startJob", "_installTorch"):  # an update, and the first PyTorch install
+        assert "waitPumpingEvents(job, self._pumpEvents)" in ast.unparse(_widget_method(waiting)), waiting
+    assert "slicer.app.processEvents()" in ast.unparse(_widget_method("_pumpEvents"))
     assert "QTimer" not in source.replace("self._debounce = qt.QTimer()", ""), "a polling timer starves the worker of the GIL"
 
 

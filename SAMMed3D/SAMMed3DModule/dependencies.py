@@ -22,12 +22,19 @@ logger = logging.getLogger(__name__)
 TORCH_REQUIREMENT = ">=2.2"
 
 
-def ensureDependencies(requirementsPath: str, confirm: Callable[[str], bool] | None = None) -> bool:
+def ensureDependencies(
+    requirementsPath: str,
+    confirm: Callable[[str], bool] | None = None,
+    installInBackground: Callable[[list[list[str]]], bool] | None = None,
+) -> bool:
     """Install PyTorch (PyTorch extension) and the listed requirements if missing.
 
     Args:
         requirementsPath: the module's ``Resources/requirements.txt``.
         confirm: asks the user a yes/no question; None asks with Slicer's OK/Cancel dialog.
+        installInBackground: runs the PyTorch install commands (:func:`.torch_install.installCommands`)
+            without freezing the application and returns whether they succeeded; None installs
+            in the foreground through PyTorchUtils.
 
     Returns:
         False if the user declined to install PyTorch, True when everything is there (or in testing mode).
@@ -45,9 +52,22 @@ def ensureDependencies(requirementsPath: str, confirm: Callable[[str], bool] | N
         ) from exc
     torchLogic = PyTorchUtils.PyTorchUtilsLogic()
     if not torchLogic.torchInstalled():
-        torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
-        if torch is None:
-            return False
+        if installInBackground is None:
+            if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+                return False
+        else:
+            from .torch_install import installCommands, torchImportable
+
+            ask = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="SAM-Med3D"))
+            if not ask(
+                f"SAM-Med3D needs PyTorch {TORCH_REQUIREMENT}. Install it now (light-the-torch picks the build for "
+                "your GPU; a few minutes, Slicer stays usable and the panel shows the progress)?"
+            ):
+                return False
+            if not installInBackground(installCommands(torchLogic, TORCH_REQUIREMENT)):
+                return False
+            if not torchImportable():
+                raise RuntimeError("PyTorch was installed but cannot be found: restart Slicer and try again")
     else:
         installed = installedTorchVersion()
         if installed is not None and not torchVersionOk(installed):

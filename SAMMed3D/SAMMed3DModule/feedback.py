@@ -27,6 +27,7 @@ class Phase(enum.Enum):
     WARMING_UP = "warming up"
     SEGMENTING = "segmenting"
     CANCELLING = "cancelling"
+    INSTALLING = "installing PyTorch"
 
 
 #: Progress messages of ``InteractiveSegmentationLogic.model_holder`` → phase.
@@ -98,6 +99,30 @@ class Feedback:
             f"click to display {clickSeconds * 1000:.0f} ms" + (" (new session)" if newSession else "")
         )
 
+    def startInstall(self) -> None:
+        """PyTorch is being installed on the worker (``torch_install.runCommands`` reports its output)."""
+        with self._lock:
+            self._reported = (0.0, 0.0, "")
+        self.phase = Phase.INSTALLING
+        self._describe("")
+
+    def installFinished(self, error: BaseException | None) -> bool:
+        """The install ended; True when it succeeded (the status says what happened either way)."""
+        self.phase = Phase.IDLE
+        if error is None:
+            self.status = f"PyTorch installed at {self._now()}."
+        elif self._cancelledInstall(error):
+            self.status = f"PyTorch install cancelled at {self._now()}: place a point to try again."
+        else:
+            self.status = f"PyTorch install failed: {str(error).splitlines()[0]}"
+        return error is None
+
+    @staticmethod
+    def _cancelledInstall(error: BaseException) -> bool:
+        from .torch_install import InstallCancelled
+
+        return isinstance(error, InstallCancelled)
+
     def cancelled(self) -> None:
         """The update was cancelled: nothing was written."""
         self.phase = Phase.IDLE
@@ -135,6 +160,9 @@ class Feedback:
             self.status = (message or "Warming up the model") + " (first use)…"
         elif self.phase is Phase.SEGMENTING:
             self.status = "Segmenting…" + self._since()
+        elif self.phase is Phase.INSTALLING:
+            step = f" (step {int(self._done) + 1} of {int(self._total)})" if self._total > 1 else ""
+            self.status = f"Installing PyTorch, first use, a few minutes{step}" + (f": {message[:120]}" if message else "…")
 
     def _since(self) -> str:
         return f" Last update at {self.lastUpdate}." if self.lastUpdate else ""
