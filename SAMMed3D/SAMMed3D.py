@@ -13,8 +13,7 @@ Design (the Slicer ExtensionWizard layout):
 - Dependencies are installed when the user first runs the model, never at import, after asking,
   skipped in testing mode: PyTorch in the background (``SAMMed3DModule/torch_install.py``, the
   PyTorch extension's light-the-torch command), the rest from ``Resources/requirements.txt``.
-- :class:`SAMMed3DTest` runs the logic on a generated oblique volume inside Slicer and fails when
-  the segment does not land on the clicked sphere or undo is not exact.
+- :class:`SAMMed3DTest` fails in Slicer when a segment misses the clicked sphere or undo is not exact.
 """
 
 from __future__ import annotations
@@ -398,10 +397,12 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancel.clear()
         self._job = job = self._worker.submit(lambda: runCommands(commands, self._feedback.report, self._cancel))
         self._feedback.startInstall()
+        qt.QApplication.setOverrideCursor(qt.Qt.ArrowCursor)  # Slicer stays usable: no wait cursor for minutes
         try:
             waitPumpingEvents(job, self._pumpEvents)
         finally:
             self._job = None
+            qt.QApplication.restoreOverrideCursor()
         installed = self._feedback.installFinished(job.error)
         self._showFeedback()
         return installed
@@ -530,8 +531,7 @@ class SAMMed3DLogic(ParameterNodeLogic, ScriptedLoadableModuleLogic):
 class SAMMed3DTest(ScriptedLoadableModuleTest):
     """Runs the logic inside Slicer on a generated oblique, anisotropic volume; fails on misplacement.
 
-    Uses the predictable stand-in model of ``InteractiveSegmentationLogic.testing`` (bright voxels of
-    the model window), so a failure means geometry, resampling or writing is wrong, not weights.
+    The stand-in model of ``InteractiveSegmentationLogic.testing`` makes a failure mean wrong geometry, resampling or writing.
     """
 
     def setUp(self) -> None:

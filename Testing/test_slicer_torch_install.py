@@ -44,7 +44,7 @@ def _install(commands, cancelAfterS: float | None = None):
 
 
 def test_the_install_reports_each_line_while_the_main_thread_keeps_pumping() -> None:
-    commands = [[sys.executable, "-c", PRINTS], [sys.executable, "-c", "print('Successfully installed torch')"]]
+    commands = [[sys.executable, "-c", PRINTS], [sys.executable, "-c", "import time\nprint('Successfully installed torch', flush=True)\ntime.sleep(0.5)"]]
     feedback, job, seen, _ = _install(commands)
     assert job.error is None
     assert any("step 1 of 2" in s and "Collecting part 1" in s for s in seen), "the panel shows the running command's output"

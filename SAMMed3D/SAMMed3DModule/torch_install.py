@@ -99,7 +99,6 @@ def runCommands(
             lines.read(final=True)
         if child.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed (exit {child.returncode}):\n" + "\n".join(lines.tail))
-    report(len(commands), len(commands), "")
 
 
 class _Lines:
