@@ -186,7 +186,9 @@ def _view_geometry(web, key: str = "axial") -> dict:
 
 
 def _image_box(page, key: str = "axial") -> dict:
-    return page.locator(f"#sam-view-{key} img").first.bounding_box()
+    image = page.locator(f"#sam-view-{key} img").first
+    image.wait_for(state="visible", timeout=60_000)  # a loaded machine draws the first frame late
+    return image.bounding_box()
 
 
 def _click_ras(page, web, ras, key: str = "axial") -> tuple[float, float]:
