@@ -233,16 +233,19 @@ def corner_bounds(corner_a_lps: Any, corner_b_lps: Any) -> tuple[np.ndarray, np.
     Raises:
         PromptError: a corner is not 3 finite numbers.
     """
-    corners = []
-    for name, corner in (("first", corner_a_lps), ("second", corner_b_lps)):
-        try:
-            point = np.asarray(corner, dtype=np.float64).reshape(3)
-        except (TypeError, ValueError) as exc:
-            raise PromptError(f"the {name} box corner must be 3 numbers (x, y, z in mm), got {corner!r}") from exc
-        if not np.all(np.isfinite(point)):
-            raise PromptError(f"the {name} box corner must be finite, got {point.tolist()}")
-        corners.append(point)
-    return np.minimum(*corners), np.maximum(*corners)
+    a, b = lps_point(corner_a_lps, "the first box corner"), lps_point(corner_b_lps, "the second box corner")
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def lps_point(value: Any, what: str) -> np.ndarray:
+    """``value`` as 3 finite LPS coordinates (float64), or :class:`PromptError` naming ``what`` (e.g. "a click")."""
+    try:
+        point = np.asarray(value, dtype=np.float64).reshape(3)
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"{what} must be 3 numbers (x, y, z in mm), got {value!r}") from exc
+    if not np.all(np.isfinite(point)):
+        raise PromptError(f"{what} must be finite, got {point.tolist()}")
+    return point
 
 
 @dataclass(frozen=True, eq=False)

@@ -51,7 +51,7 @@ import SimpleITK as sitk
 import torch
 
 from .card import ModelCard, official_card
-from .editing import KEEP_BOX, Box, as_box, same_box
+from .editing import KEEP_BOX, Box, as_box, lps_point, same_box
 from .errors import ConfigError, PromptError, SessionStateError
 from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
 from .history import History
@@ -576,12 +576,7 @@ class Session(WindowSteps):
                 raise PromptError("a positive click lies outside the object's box: move the box around it (set_box) or clear_box()")
 
     def _check_point(self, point_lps: Sequence[float] | np.ndarray) -> np.ndarray:
-        try:
-            point = np.asarray(point_lps, dtype=np.float64).reshape(3)
-        except (ValueError, TypeError) as exc:
-            raise PromptError(f"a click must be 3 numbers (x, y, z in mm), got {point_lps!r}") from exc
-        if not np.all(np.isfinite(point)):
-            raise PromptError(f"a click must be finite, got {point.tolist()}")
+        point = lps_point(point_lps, "a click")
         if not self.geometry.contains_lps(point[None])[0]:
             index = self.geometry.lps_to_index(point[None])[0]
             raise PromptError(

@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from .torch_install import InstallCancelled
+
 
 class Phase(enum.Enum):
     IDLE = "idle"
@@ -111,17 +113,11 @@ class Feedback:
         self.phase = Phase.IDLE
         if error is None:
             self.status = f"PyTorch installed at {self._now()}."
-        elif self._cancelledInstall(error):
+        elif isinstance(error, InstallCancelled):
             self.status = f"PyTorch install cancelled at {self._now()}: place a point to try again."
         else:
             self.status = f"PyTorch install failed: {str(error).splitlines()[0]}"
         return error is None
-
-    @staticmethod
-    def _cancelledInstall(error: BaseException) -> bool:
-        from .torch_install import InstallCancelled
-
-        return isinstance(error, InstallCancelled)
 
     def cancelled(self) -> None:
         """The update was cancelled: nothing was written."""
