@@ -2,7 +2,7 @@
 
     git archive <commit> | tar -x -C /tmp/before
     python benchmarks/click_latency_before_after.py --before /tmp/before [--after .] [--rounds 2]
-        [--threads 2] [--clicks 10] [--out benchmarks/results/click_latency_before_after.json]
+        [--threads 2] [--clicks 10] [--model NAME|PATH] [--out benchmarks/results/click_latency_before_after.json]
 
 Each tree runs in its own child process (``PYTHONPATH`` = the tree), alternately, ``--rounds``
 times, so that the machine's load falls on both alike; the ratio of the medians is the figure to
@@ -35,10 +35,14 @@ from SAMMed3DLib.benchmark import synthetic_ct
 from SAMMed3DLib.model import build_sam3d
 from SAMMed3DLib.session import Session
 
-threads, follow_ups = int(sys.argv[1]), int(sys.argv[2])
+threads, follow_ups, model_name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-model = build_sam3d("vit_b_ori").eval()
+if model_name:
+    from SAMMed3DLib.checkpoint import load_model
+    model = load_model(model_name).eval()
+else:
+    model = build_sam3d("vit_b_ori").eval()
 warm = Session(model, sitk.Image([64, 64, 32], sitk.sitkFloat32), auto_extend=False)
 warm.click_index((32, 32, 16))
 warm.click_index((30, 30, 16), positive=False)
@@ -69,11 +73,11 @@ print(json.dumps(out))
 """
 
 
-def run_tree(tree: Path, threads: int, clicks: int) -> dict:
+def run_tree(tree: Path, threads: int, clicks: int, model: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     # cwd = the tree: ``python -c`` puts the working directory first on sys.path
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(threads), str(clicks)], env=env, cwd=tree, capture_output=True, text=True, timeout=1800
+        [sys.executable, "-c", _CHILD, str(threads), str(clicks), model], env=env, cwd=tree, capture_output=True, text=True, timeout=1800
     )
     if out.returncode != 0:
         raise SystemExit(f"the benchmark of {tree} failed:\n{out.stderr[-3000:]}")
@@ -91,13 +95,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--model", default="", help="a registry name or checkpoint each tree loads itself (default: random weights of the official size)")
     parser.add_argument("--out", default="benchmarks/results/click_latency_before_after.json")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for _ in range(args.rounds):
         for name in ("before", "after"):
-            runs[name].append(run_tree(getattr(args, name).resolve(), args.threads, args.clicks))
-    summary: dict = {"threads": args.threads, "clicks": args.clicks, "rounds": args.rounds, "runs": runs}
+            runs[name].append(run_tree(getattr(args, name).resolve(), args.threads, args.clicks, args.model))
+    summary: dict = {"threads": args.threads, "clicks": args.clicks, "rounds": args.rounds, "model": args.model or "random weights (vit_b_ori)", "runs": runs}
     for grid in ("axis_aligned", "oblique"):
         for key in ("first_click_s", "first_paste_s", "next_click_s", "next_click_cpu_s", "next_paste_s"):
             before = statistics.median(r[grid][key] for r in runs["before"])

@@ -27,15 +27,20 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 
-__all__ = ["CLICK_MAP_CHUNK_CELLS", "ClickMapCache", "click_distance_maps", "reuse_click_maps"]
+from .geodesic import GeodesicCache
+
+__all__ = ["CLICK_MAP_CHUNK_CELLS", "ClickMapCache", "active_click_map_cache", "click_distance_maps", "reuse_click_maps"]
 
 #: Cells of distance evaluated per step (clicks × box cells): bounds the scratch memory to about
 #: 40 MB (float32 distances, int64 scatter indices and temporaries), whatever the number of clicks.
 CLICK_MAP_CHUNK_CELLS = 1 << 21
+
+T = TypeVar("T")
 
 
 class ClickMapCache:
@@ -43,17 +48,32 @@ class ClickMapCache:
 
     Entries hold the clicks they were computed from ((M, 3) cell coordinates, in call order) and
     the flat squared distances; they are replaced, never modified. About 2.3 MB for the default
-    model (two labels on 64³ and on 32³).
+    model (two labels on 64³ and on 32³). ``geodesic`` keeps the fine head's geodesic distances
+    the same way (:class:`~.geodesic.GeodesicCache`, about 6 MB on 64³), and
+    :meth:`image_feature` what the fine head derives from the window image alone (about 10 MB).
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._features: dict[object, tuple[torch.Tensor, object]] = {}
+        self.geodesic = GeodesicCache()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._features.clear()
+        self.geodesic.clear()
+
+    def image_feature(self, key: object, image: torch.Tensor, compute: Callable[[torch.Tensor], T]) -> T:
+        """``compute(image)``, kept under ``key`` while later calls pass an equal ``image``."""
+        entry = self._features.get(key)
+        if entry is not None and entry[0].shape == image.shape and torch.equal(entry[0], image):
+            return entry[1]  # type: ignore[return-value]
+        value = compute(image)
+        self._features[key] = (image.detach().clone(), value)
+        return value
 
     def squared_distances(self, key: tuple[object, ...], pts: torch.Tensor, grid: Sequence[int], reach: float) -> torch.Tensor:
         """:func:`_nearest_click_sq_distance` of ``pts``, from the cached grid when ``pts`` extends its clicks."""
@@ -68,6 +88,11 @@ class ClickMapCache:
 
 
 _ACTIVE_CACHE: contextvars.ContextVar[ClickMapCache | None] = contextvars.ContextVar("sammed3d_click_map_cache", default=None)
+
+
+def active_click_map_cache() -> ClickMapCache | None:
+    """The cache of the enclosing :func:`reuse_click_maps` block, or None outside one."""
+    return _ACTIVE_CACHE.get()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .click_maps import click_distance_maps
+from .click_maps import active_click_map_cache, click_distance_maps
+from .fast_layers import Conv3d, ConvTranspose3d, fast_path_usable
 from .geodesic import geodesic_distance
 
 #: Configuration keys of the head (``config["fine_head"]``) and their defaults. The defaults
@@ -44,7 +45,7 @@ GEODESIC_SWEEPS = 2
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01, inplace=True))
+    return nn.Sequential(Conv3d(cin, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01, inplace=True))
 
 
 class FineHead(nn.Module):
@@ -77,17 +78,17 @@ class FineHead(nn.Module):
         if self.geodesic:
             self.register_buffer("geodesic_reach", torch.tensor(float(geodesic_reach)))
             self.register_buffer("geodesic_weight", torch.tensor(float(geodesic_weight)))
-        self.stem = nn.Conv3d(1, c0, 2, stride=2)
+        self.stem = Conv3d(1, c0, 2, stride=2)
         self.enc0 = nn.Sequential(_block(c0 + 4 + 2 * self.geodesic, c0), _block(c0, c0))
-        self.down1 = nn.Conv3d(c0, c1, 2, stride=2)
+        self.down1 = Conv3d(c0, c1, 2, stride=2)
         self.enc1 = nn.Sequential(_block(c1, c1), _block(c1, c1))
-        self.down2 = nn.Conv3d(c1, c2, 2, stride=2)
+        self.down2 = Conv3d(c1, c2, 2, stride=2)
         self.enc2 = nn.Sequential(_block(c2, c2), _block(c2, c2))
-        self.up1 = nn.ConvTranspose3d(c2, c1, 2, stride=2)
+        self.up1 = ConvTranspose3d(c2, c1, 2, stride=2)
         self.dec1 = _block(c1, c1)
-        self.up0 = nn.ConvTranspose3d(c1, c0, 2, stride=2)
+        self.up0 = ConvTranspose3d(c1, c0, 2, stride=2)
         self.dec0 = _block(c0, c0)
-        self.out = nn.Conv3d(c0, 1, 1)
+        self.out = Conv3d(c0, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -103,16 +104,36 @@ class FineHead(nn.Module):
         b = image.shape[0]
         up = F.interpolate(logits.float(), size=(self.grid,) * 3, mode="trilinear", align_corners=False)
         maps = click_distance_maps(coords, labels, (self.input_size,) * 3, (self.grid,) * 3, float(self.click_reach), b, image.device)
-        parts = [self.stem(image.float()), torch.sigmoid(up), up.clamp(-20, 20) / 20, maps.to(up.dtype)]
+        prompts = [torch.sigmoid(up), up.clamp(-20, 20) / 20, maps.to(up.dtype)]
         if self.geodesic:
-            parts.append(self.geodesic_maps(image, coords, labels).to(up.dtype))
-        x = torch.cat(parts, dim=1)
-        e0 = self.enc0(x)
+            prompts.append(self.geodesic_maps(image, coords, labels).to(up.dtype))
+        first = self.enc0[0][0]
+        if fast_path_usable(up, first.weight):
+            # CPU inference: the first convolution's share of the image features depends on the
+            # window alone and is kept across its clicks; only the prompt channels are convolved.
+            x = self._image_features(image)[0] + first.forward_channels(torch.cat(prompts, dim=1), self.stem.out_channels, False)
+            e0 = self.enc0[1](self.enc0[0][2](self.enc0[0][1](x)))
+        else:
+            e0 = self.enc0(torch.cat([self.stem(image.float()), *prompts], dim=1))
         e1 = self.enc1(self.down1(e0))
         e2 = self.enc2(self.down2(e1))
         d1 = self.dec1(self.up1(e2) + e1)
         d0 = self.dec0(self.up0(d1) + e0)
         return up + self.out(d0)
+
+    def _image_features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the head derives from the window image alone: the first convolution's share of the
+        stem's features (with its bias), and the 2×-average-pooled image the geodesic distances
+        run on. Inside :func:`.click_maps.reuse_click_maps` (a session's window) both are
+        computed once per window image.
+        """
+
+        def compute(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            term = self.enc0[0][0].forward_channels(self.stem(img.float()), 0, True)
+            return term, F.avg_pool3d(img.detach().float(), 2)
+
+        cache = active_click_map_cache()
+        return compute(image) if cache is None else cache.image_feature((id(self), "image"), image, compute)
 
     @torch.no_grad()
     def geodesic_maps(self, image: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
@@ -120,6 +141,8 @@ class FineHead(nn.Module):
 
         ``d`` is the geodesic distance (:mod:`.geodesic`) on the 2×-average-pooled window image
         from the 64³ cells holding the clicks of each polarity. No gradient flows through it.
+        Inside :func:`.click_maps.reuse_click_maps` the distances are reused and extended
+        (bit-identical, see :class:`.geodesic.GeodesicCache`).
         """
         b = image.shape[0]
         seeds = torch.zeros((b, 2, self.grid, self.grid, self.grid), dtype=torch.bool, device=image.device)
@@ -130,8 +153,15 @@ class FineHead(nn.Module):
                 if bi.numel():
                     c = cells[bi, ni]
                     seeds[bi, channel, c[:, 0], c[:, 1], c[:, 2]] = True
-        pooled = F.avg_pool3d(image.detach().float(), 2)
-        dist = geodesic_distance(pooled, seeds, float(self.geodesic_weight), GEODESIC_SWEEPS)
+        cache = active_click_map_cache()
+        if cache is not None and fast_path_usable(image.float(), self.stem.weight):
+            pooled = self._image_features(image)[1]  # kept with the window's other image features
+        else:
+            pooled = F.avg_pool3d(image.detach().float(), 2)
+        if cache is not None:  # a session's window: only a new click's polarity is swept, from it alone
+            dist = cache.geodesic.distance(pooled, seeds, float(self.geodesic_weight), GEODESIC_SWEEPS)
+        else:
+            dist = geodesic_distance(pooled, seeds, float(self.geodesic_weight), GEODESIC_SWEEPS)
         return torch.exp(-dist / float(self.geodesic_reach))
 
 

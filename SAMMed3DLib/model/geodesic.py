@@ -29,6 +29,45 @@ def _step_costs(image: torch.Tensor, dim: int, weight: float) -> torch.Tensor:
     return torch.cumsum(torch.cat([zero, steps], dim=dim), dim=dim)
 
 
+def step_costs(image: torch.Tensor, weight: float) -> dict[int, torch.Tensor]:
+    """The running step costs of ``image`` (B, 1, D, H, W) along each spatial axis (2, 3, 4).
+
+    Each is laid out with its axis last (a contiguous copy: cummin is several times faster
+    along the last dimension than along an outer one). They depend on the image alone, so a
+    caller that runs several seed sets on one image computes them once.
+    """
+    image = image.float()
+    return {dim: _step_costs(image.movedim(dim, -1).contiguous(), -1, float(weight)) for dim in (2, 3, 4)}
+
+
+def sweep(dist: torch.Tensor, costs: dict[int, torch.Tensor], sweeps: int = 2) -> torch.Tensor:
+    """Run the scans of :func:`geodesic_distance` on initial distances ``dist`` (B, C, D, H, W).
+
+    The scans are *min-plus linear*: every step is a sum with a fixed cost, a minimum or a
+    running minimum, and float rounding is monotone, so ``sweep(min(a, b)) == min(sweep(a),
+    sweep(b))`` bit for bit. That is what lets :class:`GeodesicCache` add a click by sweeping
+    its seed alone and taking the minimum with the earlier result.
+    """
+    for _ in range(max(1, int(sweeps))):
+        for dim in (2, 3, 4):
+            cum = costs[dim]
+            d = dist.movedim(dim, -1).contiguous()
+            # forward: d[k] = C[k] + min_{j<=k} (d[j] - C[j])
+            d = torch.minimum(d, cum + torch.cummin(d - cum, dim=-1).values)
+            # backward: d[k] = -C[k] + min_{j>=k} (d[j] + C[j])
+            back = torch.cummin(torch.flip(d + cum, dims=(-1,)), dim=-1).values
+            d = torch.minimum(d, torch.flip(back, dims=(-1,)) - cum)
+            dist = d.movedim(-1, dim)
+    return dist.contiguous().clamp_max(UNREACHED)
+
+
+def _check_shapes(image: torch.Tensor, seeds: torch.Tensor) -> None:
+    if image.dim() != 5 or image.shape[1] != 1:
+        raise ValueError(f"image must be (B, 1, D, H, W), got {tuple(image.shape)}")
+    if seeds.dim() != 5 or seeds.shape[0] != image.shape[0] or seeds.shape[2:] != image.shape[2:]:
+        raise ValueError(f"seeds must be (B, C, {', '.join(map(str, image.shape[2:]))}), got {tuple(seeds.shape)}")
+
+
 def geodesic_distance(image: torch.Tensor, seeds: torch.Tensor, weight: float, sweeps: int = 2) -> torch.Tensor:
     """Geodesic distance (in cells) from the seed cells of each channel.
 
@@ -41,23 +80,58 @@ def geodesic_distance(image: torch.Tensor, seeds: torch.Tensor, weight: float, s
     Returns:
         (B, C, D, H, W) float32 distances; :data:`UNREACHED` where a channel has no seed.
     """
-    if image.dim() != 5 or image.shape[1] != 1:
-        raise ValueError(f"image must be (B, 1, D, H, W), got {tuple(image.shape)}")
-    if seeds.dim() != 5 or seeds.shape[0] != image.shape[0] or seeds.shape[2:] != image.shape[2:]:
-        raise ValueError(f"seeds must be (B, C, {', '.join(map(str, image.shape[2:]))}), got {tuple(seeds.shape)}")
-    image = image.float()
+    _check_shapes(image, seeds)
     dist = torch.where(seeds, 0.0, UNREACHED).to(torch.float32)
-    # Each scan runs along the last dimension of a contiguous copy: cummin is several times
-    # faster there than along an outer dimension.
-    costs = {dim: _step_costs(image.movedim(dim, -1).contiguous(), -1, float(weight)) for dim in (2, 3, 4)}
-    for _ in range(max(1, int(sweeps))):
-        for dim in (2, 3, 4):
-            cum = costs[dim]
-            d = dist.movedim(dim, -1).contiguous()
-            # forward: d[k] = C[k] + min_{j<=k} (d[j] - C[j])
-            d = torch.minimum(d, cum + torch.cummin(d - cum, dim=-1).values)
-            # backward: d[k] = -C[k] + min_{j>=k} (d[j] + C[j])
-            back = torch.cummin(torch.flip(d + cum, dims=(-1,)), dim=-1).values
-            d = torch.minimum(d, torch.flip(back, dims=(-1,)) - cum)
-            dist = d.movedim(-1, dim)
-    return dist.contiguous().clamp_max(UNREACHED)
+    return sweep(dist, step_costs(image, weight), sweeps)
+
+
+class GeodesicCache:
+    """The latest geodesic distances of one window, so that a new click costs one seed's sweep.
+
+    A window's follow-up click adds one seed to one polarity. Because the scans are min-plus
+    linear (:func:`sweep`), the distances from the old seeds plus the new one are the minimum of
+    the cached distances and a sweep from the new seed alone, bit-identical to sweeping all of
+    them; the other polarity's seeds did not change and its distances are reused as they are.
+    The step costs are kept with the image they came from. Any other change (another image,
+    weight or sweep count, a seed removed by an undo) starts that channel over.
+    """
+
+    def __init__(self) -> None:
+        self._image: torch.Tensor | None = None
+        self._params: tuple[float, int] | None = None
+        self._costs: dict[int, dict[int, torch.Tensor]] = {}
+        self._channels: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def clear(self) -> None:
+        self._image, self._params = None, None
+        self._costs.clear()
+        self._channels.clear()
+
+    def distance(self, image: torch.Tensor, seeds: torch.Tensor, weight: float, sweeps: int = 2) -> torch.Tensor:
+        """:func:`geodesic_distance` of ``image`` and ``seeds``, reusing what the last call computed."""
+        _check_shapes(image, seeds)
+        image = image.detach().float()
+        params = (float(weight), max(1, int(sweeps)))
+        if self._image is None or self._params != params or self._image.shape != image.shape or not torch.equal(self._image, image):
+            self.clear()
+            self._image, self._params = image.clone(), params
+        out = torch.empty(seeds.shape, dtype=torch.float32, device=image.device)
+        for b in range(seeds.shape[0]):
+            costs = self._costs.get(b)
+            if costs is None:
+                costs = self._costs[b] = step_costs(image[b : b + 1], weight)
+            for c in range(seeds.shape[1]):
+                now = seeds[b, c]
+                entry = self._channels.get((b, c))
+                if entry is not None and torch.equal(entry[0], now):
+                    out[b, c] = entry[1]
+                    continue
+                if entry is not None and not (entry[0] & ~now).any():
+                    added = now & ~entry[0]
+                    fresh = sweep(torch.where(added, 0.0, UNREACHED)[None, None].to(torch.float32), costs, sweeps)[0, 0]
+                    dist = torch.minimum(entry[1], fresh)
+                else:
+                    dist = sweep(torch.where(now, 0.0, UNREACHED)[None, None].to(torch.float32), costs, sweeps)[0, 0]
+                self._channels[(b, c)] = (now.clone(), dist)
+                out[b, c] = dist
+        return out
