@@ -303,6 +303,21 @@ _BLOCK_MM = 8.0
 _MIXED_SHARE_LIMIT = 0.6
 
 
+def _may_be_surely_positive(low: np.ndarray) -> bool:
+    """Whether some block of :func:`_classify_blocks` can be surely positive at all.
+
+    Its node box spans two consecutive nodes on each axis, or only the first or last node where
+    it is clipped at the grid's border; so it holds one of these all-positive node sets, or no
+    block is surely positive (the scattered logits of random weights: 0.3 ms instead of 5 ms).
+    """
+    positive = low > 0
+    for axis in range(3):
+        first, last = np.take(positive, [0], axis=axis), np.take(positive, [-1], axis=axis)
+        pairs = np.take(positive, range(positive.shape[axis] - 1), axis=axis) & np.take(positive, range(1, positive.shape[axis]), axis=axis)
+        positive = np.concatenate([first, pairs, last], axis=axis)
+    return bool(positive.any())
+
+
 def _box_counts(table: np.ndarray, lo: list[np.ndarray], hi: list[np.ndarray]) -> np.ndarray:
     """Counts over inclusive node boxes [lo, hi] (per tensor axis) from a zero-padded 3D prefix-sum table."""
     total = np.zeros(np.broadcast_shapes(*(a.shape for a in lo + hi)), dtype=np.int64)
@@ -370,6 +385,9 @@ def _positive_voxels(
         return (fast > 0).numpy()
     if not np.isfinite(low).all():  # NaN nodes: only the exact interpolation can tell (NaN is not > 0)
         return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True)
+    rows = _box_rows(fp, lo, hi)
+    if not _may_be_surely_positive(low):
+        return positive_inside(low, window, geometry, fp.i_lo[rows], fp.i_hi[rows], lo, hi)
     block, surely_positive, mixed = _classify_blocks(low, window, geometry, lo, hi)
     region_voxels = int(np.prod(hi - lo + 1))
     if mixed.any():
@@ -381,7 +399,6 @@ def _positive_voxels(
         m_lo = m_hi = None
         mixed_voxels = 0
     if not surely_positive.any() or mixed_voxels > _MIXED_SHARE_LIMIT * region_voxels:
-        rows = _box_rows(fp, lo, hi)
         return positive_inside(low, window, geometry, fp.i_lo[rows], fp.i_hi[rows], lo, hi)
     nbk, nbj, nbi = surely_positive.shape
     nk, nj, ni = (int(v) for v in (hi - lo + 1)[::-1])

@@ -209,3 +209,29 @@ def test_a_session_on_an_oblique_volume_gives_the_float64_pastes_masks_step_by_s
         assert np.array_equal(a, b), step
     assert all(m.any() for m in ours) and any((m != ours[0]).any() for m in ours[1:])
     assert not (ours[-1].astype(bool) ^ initial.astype(bool))[locked.astype(bool)].any()  # locked voxels kept
+
+
+def test_no_surely_positive_block_is_missed_by_the_cheap_check():
+    rng = np.random.default_rng(7)
+    geom = _geometry((0.8, 0.8, 2.5), _rotation((0.3, 0.2, 1.0), 20.0), extent_mm=90.0)
+    fields = list(_fields(8, rng).values())
+    for corner in itertools.product((0, 7), repeat=3):  # one positive 2x2x2 cell, or one positive border node
+        for extent in (1, 2):
+            low = np.full((8, 8, 8), -1.0, np.float32)
+            low[tuple(slice(max(0, c - extent + 1), c + 1) if c else slice(0, extent) for c in corner)] = 1.0
+            fields.append(low)
+    fields += [np.where(rng.random((8, 8, 8)) < p, 1.0, -1.0).astype(np.float32) for p in (0.5, 0.8, 0.95)]
+    checked = skipped = 0
+    for low, window in itertools.product(fields, _windows() + [Window.centred_at(CENTRE + [30.0, 30.0, 20.0], 32, 1.5)]):
+        fp = paste._footprint(window, geom)
+        if fp is None:
+            continue
+        surely_positive = paste._classify_blocks(low, window, geom, fp.lo_xyz, fp.hi_xyz)[1]
+        if surely_positive.any():
+            assert paste._may_be_surely_positive(low)
+            checked += 1
+        skipped += not paste._may_be_surely_positive(low)
+    assert checked > 10 and skipped > 0
+    # A checkerboard whose eight corners are negative: every cell and border set has a negative node.
+    checkerboard = np.where(np.indices((9, 9, 9)).sum(0) % 2, 1.0, -1.0).astype(np.float32)
+    assert not paste._may_be_surely_positive(checkerboard) and paste._may_be_surely_positive(-checkerboard)
