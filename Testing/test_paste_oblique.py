@@ -67,7 +67,15 @@ def _fields(side: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         "mostly_positive": (rng.normal(0.0, 1.0, (side,) * 3) + 1.5).astype(np.float32),
         "single_positive_node": single,
         "all_negative": -np.abs(rng.normal(0.0, 1.0, (side,) * 3)).astype(np.float32),
+        "specks": _specks(side),  # a few isolated positive nodes: several small groups of mixed blocks
     }
+
+
+def _specks(side: int) -> np.ndarray:
+    low = np.full((side,) * 3, -2.0, np.float32)
+    for point in ((1, 1, 1), (side - 2, 2, side // 2), (side // 2, side - 2, 1), (side - 2, side - 2, side - 2)):
+        low[point] = 3.0
+    return low
 
 
 def _windows() -> list[Window]:
@@ -211,27 +219,31 @@ def test_a_session_on_an_oblique_volume_gives_the_float64_pastes_masks_step_by_s
     assert not (ours[-1].astype(bool) ^ initial.astype(bool))[locked.astype(bool)].any()  # locked voxels kept
 
 
-def test_no_surely_positive_block_is_missed_by_the_cheap_check():
-    rng = np.random.default_rng(7)
-    geom = _geometry((0.8, 0.8, 2.5), _rotation((0.3, 0.2, 1.0), 20.0), extent_mm=90.0)
-    fields = list(_fields(8, rng).values())
-    for corner in itertools.product((0, 7), repeat=3):  # one positive 2x2x2 cell, or one positive border node
-        for extent in (1, 2):
-            low = np.full((8, 8, 8), -1.0, np.float32)
-            low[tuple(slice(max(0, c - extent + 1), c + 1) if c else slice(0, extent) for c in corner)] = 1.0
-            fields.append(low)
-    fields += [np.where(rng.random((8, 8, 8)) < p, 1.0, -1.0).astype(np.float32) for p in (0.5, 0.8, 0.95)]
-    checked = skipped = 0
-    for low, window in itertools.product(fields, _windows() + [Window.centred_at(CENTRE + [30.0, 30.0, 20.0], 32, 1.5)]):
-        fp = paste._footprint(window, geom)
-        if fp is None:
-            continue
-        surely_positive = paste._classify_blocks(low, window, geom, fp.lo_xyz, fp.hi_xyz)[1]
-        if surely_positive.any():
-            assert paste._may_be_surely_positive(low)
-            checked += 1
-        skipped += not paste._may_be_surely_positive(low)
-    assert checked > 10 and skipped > 0
-    # A checkerboard whose eight corners are negative: every cell and border set has a negative node.
-    checkerboard = np.where(np.indices((9, 9, 9)).sum(0) % 2, 1.0, -1.0).astype(np.float32)
-    assert not paste._may_be_surely_positive(checkerboard) and paste._may_be_surely_positive(-checkerboard)
+
+def test_specks_are_interpolated_in_one_small_box_each_and_scattered_logits_in_the_whole_box():
+    # (a blob fills most of its box: one box of its mixed blocks or the whole box (None), either is exact)
+    geom = _geometry((0.8, 0.8, 2.5), _rotation((0.3, 0.2, 1.0), 20.0), extent_mm=120.0)
+    window = Window.centred_at(CENTRE, 64, 1.5)
+    rng = np.random.default_rng(8)
+    fields = _fields(16, rng)
+    fp = paste._footprint(window, geom)
+    for field, groups in (("specks", (2, paste._MAX_MIXED_BOXES)), ("blob", (0, 1)), ("scattered", None)):
+        low = fields[field]
+        lo, hi = paste._positive_box(low, window, geom, fp)
+        block, _, mixed = paste._classify_blocks(low, window, geom, lo, hi)
+        boxes = paste._mixed_boxes(mixed, block, lo, hi)
+        if groups is None:
+            assert boxes is None
+        elif groups[0] or boxes is not None:
+            assert groups[0] <= len(boxes) <= groups[1]
+            covered = np.zeros(tuple(hi - lo + 1)[::-1], bool)
+            for b_lo, b_hi in boxes:
+                covered[tuple(slice(int(b_lo[a] - lo[a]), int(b_hi[a] - lo[a]) + 1) for a in (2, 1, 0))] = True
+            expanded = np.repeat(np.repeat(np.repeat(mixed, block[2], 0), block[1], 1), block[0], 2)[: covered.shape[0], : covered.shape[1], : covered.shape[2]]
+            assert covered[expanded].all()  # every mixed block's voxels lie in a box
+        mask = rng.choice(np.array([0, 1, 4], np.uint8), size=geom.shape_zyx)
+        expected = mask.copy()
+        slices, padded, inside = _padded_values(low, window, geom)
+        expected[slices][inside] = np.where(padded[inside] > 0, 1, 0)
+        paste_logits(low, window, geom, mask)
+        assert np.array_equal(mask, expected), field
