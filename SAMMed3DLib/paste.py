@@ -20,11 +20,12 @@ Design:
 - How the rest is interpolated depends on the image's axes. When they are the window's up to
   order and sign (almost every CT and MR; :mod:`.separable`), the interpolation separates into
   three 1-D ones, three small matrix products: a few ms for a whole CT footprint, thresholded
-  straight into the mask. Otherwise (oblique images) SimpleITK interpolates (~18 ns of CPU per
-  voxel); voxels that are currently non-zero elsewhere in the window are cleared. For a 9 M-voxel
-  oblique CT footprint the full evaluation costs ~160 ms of CPU, paste-back ~10 ms for an
-  organ-sized object (r = 30 mm), ~50 ms for r = 60 mm, ~25 ms for an object filling the window
-  (``benchmarks/window_speed.py``).
+  straight into the mask. Otherwise (oblique images) SimpleITK interpolates the voxels inside the
+  window only, in slabs (:mod:`.oblique`), and one masked copy writes them: ``value`` where
+  positive, 0 elsewhere in the window. For the scattered logits of random weights in a window of
+  a tilted 512×512×200 CT (4.4 M voxels inside it, 8.9 M in the footprint's box) that is 110 ms
+  (157 ms of CPU, 2 threads, a loaded machine), SimpleITK's ~13 ns a voxel most of it; compact or
+  sparse logits are interpolated only around their mixed blocks (``benchmarks/window_speed.py``).
 """
 
 from __future__ import annotations
@@ -34,17 +35,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
+from scipy import ndimage
 
 from .errors import ImageError
 from .geometry import CANONICAL_DIRECTION_LPS, ImageGeometry, Window
+from .oblique import inside_rows, positive_inside
+from .oblique import low_res_image as _low_res_image
+from .oblique import sample_box as _sample_box
 from .separable import separable_axes, separable_logits
 
 logger = logging.getLogger(__name__)
-
-#: ITK direction of a window-shaped SimpleITK image whose numpy array (k, j, i) is in tensor
-#: order (axis 0, 1, 2): ITK axis i = tensor axis 2 (S), j = axis 1 (A), k = axis 0 (R).
-_TENSOR_ORDER_ITK_DIRECTION: np.ndarray = CANONICAL_DIRECTION_LPS[:, ::-1].copy()
 
 #: |direction component| below which an axis is treated as exactly parallel to a window face.
 _PARALLEL_EPS = 1e-12
@@ -205,50 +205,6 @@ def _low_res_array(low_res_logits: Any, window: Window) -> np.ndarray:
     return arr
 
 
-def _low_res_image(low: np.ndarray, window: Window) -> sitk.Image:
-    """SimpleITK image of the low-res logits placed as official trilinear upsampling implies.
-
-    Node u (tensor order) sits at window index ``f·(u + 0.5) - 0.5`` with spacing ``f·spacing``,
-    ``f = size / L``. One edge-replicated node on each side makes SimpleITK's linear interpolation
-    clamp at the border exactly like ``F.interpolate(align_corners=False)`` and keeps every
-    window point inside its buffer.
-    """
-    side = low.shape[0]
-    factor = window.size / side
-    padded = np.pad(low, 1, mode="edge")
-    first_node_index = np.full(3, factor * (-1 + 0.5) - 0.5)
-    origin = window.index_to_lps(first_node_index)
-    image = sitk.GetImageFromArray(padded)
-    image.SetSpacing([factor * window.spacing_mm] * 3)
-    image.SetOrigin(origin.tolist())
-    image.SetDirection(_TENSOR_ORDER_ITK_DIRECTION.ravel().tolist())
-    return image
-
-
-def _sample_box(
-    low_image: sitk.Image, geometry: ImageGeometry, lo_xyz: np.ndarray, hi_xyz: np.ndarray, positive_only: bool = False
-) -> np.ndarray:
-    """Linear interpolation of ``low_image`` at the original voxel centres of an inclusive box.
-
-    Returns (z, y, x) float32 values, or with ``positive_only`` the bool array ``values > 0``
-    computed on a view of SimpleITK's buffer (no float copy: 30 ms saved on a CT footprint).
-    """
-    # The output grid is given as parameters, not as a reference image: allocating and zeroing a
-    # reference of a CT footprint (4-9 M voxels) cost 15 ms per click.
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(v) for v in hi_xyz - lo_xyz + 1])
-    resampler.SetOutputSpacing(geometry.spacing_xyz_mm.tolist())
-    resampler.SetOutputDirection(geometry.direction.ravel().tolist())
-    resampler.SetOutputOrigin(geometry.index_to_lps(lo_xyz.astype(np.float64)).tolist())
-    resampler.SetInterpolator(sitk.sitkLinear)
-    resampler.SetOutputPixelType(sitk.sitkFloat32)
-    resampler.SetDefaultPixelValue(0.0)
-    sampled = resampler.Execute(low_image)
-    if positive_only:
-        return sitk.GetArrayViewFromImage(sampled) > 0  # the view is used while `sampled` lives
-    return sitk.GetArrayFromImage(sampled)
-
-
 def _separable(low: np.ndarray, window: Window, geometry: ImageGeometry, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> Any:
     """The logits over the inclusive box [lo, hi] as (z, y, x) torch float32, by :mod:`.separable`; None when it does not apply.
 
@@ -264,15 +220,13 @@ def _separable(low: np.ndarray, window: Window, geometry: ImageGeometry, lo_xyz:
 
 def _inside_mask(fp: _Footprint, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> np.ndarray:
     """(z, y, x) bool: voxel centres of the inclusive sub-box [lo, hi] (inside fp) that are in the window."""
-    rows = (slice(int(lo_xyz[2] - fp.lo_xyz[2]), int(hi_xyz[2] - fp.lo_xyz[2]) + 1), slice(int(lo_xyz[1] - fp.lo_xyz[1]), int(hi_xyz[1] - fp.lo_xyz[1]) + 1))
-    # int32 offsets from the box's first column (clipped, so empty rows stay empty): half the time of int64.
-    width = int(hi_xyz[0] - lo_xyz[0]) + 1
-    i_values = np.arange(width, dtype=np.int32)[None, None, :]
-    i_lo = np.clip(fp.i_lo[rows] - lo_xyz[0], -1, width).astype(np.int32)[:, :, None]
-    i_hi = np.clip(fp.i_hi[rows] - lo_xyz[0], -1, width).astype(np.int32)[:, :, None]
-    inside = i_values >= i_lo
-    inside &= i_values <= i_hi
-    return inside
+    rows = _box_rows(fp, lo_xyz, hi_xyz)
+    return inside_rows(fp.i_lo[rows], fp.i_hi[rows], int(lo_xyz[0]), int(hi_xyz[0] - lo_xyz[0]) + 1)
+
+
+def _box_rows(fp: _Footprint, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> tuple[slice, slice]:
+    """(k, j) slices of ``fp``'s row intervals that cover the inclusive sub-box [lo, hi]."""
+    return (slice(int(lo_xyz[2] - fp.lo_xyz[2]), int(hi_xyz[2] - fp.lo_xyz[2]) + 1), slice(int(lo_xyz[1] - fp.lo_xyz[1]), int(hi_xyz[1] - fp.lo_xyz[1]) + 1))
 
 
 @dataclass(frozen=True)
@@ -405,43 +359,58 @@ def _classify_blocks(
 def _positive_voxels(
     low: np.ndarray, window: Window, geometry: ImageGeometry, fp: _Footprint, lo: np.ndarray, hi: np.ndarray
 ) -> np.ndarray:
-    """(z, y, x) bool over the voxel box [lo, hi]: centre inside the window and interpolated logit > 0.
+    """(z, y, x) bool over the voxel box [lo, hi]: interpolated logit > 0 at every voxel centre inside the window.
 
-    Blocks whose nodes are all positive need no interpolation; SimpleITK interpolates only the
-    bounding box of the mixed blocks when that box is small enough to pay off (an object that
-    fills the window: 160 ms of CPU down to ~25 ms for a 9 M-voxel CT footprint).
+    Values at the box's voxels outside the window are unspecified: :func:`paste_logits` writes
+    inside the window only. Blocks whose nodes are all positive, or all non-positive, need no
+    interpolation; SimpleITK interpolates the bounding box of each connected group of mixed
+    blocks when those boxes are few and small enough to pay off (an object that fills the window:
+    160 ms of CPU down to ~25 ms for a 9 M-voxel CT footprint; a few specks: one small box each),
+    else every voxel of the box inside the window (:func:`.oblique.positive_inside`).
     """
     fast = _separable(low, window, geometry, lo, hi)
     if fast is not None:  # a few ms for a whole CT footprint: no need to classify blocks
-        positive = (fast > 0).numpy()
-        return positive if fp.is_box else positive & _inside_mask(fp, lo, hi)
-    inside = _inside_mask(fp, lo, hi)
+        return (fast > 0).numpy()
     if not np.isfinite(low).all():  # NaN nodes: only the exact interpolation can tell (NaN is not > 0)
-        return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True) & inside
+        return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True)
     block, surely_positive, mixed = _classify_blocks(low, window, geometry, lo, hi)
-    region_voxels = int(np.prod(hi - lo + 1))
-    if mixed.any():
-        kb, jb, ib = (np.flatnonzero(mixed.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
-        m_lo = np.array([ib[0] * block[0], jb[0] * block[1], kb[0] * block[2]]) + lo
-        m_hi = np.minimum(np.array([(ib[-1] + 1) * block[0], (jb[-1] + 1) * block[1], (kb[-1] + 1) * block[2]]) + lo - 1, hi)
-        mixed_voxels = int(np.prod(m_hi - m_lo + 1))
-    else:
-        m_lo = m_hi = None
-        mixed_voxels = 0
-    if not surely_positive.any() or mixed_voxels > _MIXED_SHARE_LIMIT * region_voxels:
-        return _sample_box(_low_res_image(low, window), geometry, lo, hi, positive_only=True) & inside
+    boxes = _mixed_boxes(mixed, block, lo, hi)
+    if boxes is None:
+        rows = _box_rows(fp, lo, hi)
+        return positive_inside(low, window, geometry, fp.i_lo[rows], fp.i_hi[rows], lo, hi)
     nbk, nbj, nbi = surely_positive.shape
+    nk, nj, ni = (int(v) for v in (hi - lo + 1)[::-1])
     expanded = np.broadcast_to(surely_positive[:, None, :, None, :, None], (nbk, block[2], nbj, block[1], nbi, block[0]))
-    positive = expanded.reshape(nbk * block[2], nbj * block[1], nbi * block[0])[: inside.shape[0], : inside.shape[1], : inside.shape[2]].copy()
-    if m_lo is not None:
-        sub = (
-            slice(int(m_lo[2] - lo[2]), int(m_hi[2] - lo[2]) + 1),
-            slice(int(m_lo[1] - lo[1]), int(m_hi[1] - lo[1]) + 1),
-            slice(int(m_lo[0] - lo[0]), int(m_hi[0] - lo[0]) + 1),
-        )
-        positive[sub] = _sample_box(_low_res_image(low, window), geometry, m_lo, m_hi, positive_only=True)
-    positive &= inside
+    positive = expanded.reshape(nbk * block[2], nbj * block[1], nbi * block[0])[:nk, :nj, :ni].copy()
+    for m_lo, m_hi in boxes:  # boxes may overlap: each interpolates its voxels exactly
+        sub = tuple(slice(int(m_lo[axis] - lo[axis]), int(m_hi[axis] - lo[axis]) + 1) for axis in (2, 1, 0))
+        rows = _box_rows(fp, m_lo, m_hi)
+        positive[sub] = positive_inside(low, window, geometry, fp.i_lo[rows], fp.i_hi[rows], m_lo, m_hi)
     return positive
+
+
+#: At most this many boxes of mixed blocks are interpolated one by one (SimpleITK: ~0.5 ms a call).
+_MAX_MIXED_BOXES = 16
+
+
+def _mixed_boxes(mixed: np.ndarray, block: tuple[int, int, int], lo: np.ndarray, hi: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Inclusive (i, j, k) voxel boxes covering the mixed blocks, one per connected group; None when interpolating the whole box pays more.
+
+    That is when there are more than :data:`_MAX_MIXED_BOXES` groups or their boxes hold more than
+    :data:`_MIXED_SHARE_LIMIT` of the box's voxels (scattered logits: mixed almost everywhere).
+    """
+    labels, count = ndimage.label(mixed, structure=np.ones((3, 3, 3), dtype=bool))
+    if count > _MAX_MIXED_BOXES:
+        return None
+    size = np.asarray(block)
+    boxes = []
+    for found in ndimage.find_objects(labels):
+        b_lo = np.array([found[2].start, found[1].start, found[0].start])
+        b_hi = np.array([found[2].stop, found[1].stop, found[0].stop])
+        boxes.append((b_lo * size + lo, np.minimum(b_hi * size + lo - 1, hi)))
+    if sum(int(np.prod(b_hi - b_lo + 1)) for b_lo, b_hi in boxes) > _MIXED_SHARE_LIMIT * int(np.prod(hi - lo + 1)):
+        return None
+    return boxes
 
 
 def paste_logits(
@@ -483,12 +452,14 @@ def paste_logits(
         return None
     # Everything that can fail (SimpleITK, memory) runs before the mask is touched.
     box = _positive_box(low, window, geometry, fp)
-    positive = fast = None
+    positive = fast = inside = None
     if box is not None:
         # An axis-aligned footprint: the separable logits are thresholded straight into the mask below.
         fast = _separable(low, window, geometry, box[0], box[1]) if fp.is_box else None
         if fast is None:
             positive = _positive_voxels(low, window, geometry, fp, box[0], box[1])
+        if not fp.is_box:
+            inside = _inside_mask(fp, box[0], box[1])
     logger.debug(
         "paste_logits: footprint %s voxels, interpolated %s near positive logits (%s)",
         int(np.prod(fp.hi_xyz - fp.lo_xyz + 1)),
@@ -514,19 +485,20 @@ def paste_logits(
         elif positive is not None:
             np.multiply(positive, np.uint8(value), out=sub, casting="unsafe")
         return slices
-    # 1) Clear the currently non-zero voxels inside the window (step 2 rewrites the positive ones).
-    # Slab by slab: np.nonzero over a 10 M-voxel strided footprint costs 40 ms, slab.any() 10 µs.
-    i_values = np.arange(fp.lo_xyz[0], fp.hi_xyz[0] + 1)
-    for k in range(region.shape[0]):
-        slab = region[k]
-        if not slab.any():
-            continue
-        rows = np.flatnonzero(slab.any(axis=1))
-        j0, j1 = int(rows[0]), int(rows[-1]) + 1
-        row_inside = (i_values[None, :] >= fp.i_lo[k, j0:j1, None]) & (i_values[None, :] <= fp.i_hi[k, j0:j1, None])
-        np.copyto(slab[j0:j1], np.uint8(0), where=row_inside)
-    # 2) Write the label where the interpolated logits are positive (near positive nodes only:
-    # elsewhere the interpolation is a convex combination of non-positive nodes).
+    # 1) Unless the box is the whole footprint, clear the non-zero voxels inside the window (step 2
+    # rewrites the box's). Slab by slab: np.nonzero over a 10 M-voxel strided footprint costs 40 ms, slab.any() 10 µs.
+    if box is None or not (np.array_equal(box[0], fp.lo_xyz) and np.array_equal(box[1], fp.hi_xyz)):
+        i_values = np.arange(fp.lo_xyz[0], fp.hi_xyz[0] + 1)
+        for k in range(region.shape[0]):
+            slab = region[k]
+            if not slab.any():
+                continue
+            rows = np.flatnonzero(slab.any(axis=1))
+            j0, j1 = int(rows[0]), int(rows[-1]) + 1
+            row_inside = (i_values[None, :] >= fp.i_lo[k, j0:j1, None]) & (i_values[None, :] <= fp.i_hi[k, j0:j1, None])
+            np.copyto(slab[j0:j1], np.uint8(0), where=row_inside)
+    # 2) The box's voxels inside the window: the label where the interpolated logits are positive,
+    # else 0 (outside the box the interpolation is a convex combination of non-positive nodes).
     if sub is not None and positive is not None:
-        np.copyto(sub, np.uint8(value), where=positive)
+        np.copyto(sub, positive.view(np.uint8) if value == 1 else positive * np.uint8(value), where=inside)
     return slices

@@ -116,26 +116,46 @@ def torch_extract(image: sitk.Image, window: Window) -> np.ndarray:
     return F.grid_sample(sub, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0].numpy()
 
 
-def _inside_mask_int64(fp, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> np.ndarray:
-    """The window's inside mask over a box as paste.py computed it before (int64 compares)."""
+def _inside_before(fp, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> np.ndarray:
+    """The window's inside mask over a box as paste.py computed it before (every column compared with its row's bounds)."""
     rows = (slice(int(lo_xyz[2] - fp.lo_xyz[2]), int(hi_xyz[2] - fp.lo_xyz[2]) + 1), slice(int(lo_xyz[1] - fp.lo_xyz[1]), int(hi_xyz[1] - fp.lo_xyz[1]) + 1))
-    i_values = np.arange(lo_xyz[0], hi_xyz[0] + 1)
-    return (i_values[None, None, :] >= fp.i_lo[rows][:, :, None]) & (i_values[None, None, :] <= fp.i_hi[rows][:, :, None])
+    width = int(hi_xyz[0] - lo_xyz[0]) + 1
+    i_values = np.arange(width, dtype=np.int32)[None, None, :]
+    i_lo = np.clip(fp.i_lo[rows] - lo_xyz[0], -1, width).astype(np.int32)[:, :, None]
+    i_hi = np.clip(fp.i_hi[rows] - lo_xyz[0], -1, width).astype(np.int32)[:, :, None]
+    return (i_values >= i_lo) & (i_values <= i_hi)
+
+
+def _positive_before(low: np.ndarray, window: Window, geom: ImageGeometry, fp, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """paste.py's decisions over the positive box before slabs: the padded logits image over the whole box (or the mixed blocks' box)."""
+    inside = _inside_before(fp, lo, hi)
+    image = paste_module._low_res_image(low, window)
+    block, surely_positive, mixed = paste_module._classify_blocks(low, window, geom, lo, hi)
+    m_lo = m_hi = None
+    if mixed.any():
+        kb, jb, ib = (np.flatnonzero(mixed.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+        m_lo = np.array([ib[0] * block[0], jb[0] * block[1], kb[0] * block[2]]) + lo
+        m_hi = np.minimum(np.array([(ib[-1] + 1) * block[0], (jb[-1] + 1) * block[1], (kb[-1] + 1) * block[2]]) + lo - 1, hi)
+    mixed_voxels = 0 if m_lo is None else int(np.prod(m_hi - m_lo + 1))
+    if not surely_positive.any() or mixed_voxels > paste_module._MIXED_SHARE_LIMIT * int(np.prod(hi - lo + 1)):
+        return paste_module._sample_box(image, geom, lo, hi, positive_only=True) & inside
+    nbk, nbj, nbi = surely_positive.shape
+    expanded = np.broadcast_to(surely_positive[:, None, :, None, :, None], (nbk, block[2], nbj, block[1], nbi, block[0]))
+    positive = expanded.reshape(nbk * block[2], nbj * block[1], nbi * block[0])[: inside.shape[0], : inside.shape[1], : inside.shape[2]].copy()
+    if m_lo is not None:
+        sub = tuple(slice(int(m_lo[a] - lo[a]), int(m_hi[a] - lo[a]) + 1) for a in (2, 1, 0))
+        positive[sub] = paste_module._sample_box(image, geom, m_lo, m_hi, positive_only=True)
+    return positive & inside
 
 
 def paste_before(low: np.ndarray, window: Window, geom: ImageGeometry, mask: np.ndarray) -> None:
-    """paste_logits's write as it was before this change (for the before/after ratio, value 1)."""
+    """paste_logits's general path as it was before the oblique slabs (for the before/after ratio, value 1)."""
     fp = paste_module._footprint(window, geom)
     box = paste_module._positive_box(low, window, geom, fp)
-    fast_inside = paste_module._inside_mask
-    paste_module._inside_mask = _inside_mask_int64
-    try:
-        positive = None if box is None else paste_module._positive_voxels(low, window, geom, fp, box[0], box[1])
-    finally:
-        paste_module._inside_mask = fast_inside
+    positive = None if box is None else _positive_before(low, window, geom, fp, box[0], box[1])
     region = mask[fp.slices_zyx]
     i_values = np.arange(fp.lo_xyz[0], fp.hi_xyz[0] + 1)
-    for k in range(region.shape[0]):  # clear the window's non-zero voxels, slab by slab (int64 compares)
+    for k in range(region.shape[0]):  # clear the window's non-zero voxels, slab by slab
         slab = region[k]
         if not slab.any():
             continue
@@ -208,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         refill_model = lambda: (mask.fill(0), paste_logits(low, window, geom, mask))  # noqa: E731
         kind = f"{which} model logits {low.shape[0]}^3 ({100 * float((low > 0).mean()):.0f}% positive), over its previous paste"
         after = add(f"paste_logits, {kind}", lambda: paste_logits(low, window, geom, mask), refill_model)
-        before = add(f"before: paste_logits, {kind}", lambda: paste_before(low, window, geom, mask), refill_model, note="paste_logits before: int64 inside mask")
+        before = add(f"before: paste_logits, {kind}", lambda: paste_before(low, window, geom, mask), refill_model, note="paste_logits before: padded image over the whole box, compared inside mask")
         ratios[which] = round(before / after, 2)
     add("resample_logits_to_grid, whole footprint", lambda: resample_logits_to_grid(logits[30.0], window, geom))
     add("alternative: crop + torch grid_sample extraction", lambda: torch_extract(image, window), note="not used")
