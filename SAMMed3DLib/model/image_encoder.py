@@ -387,7 +387,7 @@ class ImageEncoderViT3D(nn.Module):
         expected = (self.in_chans, self.img_size, self.img_size, self.img_size)
         if x.dim() != 5 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"image encoder expects input of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        x = self.patch_embed(x)
+        x = self.patch_embed(x).contiguous()
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for block in self.blocks:
