@@ -13,7 +13,8 @@ network with random weights (seed 0), a warm-up click on a small volume, then on
 and ``--clicks`` follow-ups within ±30 mm (alternately negative and positive), the previous
 result held meanwhile as ``result = session.click(...)`` holds it. ``next_click_cpu_s`` is the
 process's CPU time of a follow-up click (all threads), which the machine's load disturbs less.
-The first click's ``extract_s``, ``encoder_s`` and ``decoder_s`` come from its timings.
+The first click's ``extract_s``, ``encoder_s`` and ``decoder_s`` come from its timings, and
+``first_click_cpu_s`` is its CPU time.
 
 ``--new-windows N`` then clicks N more times on the axis-aligned CT, each time 100-120 mm away
 (a new window, the official-size encoder again): ``new_window_click_s`` and its parts are the
@@ -21,6 +22,10 @@ medians over the first click and these. ``--cold`` adds, per round and tree, a f
 the order of ``sammed3d segment`` (model built with the kernels pre-warmed in the background
 when the tree has :mod:`SAMMed3DLib.warmup`, the CT made, then the first click):
 ``cold_first_click_s``.
+
+``--wait-idle S`` waits before each child process until the machine's cores have been at least
+85 % idle for 3 s (Linux ``/proc/stat``; at most S seconds): on a machine shared with other jobs
+the two trees then run in the same quiet conditions.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from SAMMed3DLib.atomic import atomic_write_text
@@ -57,9 +63,9 @@ for name in ("axis_aligned", "oblique"):
         image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
     centre = np.array(image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()]))
     session = Session(model, image, auto_extend=False)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     result = session.click(centre)
-    first = time.perf_counter() - t
+    first, first_cpu = time.perf_counter() - t, time.process_time() - c
     paste = result.timings["paste"]
     first_parts = {f"{k}_s": result.timings[k] for k in ("extract", "encoder", "decoder")}
     rng = np.random.default_rng(1)
@@ -71,19 +77,20 @@ for name in ("axis_aligned", "oblique"):
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
         pastes.append(result.timings["paste"])
-    out[name] = {"first_click_s": first, "first_paste_s": paste, "next_click_s": statistics.median(times),
+    out[name] = {"first_click_s": first, "first_click_cpu_s": first_cpu, "first_paste_s": paste, "next_click_s": statistics.median(times),
                  "next_click_cpu_s": statistics.median(cpu), "next_paste_s": statistics.median(pastes), "next_click_all_s": times,
                  **first_parts, "sammed3d": SAMMed3DLib.__file__}
     if name == "axis_aligned" and new_windows:
-        clicks, parts = [first], {k: [v] for k, v in first_parts.items()}
+        clicks, clicks_cpu, parts = [first], [first_cpu], {k: [v] for k, v in first_parts.items()}
         offsets = [(100.0, 0.0, 0.0), (-100.0, 0.0, 0.0), (0.0, 100.0, 0.0), (0.0, -100.0, 0.0), (0.0, 0.0, 120.0), (0.0, 0.0, -120.0)]
         for offset in offsets[:new_windows]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             result = session.click(centre + np.array(offset))
             clicks.append(time.perf_counter() - t)
+            clicks_cpu.append(time.process_time() - c)
             for k in parts:
                 parts[k].append(result.timings[k[:-2]])
-        out[name].update({"new_window_click_s": statistics.median(clicks), "new_window_click_all_s": clicks,
+        out[name].update({"new_window_click_s": statistics.median(clicks), "new_window_click_cpu_s": statistics.median(clicks_cpu), "new_window_click_all_s": clicks,
                           **{f"new_window_{k}": statistics.median(v) for k, v in parts.items()}})
 print(json.dumps(out))
 """
@@ -106,14 +113,41 @@ if importlib.util.find_spec("SAMMed3DLib.warmup") is not None:
 image = synthetic_ct()
 image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
 centre = np.array(image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()]))
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 result = Session(model, image, auto_extend=False).click(centre)
-print(json.dumps({"cold_first_click_s": time.perf_counter() - t, "cold_extract_s": result.timings["extract"],
+print(json.dumps({"cold_first_click_s": time.perf_counter() - t, "cold_first_click_cpu_s": time.process_time() - c, "cold_extract_s": result.timings["extract"],
                   "cold_encoder_s": result.timings["encoder"], "sammed3d": SAMMed3DLib.__file__}))
 """
 
 
-def _run_child(tree: Path, code: str, *args: object) -> dict:
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all cores since boot, or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return values[3] + values[4], sum(values)
+
+
+def wait_idle(limit_s: float, idle_share: float = 0.85, window_s: float = 3.0) -> float:
+    """Wait until the cores were at least ``idle_share`` idle over ``window_s`` (at most ``limit_s``); the idle share seen."""
+    deadline = time.monotonic() + limit_s
+    share = 0.0
+    while True:
+        before = _cpu_times()
+        time.sleep(window_s)
+        after = _cpu_times()
+        if before is None or after is None:
+            return 1.0
+        share = (after[0] - before[0]) / max(1, after[1] - before[1])
+        if share >= idle_share or time.monotonic() >= deadline:
+            return share
+
+
+def _run_child(tree: Path, code: str, *args: object, wait_s: float = 0.0) -> dict:
+    if wait_s > 0:
+        wait_idle(wait_s)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     # cwd = the tree: ``python -c`` puts the working directory first on sys.path
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, cwd=tree, capture_output=True, text=True, timeout=1800)
@@ -127,11 +161,11 @@ def _run_child(tree: Path, code: str, *args: object) -> dict:
     return result
 
 
-def run_tree(tree: Path, threads: int, clicks: int, new_windows: int = 0, cold: bool = False) -> dict:
+def run_tree(tree: Path, threads: int, clicks: int, new_windows: int = 0, cold: bool = False, wait_s: float = 0.0) -> dict:
     """One child process of ``tree`` (warm figures), then with ``cold`` a fresh one for the cold first click."""
-    result = _run_child(tree, _CHILD, threads, clicks, new_windows)
+    result = _run_child(tree, _CHILD, threads, clicks, new_windows, wait_s=wait_s)
     if cold:
-        result["cold"] = _run_child(tree, _COLD, threads)
+        result["cold"] = _run_child(tree, _COLD, threads, wait_s=wait_s)
     return result
 
 
@@ -144,16 +178,17 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--new-windows", type=int, default=0, choices=range(7), help="first clicks in new windows after the follow-ups (axis-aligned CT, at most 6)")
     parser.add_argument("--cold", action="store_true", help="also a cold first click in a fresh process per round and tree")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S", help="wait up to S seconds for idle cores before each child process")
     parser.add_argument("--out", default="benchmarks/results/click_latency_before_after.json")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for _ in range(args.rounds):
         for name in ("before", "after"):
-            runs[name].append(run_tree(getattr(args, name).resolve(), args.threads, args.clicks, args.new_windows, args.cold))
+            runs[name].append(run_tree(getattr(args, name).resolve(), args.threads, args.clicks, args.new_windows, args.cold, args.wait_idle))
     summary: dict = {"threads": args.threads, "clicks": args.clicks, "rounds": args.rounds, "new_windows": args.new_windows, "runs": runs}
-    keys = ["first_click_s", "extract_s", "encoder_s", "decoder_s", "first_paste_s", "next_click_s", "next_click_cpu_s", "next_paste_s"]
-    keys += [f"new_window_{k}" for k in ("click_s", "extract_s", "encoder_s", "decoder_s")]
-    keys += ["cold_first_click_s", "cold_extract_s", "cold_encoder_s"]
+    keys = ["first_click_s", "first_click_cpu_s", "extract_s", "encoder_s", "decoder_s", "first_paste_s", "next_click_s", "next_click_cpu_s", "next_paste_s"]
+    keys += [f"new_window_{k}" for k in ("click_s", "click_cpu_s", "extract_s", "encoder_s", "decoder_s")]
+    keys += ["cold_first_click_s", "cold_first_click_cpu_s", "cold_extract_s", "cold_encoder_s"]
     for grid in ("axis_aligned", "oblique", "cold"):
         for key in keys:
             if any(key not in r.get(grid, {}) for r in runs["before"] + runs["after"]):

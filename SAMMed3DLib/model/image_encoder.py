@@ -144,9 +144,12 @@ class Attention3D(nn.Module):
 
         The extra key is the projection of one appended zero token (so k = k_bias, v = v_bias,
         and its q is q_bias, the query of every padded position), and its bias column is the
-        log of the padded keys' summed exp(bias). The bias is written in one broadcast pass into
-        a (B, heads, G³, G³ + 1) buffer: for ``vit_b_ori`` on one CPU thread, three passes plus
-        concatenating the mask, k and v took 0.15 s of the encoder's 1.45 s; this takes 0.07 s.
+        log of the padded keys' summed exp(bias). The relative-position terms are computed for
+        the G real positions only; at padded positions q is q_bias, so their terms there are
+        q_bias's (a (qh, kw) and a (kh, kw) table) and no padded copy of q is made. The bias is
+        written in one broadcast pass into a (B, heads, G³, G³ + 1) buffer: for ``vit_b_ori`` on
+        one CPU thread, three passes plus concatenating the mask, k and v took 0.15 s of the
+        encoder's 1.45 s; this takes 0.07 s.
         """
         b, g = x.shape[0], x.shape[1]
         heads, hd = self.num_heads, self.head_dim
