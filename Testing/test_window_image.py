@@ -16,6 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from SAMMed3DLib.card import official_card
+from SAMMed3DLib.errors import ImageError
 from SAMMed3DLib.geometry import ImageGeometry, Window, extract_window
 from SAMMed3DLib.preprocessing import normalize_window
 from SAMMed3DLib.separable import AXIS_DRIFT_LIMIT, separable_axes
@@ -129,8 +130,22 @@ def test_an_axial_image_is_contracted_straight_into_window_order():
         m, _ = window_to_index(Window.centred_at(CENTRE, 32, 1.5), geometry)
         follows = separable_axes(m, (32, 32, 32))
         assert follows == (0, 1, 2)
-        moves, permutation = _plan((30, 80, 80), 32, follows)
+        moves, permutation, _ = _plan((30, 80, 80), 32, follows, (32 * 80, 32 * 80, 32 * 30))
         assert len(moves) == 3 and permutation is None
+
+
+def test_a_window_reading_a_huge_block_is_left_to_simpleitk():
+    # 4x zoomed out over a CT-sized image: the block is the whole image, the products would cost
+    # more than SimpleITK's interpolation of the window's points
+    image = sitk.Image([512, 512, 200], sitk.sitkFloat32)
+    image.SetSpacing((0.8, 0.8, 2.5))
+    centre = image.TransformContinuousIndexToPhysicalPoint((255.5, 255.5, 99.5))
+    assert extract_window_separable(image, Window.centred_at(centre, 128, 6.0)) is None
+    assert extract_window_separable(image, Window.centred_at(centre, 128, 1.5)) is not None
+    vector = sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 2)
+    assert extract_window_separable(vector, Window.centred_at((0, 0, 0), 8, 1.5)) is None
+    with pytest.raises(ImageError, match="3D scalar"):
+        extract_window_fast(vector, Window.centred_at((0, 0, 0), 8, 1.5))
 
 
 def test_separable_extraction_runs_on_the_callers_threads_and_leaves_the_image_alone():
