@@ -5,10 +5,13 @@
 without SimpleITK when the image's axes are the window's up to order and sign (a signed
 permutation of R, A, S: axial, coronal and sagittal acquisitions, flipped or not; almost every CT
 and MR). Then the continuous image index along each image axis depends on one window axis only
-and the trilinear interpolation separates into three 1-D two-tap interpolations, written as three
-small matrix products on the block of image voxels the window reads (torch, the session's
-threads): about 12 ms of CPU for a 128³ window of 1.5 mm in a 512×512×200 CT at 0.8×0.8×2.5 mm,
-where SimpleITK takes about 80 ms (``benchmarks/window_speed.py``). Oblique images keep SimpleITK.
+and the trilinear interpolation separates into three 1-D two-tap interpolations, written as
+matrix products on the block of image voxels the window reads, band by band (each band of 32
+window rows multiplied with the image columns it uses only; torch, the session's threads): about
+18 ms of CPU (10 ms on 2 threads) for a 128³ window of 1.5 mm in a 512×512×200 CT at
+0.8×0.8×2.5 mm, where SimpleITK takes about 60 ms of CPU (38 ms; ``benchmarks/window_speed.py``).
+Oblique images keep SimpleITK, and so does a window whose block is so large that the products
+would cost more (:data:`SIMPLEITK_COST`: a zoomed-out window over a large image).
 
 The interpolation is ITK's (``itk::LinearInterpolateImageFunction`` inside
 ``itk::ResampleImageFilter``): a window voxel whose continuous image index ``x`` lies in
@@ -16,7 +19,9 @@ The interpolation is ITK's (``itk::LinearInterpolateImageFunction`` inside
 voxel beyond the last centre repeats the edge value) and interpolated linearly between the two
 neighbouring voxels; every other window voxel is 0. The values agree with SimpleITK's to float32
 rounding (``Testing/test_window_image.py``: flipped and permuted axes, anisotropic voxels, windows
-past the image border, zoomed-out windows, integer pixel types).
+past the image border, zoomed-out windows, integer pixel types). A window voxel whose centre lies
+exactly on the half-voxel boundary of the image (``x`` = -0.5 or ``n`` - 0.5 to the last bit) may
+fall on either side in the two paths: SimpleITK computes ``x`` in another order of operations.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ _MOVES = {
 BAND_ROWS = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Axis:
     """One axis's interpolation: the weights of the image voxels [lo, hi) and their bands."""
 
