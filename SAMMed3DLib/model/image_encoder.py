@@ -288,8 +288,11 @@ class Block3D(nn.Module):
         else:
             windows, padded_side = window_partition(x, w)
             x = window_unpartition(self.attn.forward_reference(windows), w, padded_side, g)
-        x = x.add_(shortcut)  # the attention's fresh output: no new tensor (and no autograd conflict)
-        return self.mlp(self.norm2(x)).add_(x)
+        # In place on the fresh attention / MLP outputs (no new tensor; their backward does not
+        # need them), unless autocast made them narrower than the residual stream it keeps.
+        x = x.add_(shortcut) if x.dtype == shortcut.dtype else shortcut + x
+        h = self.mlp(self.norm2(x))
+        return h.add_(x) if h.dtype == x.dtype else x + h
 
 
 class PatchEmbed3D(nn.Module):
