@@ -32,7 +32,7 @@ def _rescale_extreme(x: np.ndarray) -> None:
         np.divide(x, np.float32(peak), out=x)
 
 
-def normalize_window(window_array: np.ndarray, card: ModelCard) -> np.ndarray:
+def normalize_window(window_array: np.ndarray, card: ModelCard, copy: bool = True) -> np.ndarray:
     """Normalise a window's intensities the way ``card.normalization`` prescribes.
 
     ``"zscore_nonzero"`` (the only scheme so far):
@@ -50,40 +50,50 @@ def normalize_window(window_array: np.ndarray, card: ModelCard) -> np.ndarray:
     magnitude: squaring them in float32 would overflow to inf or underflow to 0 and leave the
     window unnormalised (an empty mask). The z-score does not change under that scaling.
 
-    The input is not modified.
+    The input is not modified unless ``copy`` is False and it is a float32 array: then it is
+    normalised in place (a window the caller has just extracted; saves a pass).
 
     Args:
         window_array: window intensities, any shape (usually (S, S, S) in tensor axis order),
             any real dtype, finite values.
         card: the model card of the weights that will consume the window.
+        copy: False to normalise a float32 ``window_array`` in place.
 
     Returns:
-        float32 array of the same shape.
+        float32 array of the same shape (``window_array`` itself when normalised in place).
 
     Raises:
         ModelCardError: ``card.normalization`` is not a supported scheme.
     """
     if card.normalization != "zscore_nonzero":
         raise ModelCardError(f"model card {card.name!r}: normalization {card.normalization!r} is not supported; use 'zscore_nonzero'")
-    x = np.array(window_array, dtype=np.float32, copy=True)
+    in_place = not copy and isinstance(window_array, np.ndarray) and window_array.dtype == np.float32 and window_array.flags.writeable
+    x = window_array if in_place else np.array(window_array, dtype=np.float32, copy=True)
     if card.intensity_clip is not None:
         np.clip(x, card.intensity_clip[0], card.intensity_clip[1], out=x)
     if x.size == 0:
         return x
     _rescale_extreme(x)
-    foreground = x > 0
+    foreground: np.ndarray | None = x > 0
     count = int(np.count_nonzero(foreground))
-    where: np.ndarray | bool = foreground
     if count < 2:
         logger.debug("window has %d voxel(s) > 0; z-normalising with statistics of all %d voxels", count, x.size)
-        where, count = True, x.size
-    # Two passes with float64 accumulation and no copy of the selected voxels: 7 ms instead of
-    # 14 ms (boolean indexing + ndarray.std) for a 128³ CT window.
-    mean = float(np.add.reduce(x, axis=None, dtype=np.float64, where=where)) / count
+        foreground, count = None, x.size
+    # Two passes with float64 accumulation; the voxels outside the statistics are multiplied by
+    # 0 into one float32 buffer (branch-free: a masked reduction's cost grows with the mask's
+    # fragmentation, 19 ms for a scattered 128³ mask against 2 ms).
+    selected = x if foreground is None else np.multiply(x, foreground)
+    mean = float(np.add.reduce(selected, axis=None, dtype=np.float64)) / count
     x -= np.float32(mean)
-    std = float(np.sqrt(np.add.reduce(x * x, axis=None, dtype=np.float64, where=where) / (count - 1))) if count >= 2 else 0.0
+    std = 0.0
+    if count >= 2:
+        selected = np.multiply(x, x, out=None if foreground is None else selected)
+        if foreground is not None:
+            np.multiply(selected, foreground, out=selected)
+        std = float(np.sqrt(np.add.reduce(selected, axis=None, dtype=np.float64) / (count - 1)))
     if std > 0 and np.isfinite(std):
         x /= np.float32(std)
     else:
         logger.debug("window statistics are constant (mean %.6g); subtracting the mean only", mean)
     return x
+

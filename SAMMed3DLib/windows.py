@@ -47,11 +47,12 @@ import torch
 
 from .card import ModelCard
 from .errors import DeviceError
-from .geometry import ImageGeometry, Window, extract_window
+from .geometry import ImageGeometry, Window
 from .model.click_maps import ClickMapCache, reuse_click_maps
 from .model.sam3d import Sam3D
 from .paste import window_distance, window_footprint
 from .preprocessing import normalize_window
+from .window_image import extract_window_fast
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ class WindowStack:
                 state.automatic = state.automatic and automatic
                 return state
         t = time.perf_counter()
-        array = normalize_window(extract_window(self.image, window), self.card)
+        # a fresh array from either path, normalised in place
+        array = normalize_window(extract_window_fast(self.image, window, self.geometry), self.card, copy=False)
         timings["extract"] += time.perf_counter() - t
         t = time.perf_counter()
         embedding = self._encode(array)

@@ -144,9 +144,12 @@ class Attention3D(nn.Module):
 
         The extra key is the projection of one appended zero token (so k = k_bias, v = v_bias,
         and its q is q_bias, the query of every padded position), and its bias column is the
-        log of the padded keys' summed exp(bias). The bias is written in one broadcast pass into
-        a (B, heads, G³, G³ + 1) buffer: for ``vit_b_ori`` on one CPU thread, three passes plus
-        concatenating the mask, k and v took 0.15 s of the encoder's 1.45 s; this takes 0.07 s.
+        log of the padded keys' summed exp(bias). The relative-position terms are computed for
+        the G real positions only; at padded positions q is q_bias, so their terms there are
+        q_bias's (a (qh, kw) and a (kh, kw) table) and no padded copy of q is made. The bias is
+        written in one broadcast pass into a (B, heads, G³, G³ + 1) buffer: for ``vit_b_ori`` on
+        one CPU thread, three passes plus concatenating the mask, k and v took 0.15 s of the
+        encoder's 1.45 s; this takes 0.07 s.
         """
         b, g = x.shape[0], x.shape[1]
         heads, hd = self.num_heads, self.head_dim
@@ -166,15 +169,9 @@ class Attention3D(nn.Module):
             rh = relative_position_matrix(self.rel_pos_h, g, side)  # (G, side, hd): qh, kw
             rw = relative_position_matrix(self.rel_pos_w, side, side)  # (side, side, hd): kh, kw
             q5 = q.reshape(b, heads, g, g, g, hd)
-            if pad:
-                # rel_h / rel_w read q at the key's d / h index: q_bias at padded positions.
-                q_pad = qkv[0][:, :, n:].reshape(b, heads, 1, 1, 1, hd).expand(b, heads, g, g, pad, hd)
-                q_ext = torch.cat([q5, q_pad], dim=4)
-            else:
-                q_ext = q5
             a = torch.einsum("bndhwc,dmc->bndhwm", q5, rd)  # (B,n,qd,qh,qw,kw)
-            bh = torch.einsum("bndhjc,hmc->bndhjm", q_ext, rh)  # (B,n,qd,qh,kd,kw)
-            cw = torch.einsum("bndhjc,jmc->bndhjm", q_ext, rw)  # (B,n,qd,qh,kh,kw)
+            bh = torch.einsum("bndhjc,hmc->bndhjm", q5, rh)  # (B,n,qd,qh,kd,kw), kd < G
+            cw = torch.einsum("bndhjc,jmc->bndhjm", q5, rw[:g])  # (B,n,qd,qh,kh,kw), kh < G
             mask = torch.empty(b, heads, n, n + (1 if pad else 0), dtype=q.dtype, device=q.device)
             # The kd/kh/kw part does not depend on qw: sum it at (B,n,qd,qh,kd,kh,kw) size first,
             # then write the full bias in one broadcast pass (3× less traffic than three passes).
@@ -186,7 +183,12 @@ class Attention3D(nn.Module):
             else:
                 torch.add(query_part, key_part, out=body)
             if pad:
-                mask[..., n] = _log_padded_mass(a, bh, cw, g).reshape(b, heads, n)
+                # rel_h / rel_w read q at the key's d / h index: q_bias (the query of the appended
+                # zero token) at padded positions, so their terms there depend on (qh, kw) and (kh, kw) only.
+                q_bias = qkv[0][:, :, n]  # (B, n, hd)
+                bh_pad = torch.einsum("bnc,hmc->bnhm", q_bias, rh)  # (B,n,qh,kw): every kd >= G
+                cw_pad = torch.einsum("bnc,jmc->bnjm", q_bias, rw[g:])  # (B,n,kh - G,kw)
+                mask[..., n] = _log_padded_mass(a, bh, cw, bh_pad, cw_pad, pad).reshape(b, heads, n)
         elif pad:
             # Without relative positions every padded key has bias 0: the sum is their count.
             mask = q.new_zeros(b, heads, n, n + 1)
@@ -195,30 +197,34 @@ class Attention3D(nn.Module):
         return self._merge_heads(out, (g, g, g))
 
 
-def _log_padded_mass(a: torch.Tensor, bh: torch.Tensor, cw: torch.Tensor, g: int) -> torch.Tensor:
+def _log_padded_mass(a: torch.Tensor, bh: torch.Tensor, cw: torch.Tensor, bh_pad: torch.Tensor, cw_pad: torch.Tensor, pad: int) -> torch.Tensor:
     """log Σ over padded keys of exp(bias), per query: (B, heads, G, G, G).
 
     Args:
-        a: (B, heads, qd, qh, qw, kw) term q·Rd, kw over the whole window side S.
-        bh: (B, heads, qd, qh, kd, kw) term q(qd,qh,kd)·Rh[qh,kw], kd and kw over S.
-        cw: (B, heads, qd, qh, kh, kw) term q(qd,qh,kh)·Rw[kh,kw], kh and kw over S.
-        g: token-grid side G < S.
+        a: (B, heads, qd, qh, qw, kw) term q·Rd, kw over the whole window side S = G + pad.
+        bh: (B, heads, qd, qh, kd, kw) term q(qd,qh,kd)·Rh[qh,kw] for kd < G, kw over S.
+        cw: (B, heads, qd, qh, kh, kw) term q(qd,qh,kh)·Rw[kh,kw] for kh < G, kw over S.
+        bh_pad: (B, heads, qh, kw) the ``bh`` term of every padded kd (q is q_bias there).
+        cw_pad: (B, heads, kh - G, kw) the ``cw`` term of each padded kh.
+        pad: S − G.
 
     The padded keys are {kw ≥ G} ∪ {kw < G, kd ≥ G} ∪ {kw < G, kd < G, kh ≥ G}: disjoint sets on
     which the sum factorises per kw into sums over kd and over kh. Each factor is shifted by its
     maximum before exp, and all terms are positive (no cancellation).
     """
-    mb = bh.amax(dim=4, keepdim=True)
-    mc = cw.amax(dim=4, keepdim=True)
-    eb = torch.exp(bh - mb)
-    ec = torch.exp(cw - mc)
-    b_lo, b_hi = eb[..., :g, :].sum(4), eb[..., g:, :].sum(4)  # (B,n,qd,qh,kw)
-    c_lo, c_hi = ec[..., :g, :].sum(4), ec[..., g:, :].sum(4)
+    g = bh.shape[4]
+    bh_pad = bh_pad[:, :, None]  # (B,n,1,qh,kw), broadcast over qd
+    mb = torch.maximum(bh.amax(dim=4), bh_pad)  # (B,n,qd,qh,kw)
+    mc = torch.maximum(cw.amax(dim=4), cw_pad.amax(dim=2)[:, :, None, None])
+    b_lo = torch.exp(bh - mb.unsqueeze(4)).sum(4)  # (B,n,qd,qh,kw)
+    b_hi = pad * torch.exp(bh_pad - mb)
+    c_lo = torch.exp(cw - mc.unsqueeze(4)).sum(4)
+    c_hi = torch.exp(cw_pad[:, :, None, None] - mc.unsqueeze(4)).sum(4)
     c_all = c_lo + c_hi
     per_kw = (b_lo + b_hi) * c_all
     per_kw[..., :g] = (b_hi * c_all + b_lo * c_hi)[..., :g]
     # A factor underflows only when its terms are < e^-87 of the largest; keep log finite there.
-    log_kw = torch.log(per_kw.clamp_min(torch.finfo(per_kw.dtype).tiny)) + (mb + mc).squeeze(4)
+    log_kw = torch.log(per_kw.clamp_min(torch.finfo(per_kw.dtype).tiny)) + mb + mc
     return torch.logsumexp(a + log_kw.unsqueeze(4), dim=-1)
 
 
@@ -282,8 +288,11 @@ class Block3D(nn.Module):
         else:
             windows, padded_side = window_partition(x, w)
             x = window_unpartition(self.attn.forward_reference(windows), w, padded_side, g)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        # In place on the fresh attention / MLP outputs (no new tensor; their backward does not
+        # need them), unless autocast made them narrower than the residual stream it keeps.
+        x = x.add_(shortcut) if x.dtype == shortcut.dtype else shortcut + x
+        h = self.mlp(self.norm2(x))
+        return h.add_(x) if h.dtype == x.dtype else x + h
 
 
 class PatchEmbed3D(nn.Module):
@@ -387,9 +396,10 @@ class ImageEncoderViT3D(nn.Module):
         expected = (self.in_chans, self.img_size, self.img_size, self.img_size)
         if x.dim() != 5 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"image encoder expects input of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        x = self.patch_embed(x)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed
+        x = self.patch_embed(x)  # channels-last view of the convolution's output
+        # Tokens contiguous from here on (the sum takes pos_embed's layout): every layer norm of a
+        # view would copy it, and every residual sum would keep the view's layout.
+        x = self.pos_embed + x if self.pos_embed is not None else x.contiguous()
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 4, 1, 2, 3))
