@@ -124,6 +124,23 @@ def test_fine_head_fast_inference_matches_the_plain_layers(monkeypatch) -> None:
     assert not slow, f"the fine head fell back to PyTorch's direct convolution kernels: {slow}"
 
 
+def test_a_window_image_changed_in_place_is_not_reused() -> None:
+    head = _head()
+    image = torch.randn(1, 1, 32, 32, 32)
+    logits = torch.randn(1, 1, 8, 8, 8) * 4
+    coords, labels = torch.tensor([[[10.0, 12.0, 9.0]]]), torch.tensor([[1]])
+    cache = ClickMapCache()
+    with torch.inference_mode():
+        with reuse_click_maps(cache):
+            head(image, logits, coords, labels)
+    image.mul_(-1.0)  # the same tensor, other values (its version counter moves)
+    with torch.inference_mode():
+        with reuse_click_maps(cache):
+            again = head(image, logits, coords, labels)
+        fresh = head(image, logits, coords, labels)
+    assert torch.equal(again, fresh)
+
+
 def _seeds(*cells: tuple[int, int, int, int]) -> torch.Tensor:
     seeds = torch.zeros((1, 2, 12, 10, 14), dtype=torch.bool)
     for channel, z, y, x in cells:

@@ -55,7 +55,7 @@ class ClickMapCache:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._features: dict[object, tuple[torch.Tensor, object]] = {}
+        self._features: dict[object, tuple[torch.Tensor, int | None, object]] = {}
         self.geodesic = GeodesicCache()
 
     def __len__(self) -> int:
@@ -69,10 +69,17 @@ class ClickMapCache:
     def image_feature(self, key: object, image: torch.Tensor, compute: Callable[[torch.Tensor], T]) -> T:
         """``compute(image)``, kept under ``key`` while later calls pass an equal ``image``."""
         entry = self._features.get(key)
-        if entry is not None and entry[0].shape == image.shape and torch.equal(entry[0], image):
-            return entry[1]  # type: ignore[return-value]
+        if entry is not None:
+            kept, version, value = entry
+            if (kept is image and version is not None and version == _version(image)) or (
+                kept is not image and kept.shape == image.shape and torch.equal(kept, image)
+            ):
+                return value  # type: ignore[return-value]
         value = compute(image)
-        self._features[key] = (image.detach().clone(), value)
+        version = _version(image)
+        # The same tensor, unmodified since (its version counter), needs no comparison; one
+        # without a counter (made in inference mode) is kept as a copy and compared (1 ms at 128³).
+        self._features[key] = (image if version is not None else image.detach().clone(), version, value)
         return value
 
     def squared_distances(self, key: tuple[object, ...], pts: torch.Tensor, grid: Sequence[int], reach: float) -> torch.Tensor:
@@ -85,6 +92,13 @@ class ClickMapCache:
             d2 = _nearest_click_sq_distance(torch.unique(pts, dim=0), grid, reach)
         self._entries[key] = (pts.clone(), d2)
         return d2
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """``tensor``'s in-place-change counter, or None for an inference tensor (which has none)."""
+    if tensor.is_inference():
+        return None
+    return int(tensor._version)
 
 
 _ACTIVE_CACHE: contextvars.ContextVar[ClickMapCache | None] = contextvars.ContextVar("sammed3d_click_map_cache", default=None)
