@@ -20,15 +20,7 @@ from SAMMed3DLib.geometry import ImageGeometry, Window
 from SAMMed3DLib.paste import paste_logits, resample_logits_to_grid
 from SAMMed3DLib.separable import AXIS_DRIFT_LIMIT, interpolation_matrix, separable_axes
 
-CENTRE = np.array([12.0, -30.0, 45.0])
-
-
-def _permutation(order, signs) -> np.ndarray:
-    m = np.zeros((3, 3))
-    for column, (row, sign) in enumerate(zip(order, signs)):
-        m[row, column] = sign
-    return m
-
+from grids import CENTRE, centred_geometry, permutation, rotation_z
 
 #: (name, spacing_xyz_mm, direction): axial as stored by ITK, RAS-stored (LPS-flipped), flipped z,
 #: a sagittal and a coronal acquisition (axes permuted) with flips, all anisotropic.
@@ -36,16 +28,9 @@ GRIDS = [
     ("identity", (0.7, 0.9, 3.0), np.eye(3)),
     ("ras_stored", (0.8, 0.8, 2.5), np.diag([-1.0, -1.0, 1.0])),
     ("flipped_z", (1.1, 0.6, 2.0), np.diag([1.0, 1.0, -1.0])),
-    ("sagittal", (2.5, 0.8, 1.1), _permutation((2, 0, 1), (1.0, -1.0, -1.0))),
-    ("coronal_flipped", (0.9, 3.0, 0.7), _permutation((0, 2, 1), (-1.0, 1.0, -1.0))),
+    ("sagittal", (2.5, 0.8, 1.1), permutation((2, 0, 1), (1.0, -1.0, -1.0))),
+    ("coronal_flipped", (0.9, 3.0, 0.7), permutation((0, 2, 1), (-1.0, 1.0, -1.0))),
 ]
-
-
-def _geometry(spacing, direction, extent_mm: float = 60.0) -> ImageGeometry:
-    size = tuple(int(round(extent_mm / s)) for s in spacing)
-    half = (np.asarray(size) - 1) / 2.0
-    origin = CENTRE - np.asarray(direction) @ (np.asarray(spacing) * half)
-    return ImageGeometry(size_xyz=size, spacing_xyz_mm=spacing, origin_lps=origin, direction=np.asarray(direction))
 
 
 def _fields(side: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -77,7 +62,7 @@ def _general(low: np.ndarray, window: Window, geom: ImageGeometry) -> tuple[tupl
 @pytest.mark.parametrize("side", [8, 16], ids=["decoder_grid", "fine_head_grid"])
 @pytest.mark.parametrize(("name", "spacing", "direction"), GRIDS, ids=[g[0] for g in GRIDS])
 def test_separable_logits_and_paste_equal_the_general_path(name, spacing, direction, side):
-    geom = _geometry(spacing, direction)
+    geom = centred_geometry(spacing, direction)
     rng = np.random.default_rng(sum(map(ord, name)) + side)
     for window, (field, low) in itertools.product(_windows(), _fields(side, rng).items()):
         fp = paste._footprint(window, geom)
@@ -104,7 +89,7 @@ def test_separable_logits_and_paste_equal_the_general_path(name, spacing, direct
 @pytest.mark.parametrize(("name", "spacing", "direction"), GRIDS, ids=[g[0] for g in GRIDS])
 def test_separable_logits_are_the_trilinear_interpolant_at_voxel_centres(name, spacing, direction):
     # independent of both paths: the interpolant's definition, u = (w + 0.5) / f - 0.5, clamped
-    geom = _geometry(spacing, direction)
+    geom = centred_geometry(spacing, direction)
     window = Window.centred_at(CENTRE + [-10.0, 6.0, 2.0], 32, 1.5)
     low = np.random.default_rng(1).normal(size=(8, 8, 8)).astype(np.float32)
     result = resample_logits_to_grid(low, window, geom)
@@ -116,30 +101,25 @@ def test_separable_logits_are_the_trilinear_interpolant_at_voxel_centres(name, s
     assert np.abs(result.logits_zyx[inside] - expected[inside]).max() < 1e-5
 
 
-def _rotation_z(radians: float) -> np.ndarray:
-    c, s = np.cos(radians), np.sin(radians)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def test_direction_noise_of_a_header_keeps_the_fast_path_and_an_oblique_grid_does_not():
     window = Window.centred_at(CENTRE, 32, 1.5)
     low = np.random.default_rng(2).normal(size=(8, 8, 8)).astype(np.float32)
-    noisy = _geometry((0.7, 0.9, 3.0), _rotation_z(1e-9))  # cosines 1e-9 off, as DICOM headers carry
+    noisy = centred_geometry((0.7, 0.9, 3.0), rotation_z(1e-9))  # cosines 1e-9 off, as DICOM headers carry
     fp = paste._footprint(window, noisy)
     assert paste._separable(low, window, noisy, fp.lo_xyz, fp.hi_xyz) is not None
     slices, general = _general(low, window, noisy)
     fast = resample_logits_to_grid(low, window, noisy)
     assert np.array_equal(np.isnan(fast.logits_zyx), np.isnan(general))
     assert np.nanmax(np.abs(fast.logits_zyx - general)) < 1e-5
-    oblique = _geometry((0.7, 0.9, 3.0), _rotation_z(np.deg2rad(5.0)))
+    oblique = centred_geometry((0.7, 0.9, 3.0), rotation_z(np.deg2rad(5.0)))
     a, _ = paste._index_affine(window, oblique)
     assert separable_axes(a, oblique.size_xyz) is None
-    slightly = _geometry((0.7, 0.9, 3.0), _rotation_z(10 * AXIS_DRIFT_LIMIT))  # drifts 10x too far over the image
+    slightly = centred_geometry((0.7, 0.9, 3.0), rotation_z(10 * AXIS_DRIFT_LIMIT))  # drifts 10x too far over the image
     assert separable_axes(paste._index_affine(window, slightly)[0], slightly.size_xyz) is None
 
 
 def test_non_finite_logits_take_the_general_path():
-    geom = _geometry((0.7, 0.9, 3.0), np.eye(3))
+    geom = centred_geometry((0.7, 0.9, 3.0), np.eye(3))
     window = Window.centred_at(CENTRE, 32, 1.5)
     low = np.ones((8, 8, 8), np.float32)
     low[4, 4, 4] = np.nan  # a NaN spreads through a matrix product: the general path keeps it local

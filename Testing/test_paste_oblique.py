@@ -25,35 +25,19 @@ from SAMMed3DLib import build_sam3d, oblique, paste, session_steps
 from SAMMed3DLib.geometry import ImageGeometry, Window
 from SAMMed3DLib.paste import paste_logits
 from SAMMed3DLib.session import Session
+
+from grids import CENTRE, centred_geometry, rotation
 from test_session import TINY
-
-CENTRE = np.array([12.0, -30.0, 45.0])
-
-
-def _rotation(axis, degrees: float, flip_column: int | None = None) -> np.ndarray:
-    m = np.reshape(sitk.VersorTransform(tuple(float(v) for v in axis), np.deg2rad(degrees)).GetMatrix(), (3, 3))
-    if flip_column is not None:
-        m = m.copy()
-        m[:, flip_column] *= -1.0  # a left-handed (flipped) acquisition
-    return m
-
 
 #: (name, spacing_xyz_mm, direction): a tilted MR, a gantry-tilt CT, a slight in-plane rotation,
 #: a flipped oblique and a sagittal-like oblique, all anisotropic.
 GRIDS = [
-    ("tilted", (0.8, 0.8, 2.5), _rotation((0.3, 0.2, 1.0), 20.0)),
-    ("gantry_tilt", (0.7, 0.9, 3.0), _rotation((1.0, 0.0, 0.0), 25.0)),
-    ("in_plane_8deg", (1.1, 0.6, 2.0), _rotation((0.0, 0.0, 1.0), 8.0)),
-    ("flipped", (0.9, 1.2, 2.2), _rotation((0.5, -0.4, 0.3), 33.0, flip_column=2)),
-    ("sagittal_oblique", (2.5, 0.8, 1.1), _rotation((0.2, 1.0, 0.1), 70.0, flip_column=0)),
+    ("tilted", (0.8, 0.8, 2.5), rotation((0.3, 0.2, 1.0), 20.0)),
+    ("gantry_tilt", (0.7, 0.9, 3.0), rotation((1.0, 0.0, 0.0), 25.0)),
+    ("in_plane_8deg", (1.1, 0.6, 2.0), rotation((0.0, 0.0, 1.0), 8.0)),
+    ("flipped", (0.9, 1.2, 2.2), rotation((0.5, -0.4, 0.3), 33.0, flip_column=2)),
+    ("sagittal_oblique", (2.5, 0.8, 1.1), rotation((0.2, 1.0, 0.1), 70.0, flip_column=0)),
 ]
-
-
-def _geometry(spacing, direction, extent_mm: float = 60.0) -> ImageGeometry:
-    size = tuple(int(round(extent_mm / s)) for s in spacing)
-    half = (np.asarray(size) - 1) / 2.0
-    origin = CENTRE - np.asarray(direction) @ (np.asarray(spacing) * half)
-    return ImageGeometry(size_xyz=size, spacing_xyz_mm=spacing, origin_lps=origin, direction=np.asarray(direction))
 
 
 def _fields(side: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -110,7 +94,7 @@ def test_oblique_paste_writes_the_padded_interpolations_decision_at_every_voxel_
     name, spacing, direction, side, slab_voxels, monkeypatch
 ):
     monkeypatch.setattr(oblique, "SLAB_VOXELS", slab_voxels)
-    geom = _geometry(spacing, direction)
+    geom = centred_geometry(spacing, direction)
     rng = np.random.default_rng(sum(map(ord, name)) + side)
     for window, (field, low) in itertools.product(_windows(), _fields(side, rng).items()):
         fp = paste._footprint(window, geom)
@@ -130,7 +114,7 @@ def test_oblique_paste_writes_the_padded_interpolations_decision_at_every_voxel_
 
 @pytest.mark.parametrize(("name", "spacing", "direction"), GRIDS, ids=[g[0] for g in GRIDS])
 def test_the_unpadded_logits_image_is_the_window_and_gives_the_padded_values_inside_it(name, spacing, direction):
-    geom = _geometry(spacing, direction)
+    geom = centred_geometry(spacing, direction)
     low = np.random.default_rng(3).normal(size=(8, 8, 8)).astype(np.float32)
     for window in _windows():
         slices, padded, inside = _padded_values(low, window, geom)
@@ -142,7 +126,7 @@ def test_the_unpadded_logits_image_is_the_window_and_gives_the_padded_values_ins
 
 
 def test_a_row_end_outside_simpleitks_buffer_is_interpolated_from_the_padded_image():
-    geom = _geometry((0.8, 0.8, 2.5), _rotation((0.3, 0.2, 1.0), 20.0))
+    geom = centred_geometry((0.8, 0.8, 2.5), rotation((0.3, 0.2, 1.0), 20.0))
     window = Window.centred_at(CENTRE + [3.0, -2.0, 4.0], 32, 1.5)
     low = np.random.default_rng(4).normal(size=(8, 8, 8)).astype(np.float32) + 0.8
     fp = paste._footprint(window, geom)
@@ -200,7 +184,7 @@ def test_a_session_on_an_oblique_volume_gives_the_float64_pastes_masks_step_by_s
     image = sitk.Image([70, 64, 30], sitk.sitkFloat32)
     image.SetSpacing((0.8, 0.9, 2.5))
     image.SetOrigin((-30.0, 12.0, -55.0))
-    image.SetDirection(_rotation((0.3, 0.2, 1.0), 20.0).ravel().tolist())
+    image.SetDirection(rotation((0.3, 0.2, 1.0), 20.0).ravel().tolist())
     rng = np.random.default_rng(6)
     arr = rng.normal(100.0, 30.0, size=(30, 64, 70)).astype(np.float32)
     arr[8:20, 20:44, 25:50] += 300.0
@@ -222,7 +206,7 @@ def test_a_session_on_an_oblique_volume_gives_the_float64_pastes_masks_step_by_s
 
 def test_specks_are_interpolated_in_one_small_box_each_and_scattered_logits_in_the_whole_box():
     # (a blob fills most of its box: one box of its mixed blocks or the whole box (None), either is exact)
-    geom = _geometry((0.8, 0.8, 2.5), _rotation((0.3, 0.2, 1.0), 20.0), extent_mm=120.0)
+    geom = centred_geometry((0.8, 0.8, 2.5), rotation((0.3, 0.2, 1.0), 20.0), extent_mm=120.0)
     window = Window.centred_at(CENTRE, 64, 1.5)
     rng = np.random.default_rng(8)
     fields = _fields(16, rng)

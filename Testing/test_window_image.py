@@ -22,20 +22,7 @@ from SAMMed3DLib.preprocessing import normalize_window
 from SAMMed3DLib.separable import AXIS_DRIFT_LIMIT, separable_axes
 from SAMMed3DLib.window_image import _plan, extract_window_fast, extract_window_separable, window_to_index
 
-CENTRE = np.array([12.0, -30.0, 45.0])
-
-
-def _permutation(order, signs) -> np.ndarray:
-    m = np.zeros((3, 3))
-    for column, (row, sign) in enumerate(zip(order, signs)):
-        m[row, column] = sign
-    return m
-
-
-def _rotation_z(radians: float) -> np.ndarray:
-    c, s = np.cos(radians), np.sin(radians)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
+from grids import CENTRE, permutation, rotation_z
 
 #: (name, spacing_xyz_mm, direction): axial as ITK stores it, RAS-stored (LPS-flipped), flipped z,
 #: sagittal and coronal acquisitions (axes permuted) with flips, all anisotropic.
@@ -43,9 +30,9 @@ GRIDS = [
     ("identity", (0.7, 0.9, 3.0), np.eye(3)),
     ("ras_stored", (0.8, 0.8, 2.5), np.diag([-1.0, -1.0, 1.0])),
     ("flipped_z", (1.1, 0.6, 2.0), np.diag([1.0, 1.0, -1.0])),
-    ("sagittal", (2.5, 0.8, 1.1), _permutation((2, 0, 1), (1.0, -1.0, -1.0))),
-    ("coronal_flipped", (0.9, 3.0, 0.7), _permutation((0, 2, 1), (-1.0, 1.0, -1.0))),
-    ("all_permuted", (1.3, 0.7, 2.2), _permutation((1, 2, 0), (-1.0, 1.0, 1.0))),
+    ("sagittal", (2.5, 0.8, 1.1), permutation((2, 0, 1), (1.0, -1.0, -1.0))),
+    ("coronal_flipped", (0.9, 3.0, 0.7), permutation((0, 2, 1), (-1.0, 1.0, -1.0))),
+    ("all_permuted", (1.3, 0.7, 2.2), permutation((1, 2, 0), (-1.0, 1.0, 1.0))),
 ]
 
 #: (name, centre offset from the image centre in mm, window size, window spacing in mm)
@@ -112,12 +99,12 @@ def test_a_one_voxel_thick_image_repeats_its_slice_within_half_a_voxel():
 def test_header_noise_keeps_the_separable_path_and_oblique_images_keep_simpleitk():
     rng = np.random.default_rng(6)
     window = Window.centred_at(CENTRE + [2.2, 1.1, -3.3], 32, 1.5)
-    noisy = _image((0.7, 0.9, 3.0), _rotation_z(1e-9), rng)  # cosines 1e-9 off, as DICOM headers carry
+    noisy = _image((0.7, 0.9, 3.0), rotation_z(1e-9), rng)  # cosines 1e-9 off, as DICOM headers carry
     fast = extract_window_separable(noisy, window)
     assert fast is not None
     _assert_same(fast, extract_window(noisy, window))
     for radians in (np.deg2rad(20.0), 10 * AXIS_DRIFT_LIMIT / 128):  # oblique; drifts 10x too far over the window
-        oblique = _image((0.7, 0.9, 3.0), _rotation_z(radians), rng)
+        oblique = _image((0.7, 0.9, 3.0), rotation_z(radians), rng)
         assert extract_window_separable(oblique, window) is None
         assert np.array_equal(extract_window_fast(oblique, window), extract_window(oblique, window))
 
