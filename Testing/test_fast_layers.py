@@ -10,7 +10,7 @@ from torch import nn
 from SAMMed3DLib.model.click_maps import ClickMapCache, reuse_click_maps
 from SAMMed3DLib.model.fast_layers import Conv3d, ConvTranspose3d
 from SAMMed3DLib.model.fine_head import NEW_FINE_HEAD, FineHead
-from SAMMed3DLib.model.geodesic import GeodesicCache, geodesic_distance
+from SAMMed3DLib.model.geodesic import UNREACHED, GeodesicCache, geodesic_distance
 
 
 @pytest.fixture(autouse=True)
@@ -164,6 +164,17 @@ def test_geodesic_cache_equals_a_fresh_computation_click_after_click() -> None:
     for img, seeds in steps:
         for weight, sweeps in ((20.0, 2), (5.0, 1)):
             assert torch.equal(cache.distance(img, seeds, weight, sweeps), geodesic_distance(img, seeds, weight, sweeps))
+
+
+def test_a_polarity_without_clicks_is_unreached_and_leaves_the_other_unchanged() -> None:
+    torch.manual_seed(7)
+    image = torch.randn(2, 1, 12, 10, 14)
+    seeds = torch.zeros((2, 2, 12, 10, 14), dtype=torch.bool)
+    seeds[0, 0, 3, 3, 3] = True  # item 0: a positive click only; item 1: no click at all
+    dist = geodesic_distance(image, seeds, 20.0, 2)
+    assert torch.equal(dist[0, 0], geodesic_distance(image[:1], seeds[:1, :1], 20.0, 2)[0, 0])
+    assert bool((dist[0, 1] == UNREACHED).all()) and bool((dist[1] == UNREACHED).all())
+    assert torch.equal(GeodesicCache().distance(image, seeds, 20.0, 2), dist)
 
 
 def test_geodesic_maps_in_a_session_window_equal_the_maps_without_cache() -> None:

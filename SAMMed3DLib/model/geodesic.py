@@ -103,8 +103,16 @@ def geodesic_distance(image: torch.Tensor, seeds: torch.Tensor, weight: float, s
         (B, C, D, H, W) float32 distances; :data:`UNREACHED` where a channel has no seed.
     """
     _check_shapes(image, seeds)
-    dist = torch.where(seeds, 0.0, UNREACHED).to(torch.float32)
-    return sweep(dist, step_costs(image, weight), sweeps)
+    seeded = seeds.flatten(2).any(dim=2)  # (B, C)
+    if bool(seeded.all()):
+        return sweep(torch.where(seeds, 0.0, UNREACHED).to(torch.float32), step_costs(image, weight), sweeps)
+    # A channel without seeds is UNREACHED everywhere: no sweep (the first click has one polarity).
+    out = torch.full(seeds.shape, UNREACHED, dtype=torch.float32, device=seeds.device)
+    for b in torch.nonzero(seeded.any(dim=1)).flatten().tolist():
+        channels = torch.nonzero(seeded[b]).flatten()
+        init = torch.where(seeds[b : b + 1, channels], 0.0, UNREACHED).to(torch.float32)
+        out[b, channels] = sweep(init, step_costs(image[b : b + 1], weight), sweeps)[0]
+    return out
 
 
 class GeodesicCache:
@@ -148,7 +156,9 @@ class GeodesicCache:
                 if entry is not None and torch.equal(entry[0], now):
                     out[b, c] = entry[1]
                     continue
-                if entry is not None and not (entry[0] & ~now).any():
+                if not now.any():
+                    dist = torch.full(now.shape, UNREACHED, dtype=torch.float32, device=now.device)
+                elif entry is not None and not (entry[0] & ~now).any():
                     added = now & ~entry[0]
                     fresh = sweep(torch.where(added, 0.0, UNREACHED)[None, None].to(torch.float32), costs, sweeps)[0, 0]
                     dist = torch.minimum(entry[1], fresh)
