@@ -17,6 +17,11 @@ It predicts a correction added to the up-sampled logits (its last convolution st
 an untrained head returns the decoder's output unchanged). Only the displayed/pasted mask uses
 the refined logits; the decoder keeps getting its own 32³ logits back as the dense prompt, as it
 was trained.
+
+On the CPU at inference its convolutions run on oneDNN (:mod:`.fast_layers`), and inside a
+session's window (:func:`.click_maps.reuse_click_maps`) what depends on the window image alone
+and the geodesic distances of unchanged clicks are reused: a follow-up click of the default model
+costs about half of what it did (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -112,7 +117,8 @@ class FineHead(nn.Module):
             # CPU inference: the first convolution's share of the image features depends on the
             # window alone and is kept across its clicks; only the prompt channels are convolved.
             x = self._image_features(image)[0] + first.forward_channels(torch.cat(prompts, dim=1), self.stem.out_channels, False)
-            e0 = self.enc0[1](self.enc0[0][2](self.enc0[0][1](x)))
+            conv_norm_act = self.enc0[0]
+            e0 = self.enc0[1](conv_norm_act[2](conv_norm_act[1](x)))  # the first block's norm and activation, the second block
         else:
             e0 = self.enc0(torch.cat([self.stem(image.float()), *prompts], dim=1))
         e1 = self.enc1(self.down1(e0))
