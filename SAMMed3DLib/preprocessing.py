@@ -96,4 +96,3 @@ def normalize_window(window_array: np.ndarray, card: ModelCard, copy: bool = Tru
     else:
         logger.debug("window statistics are constant (mean %.6g); subtracting the mean only", mean)
     return x
-
