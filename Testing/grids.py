@@ -45,3 +45,15 @@ def centred_geometry(spacing, direction, extent_mm: float = 60.0) -> ImageGeomet
     half = (np.asarray(size) - 1) / 2.0
     origin = CENTRE - np.asarray(direction) @ (np.asarray(spacing) * half)
     return ImageGeometry(size_xyz=size, spacing_xyz_mm=spacing, origin_lps=origin, direction=np.asarray(direction))
+
+
+#: (name, spacing_xyz_mm, direction) of axis-aligned grids (the image's axes are LPS's up to order
+#: and sign): axial as ITK stores it, RAS-stored (LPS-flipped), flipped z, sagittal and coronal
+#: acquisitions (axes permuted) with flips, all anisotropic.
+AXIS_ALIGNED_GRIDS = [
+    ("identity", (0.7, 0.9, 3.0), np.eye(3)),
+    ("ras_stored", (0.8, 0.8, 2.5), np.diag([-1.0, -1.0, 1.0])),
+    ("flipped_z", (1.1, 0.6, 2.0), np.diag([1.0, 1.0, -1.0])),
+    ("sagittal", (2.5, 0.8, 1.1), permutation((2, 0, 1), (1.0, -1.0, -1.0))),
+    ("coronal_flipped", (0.9, 3.0, 0.7), permutation((0, 2, 1), (-1.0, 1.0, -1.0))),
+]

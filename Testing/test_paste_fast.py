@@ -20,17 +20,9 @@ from SAMMed3DLib.geometry import ImageGeometry, Window
 from SAMMed3DLib.paste import paste_logits, resample_logits_to_grid
 from SAMMed3DLib.separable import AXIS_DRIFT_LIMIT, interpolation_matrix, separable_axes
 
-from grids import CENTRE, centred_geometry, permutation, rotation_z
+from grids import AXIS_ALIGNED_GRIDS, CENTRE, centred_geometry, rotation_z
 
-#: (name, spacing_xyz_mm, direction): axial as stored by ITK, RAS-stored (LPS-flipped), flipped z,
-#: a sagittal and a coronal acquisition (axes permuted) with flips, all anisotropic.
-GRIDS = [
-    ("identity", (0.7, 0.9, 3.0), np.eye(3)),
-    ("ras_stored", (0.8, 0.8, 2.5), np.diag([-1.0, -1.0, 1.0])),
-    ("flipped_z", (1.1, 0.6, 2.0), np.diag([1.0, 1.0, -1.0])),
-    ("sagittal", (2.5, 0.8, 1.1), permutation((2, 0, 1), (1.0, -1.0, -1.0))),
-    ("coronal_flipped", (0.9, 3.0, 0.7), permutation((0, 2, 1), (-1.0, 1.0, -1.0))),
-]
+GRIDS = AXIS_ALIGNED_GRIDS
 
 
 def _fields(side: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -22,18 +22,10 @@ from SAMMed3DLib.preprocessing import normalize_window
 from SAMMed3DLib.separable import AXIS_DRIFT_LIMIT, separable_axes
 from SAMMed3DLib.window_image import _plan, extract_window_fast, extract_window_separable, window_to_index
 
-from grids import CENTRE, permutation, rotation_z
+from grids import AXIS_ALIGNED_GRIDS, CENTRE, permutation, rotation_z
 
-#: (name, spacing_xyz_mm, direction): axial as ITK stores it, RAS-stored (LPS-flipped), flipped z,
-#: sagittal and coronal acquisitions (axes permuted) with flips, all anisotropic.
-GRIDS = [
-    ("identity", (0.7, 0.9, 3.0), np.eye(3)),
-    ("ras_stored", (0.8, 0.8, 2.5), np.diag([-1.0, -1.0, 1.0])),
-    ("flipped_z", (1.1, 0.6, 2.0), np.diag([1.0, 1.0, -1.0])),
-    ("sagittal", (2.5, 0.8, 1.1), permutation((2, 0, 1), (1.0, -1.0, -1.0))),
-    ("coronal_flipped", (0.9, 3.0, 0.7), permutation((0, 2, 1), (-1.0, 1.0, -1.0))),
-    ("all_permuted", (1.3, 0.7, 2.2), permutation((1, 2, 0), (-1.0, 1.0, 1.0))),
-]
+#: The axis-aligned grids of the paste tests, and one with all three axes permuted.
+GRIDS = [*AXIS_ALIGNED_GRIDS, ("all_permuted", (1.3, 0.7, 2.2), permutation((1, 2, 0), (-1.0, 1.0, 1.0)))]
 
 #: (name, centre offset from the image centre in mm, window size, window spacing in mm)
 WINDOWS = [

@@ -42,6 +42,14 @@ from pathlib import Path
 
 from SAMMed3DLib.atomic import atomic_write_text
 
+#: Both child programs build their model the same way: a registry name or checkpoint loaded by the
+#: tree itself, or random weights of the official size (``model_name`` = "").
+_LOAD_MODEL = """if model_name:
+    from SAMMed3DLib.checkpoint import load_model
+    model = load_model(model_name).eval()
+else:
+    model = build_sam3d("vit_b_ori").eval()"""
+
 _CHILD = r"""
 import json, statistics, sys, time
 import SAMMed3DLib
@@ -53,11 +61,7 @@ from SAMMed3DLib.session import Session
 threads, follow_ups, new_windows, model_name = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-if model_name:
-    from SAMMed3DLib.checkpoint import load_model
-    model = load_model(model_name).eval()
-else:
-    model = build_sam3d("vit_b_ori").eval()
+__LOAD_MODEL__
 warm = Session(model, sitk.Image([64, 64, 32], sitk.sitkFloat32), auto_extend=False)
 warm.click_index((32, 32, 16))
 warm.click_index((30, 30, 16), positive=False)
@@ -98,7 +102,7 @@ for name in ("axis_aligned", "oblique"):
         out[name].update({"new_window_click_s": statistics.median(clicks), "new_window_click_cpu_s": statistics.median(clicks_cpu), "new_window_click_all_s": clicks,
                           **{f"new_window_{k}": statistics.median(v) for k, v in parts.items()}})
 print(json.dumps(out))
-"""
+""".replace("__LOAD_MODEL__", _LOAD_MODEL)
 
 
 _COLD = r"""
@@ -112,11 +116,7 @@ from SAMMed3DLib.session import Session
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
 model_name = sys.argv[2]
-if model_name:
-    from SAMMed3DLib.checkpoint import load_model
-    model = load_model(model_name).eval()
-else:
-    model = build_sam3d("vit_b_ori").eval()
+__LOAD_MODEL__
 if importlib.util.find_spec("SAMMed3DLib.warmup") is not None:
     from SAMMed3DLib.warmup import warm_up_in_background
     warm_up_in_background(model)
@@ -127,7 +127,7 @@ t, c = time.perf_counter(), time.process_time()
 result = Session(model, image, auto_extend=False).click(centre)
 print(json.dumps({"cold_first_click_s": time.perf_counter() - t, "cold_first_click_cpu_s": time.process_time() - c, "cold_extract_s": result.timings["extract"],
                   "cold_encoder_s": result.timings["encoder"], "sammed3d": SAMMed3DLib.__file__}))
-"""
+""".replace("__LOAD_MODEL__", _LOAD_MODEL)
 
 
 def _cpu_times() -> tuple[int, int] | None:
