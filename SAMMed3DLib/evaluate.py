@@ -140,7 +140,9 @@ def check_clicks(clicks: Iterable[int]) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _method_factory(method: Method | str | SegmenterFactory, model: Any, zoom_out: bool | None = None) -> tuple[SegmenterFactory, str, str]:
+def _method_factory(
+    method: Method | str | SegmenterFactory, model: Any, zoom_out: bool | None = None, refine: bool | None = None
+) -> tuple[SegmenterFactory, str, str]:
     """(factory, method name, model name) for a method name or a factory callable."""
     if callable(method):
         return method, getattr(method, "__name__", type(method).__name__), getattr(getattr(model, "card", None), "name", "custom")
@@ -150,7 +152,9 @@ def _method_factory(method: Method | str | SegmenterFactory, model: Any, zoom_ou
         from .session import Session
 
         card = getattr(model, "card", None)
-        options = {} if zoom_out is None else {"zoom_out": bool(zoom_out)}
+        options: dict[str, Any] = {} if zoom_out is None else {"zoom_out": bool(zoom_out)}
+        if refine is not None:
+            options["refine"] = bool(refine)
         return (lambda image: Session(model, image, **options)), "model", getattr(card, "name", "unnamed")
     if method == "growcut":
         from .baselines import GrowCutSession, _import_growcut
@@ -178,6 +182,7 @@ def evaluate(
     tolerance_mm: float | None = None,
     progress: ProgressCallback | None = None,
     zoom_out: bool | None = None,
+    refine: bool | None = None,
 ) -> EvaluationResult:
     """Run an interactive protocol on every selected structure of a data folder.
 
@@ -205,6 +210,8 @@ def evaluate(
         progress: ``progress(done, total, message)`` after each structure.
         zoom_out: the model's session zooms out for large objects (``Session(zoom_out=...)``);
             None: the session's default.
+        refine: the model's session snaps its masks to the image's edges (``Session(refine=...)``,
+            :mod:`.refine`); None: the model's default.
 
     Returns:
         The rows, skipped structures and summaries.
@@ -225,7 +232,7 @@ def evaluate(
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm!r}")
-    factory, method_name, model_name = _method_factory(method, model, zoom_out)
+    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine)
     if method == "model":
         from .session import Session
 

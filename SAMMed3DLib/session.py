@@ -60,6 +60,7 @@ from .masks import mask_on_grid
 from .memory import TRIM_EVERY_STEPS, release_free_memory
 from .model.sam3d import Sam3D
 from .prompts import as_labels, as_points, order_clicks
+from .refine import BoundaryRefinement, resolve_refinement
 from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, ZOOM_OUT_DEFAULT, WindowSteps
 from .steps import ClickResult, MaskChange, PackedMaskChange, SessionState, save_for_results
 from .warmup import stop_warm_up
@@ -110,6 +111,10 @@ class Session(WindowSteps):
             for no limit (memory then grows with every click). Unused without ``keep_history``.
         initial_mask: an existing mask to refine (see :meth:`set_mask`); needs ``image``.
         correction: how clicks edit an existing mask, one of :data:`CORRECTION_MODES`.
+        refine: snap each pasted mask to the image's edges at the image's resolution
+            (:mod:`.refine`): True, False, a :class:`~SAMMed3DLib.refine.BoundaryRefinement`, or
+            None for the model's default (on for this project's models, whose fine head decides
+            on 3 mm cells; off for official checkpoints, whose masks stay the official ones).
 
     Raises:
         TypeError: ``model`` is not a :class:`Sam3D`.
@@ -133,6 +138,7 @@ class Session(WindowSteps):
         history_limit: int | None = DEFAULT_HISTORY_LIMIT,
         initial_mask: np.ndarray | sitk.Image | None = None,
         correction: str = "local",
+        refine: bool | BoundaryRefinement | None = None,
     ) -> None:
         bad_limit = isinstance(history_limit, bool) or not isinstance(history_limit, numbers.Integral) or history_limit < 1
         if history_limit is not None and bad_limit:
@@ -151,7 +157,9 @@ class Session(WindowSteps):
         self.zoom_out = zoom_out
         self.correction = correction
         self.keep_history = keep_history
+        self.refinement = resolve_refinement(refine, model)
         self._image: sitk.Image | None = None
+        self._image_zyx: np.ndarray | None = None  # a view of the image's voxels, for the refinement
         self._geometry: ImageGeometry | None = None
         self._windows: WindowStack | None = None
         self._points_lps: list[np.ndarray] = []
@@ -214,6 +222,7 @@ class Session(WindowSteps):
         if image.GetPixelID() != sitk.sitkFloat32:
             image = sitk.Cast(image, sitk.sitkFloat32)
         self._image = image
+        self._image_zyx = sitk.GetArrayViewFromImage(image)
         self._geometry = ImageGeometry.from_image(image)
         self._windows = WindowStack(self.model, self.card, image, self._geometry)
         self._base_mask = np.zeros(image.GetSize()[::-1], dtype=np.uint8)

@@ -33,6 +33,7 @@ from .box_prompt import stand_in_click
 from .editing import Box, box_window_spacing, click_depth, force_click, keep_clicked_change, mask_prompt_logits
 from .geometry import ImageGeometry, Window
 from .paste import paste_logits
+from .refine import BoundaryRefinement
 from .windows import WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ class WindowSteps:
     _editing: bool
     _box: Box | None
     _locked: np.ndarray | None
+    _image_zyx: np.ndarray | None
+    refinement: BoundaryRefinement | None
 
     # Also used from the session: points_lps, labels, device, _before_mask_change().
 
@@ -211,6 +214,8 @@ class WindowSteps:
         self._before_mask_change(region)
         paste_logits(state.output[0, 0], state.window, self._geometry, self._mask)  # type: ignore[index]
         block = self._mask[region]  # type: ignore[index]
+        if self.refinement is not None:
+            self._refine_block(block, region)
         if keep is not None:
             np.copyto(block, previous, where=keep)
         if click is not None:
@@ -223,6 +228,17 @@ class WindowSteps:
             if keep is not None:
                 np.copyto(block, previous, where=keep)  # the box and the locks bound the forced voxels too
         return region, previous
+
+    def _refine_block(self, block: np.ndarray, region: Slices3) -> None:
+        """Snap the pasted ``block`` (the mask at ``region``) to the image's edges, in place (:mod:`.refine`)."""
+        start = np.array([r.start for r in region], dtype=np.float64)
+        clicks = []
+        if self._points_lps:
+            index_zyx = self._geometry.lps_to_index(np.asarray(self._points_lps))[:, ::-1]  # type: ignore[union-attr]
+            clicks = [(zyx - start, bool(label)) for zyx, label in zip(index_zyx, self.labels)]
+        spacing_zyx = np.asarray(self._geometry.spacing_xyz_mm, dtype=np.float64)[::-1]  # type: ignore[union-attr]
+        refined = self.refinement.refine(self._image_zyx[region], block, spacing_zyx, clicks)  # type: ignore[union-attr, index]
+        block[...] = refined
 
     def _grow(
         self, region: Slices3 | None, previous: np.ndarray | None, more: Slices3 | None, more_previous: np.ndarray | None

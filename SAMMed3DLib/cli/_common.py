@@ -55,6 +55,17 @@ def add_zoom_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_refine_arg(parser: argparse.ArgumentParser) -> None:
+    """``--refine`` / ``--no-refine``: snap masks to the image's edges (``Session(refine=...)``; default: the model's)."""
+    parser.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="snap each mask to the image's edges within 3 mm of its border, at the image's resolution (default: on for "
+        "this project's models, off for official checkpoints)",
+    )
+
+
 def apply_threads(args: argparse.Namespace) -> None:
     import torch
 

@@ -17,7 +17,7 @@ from ..clicks import CLICK_MODES
 from ..corruption import CORRUPTIONS
 from ..errors import DataError, OutputError
 from ..evaluate import METHODS, MIN_STRUCTURE_VOXELS, PROTOCOLS
-from ._common import add_model_args, add_zoom_arg, apply_threads, load_model_from_args
+from ._common import add_model_args, add_refine_arg, add_zoom_arg, apply_threads, load_model_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PNG", help="draw mean Dice and NSD against clicks (needs matplotlib)")
     add_model_args(p)
     add_zoom_arg(p)
+    add_refine_arg(p)
     p.set_defaults(func=run)
 
 
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             tolerance_mm=args.tolerance_mm,
             progress=progress,
             zoom_out=args.zoom_out,
+            refine=args.refine,
         )
     finally:
         bar.close()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import PromptError
 from ..prompts import positive_first
-from ._common import add_model_args, add_zoom_arg, load_model_from_args
+from ._common import add_model_args, add_refine_arg, add_zoom_arg, load_model_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_zoom_arg(p)
+    add_refine_arg(p)
     p.set_defaults(func=run, clicks=[])
 
 
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)  # first: its kernels warm up in the background while the image is read
     image = read_image(args.image)
     initial = _read_init(args.init, args.init_label, read_image) if args.init else None
-    session = Session(model, image, correction=args.correction, zoom_out=args.zoom_out)
+    session = Session(model, image, correction=args.correction, zoom_out=args.zoom_out, refine=args.refine)
     if initial is not None:
         session.set_mask(initial)
     clicks = _click_order(args.clicks, new_object=initial is None and box is None)
