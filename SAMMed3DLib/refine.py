@@ -15,13 +15,16 @@ surface, the way Slicer's Grow from seeds decides between seeds:
   between neighbours costs ``sqrt(h² + (w · ΔI)²)`` mm, with ``h`` the step's length in mm and
   ``w = edge_weight / σ`` (σ the robust spread of the image in the band), so crossing an edge costs
   far more than walking along a homogeneous structure. The distances come from the vectorised
-  raster scans of :mod:`.model.geodesic`, with each axis's spacing (anisotropic images are fine).
+  raster scans of :mod:`.model.geodesic`, with each axis's spacing (anisotropic images are fine);
+  the depths that define the band are exact Euclidean distances up to the band, taken as a few
+  shifted minima of the block (:func:`_bounded_distance`), not a full distance transform.
 
 Nothing farther than ``band_mm`` from the model's surface changes, except the click balls, so the
 refinement cannot flood: it moves the border by at most the band. Measured on the held-back cases
-of ``shared/data/train`` (paper protocol, seeds 0–2; README, "Boundary refinement"): mean Dice after
-3 / 5 / 10 clicks +0.05 / +0.02 / +0.03 with the default model, NSD after 10 clicks 0.24 → 0.28;
-a band of 2 or 5 mm and weights of 3 or 30 did no better.
+of ``shared/data/train`` (paper protocol, seeds 0–2; README, "Models";
+``benchmarks/results/refine_heldout.json``): mean Dice after 3 / 5 / 10 clicks +0.05 / +0.03 /
++0.02 with the default model, NSD (1 mm) after 10 clicks 0.24 → 0.30; a band of 2 or 5 mm and
+weights of 3 or 30 (seed 0) did no better.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .model.geodesic import UNREACHED, sweep
 
@@ -91,11 +93,11 @@ class BoundaryRefinement:
         if image.shape != mask.shape:
             raise ValueError(f"image block {image.shape} and mask block {mask.shape} differ in shape")
         spacing = np.asarray(spacing_zyx, dtype=np.float64).reshape(3)
-        found = ndimage.find_objects(mask.astype(np.uint8))
-        if not found:
+        bounds = _bounds(mask)
+        if bounds is None:
             return mask.copy()
         margin = np.ceil(self.band_mm / spacing).astype(int) + 2
-        crop = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(found[0], margin, mask.shape))
+        crop = tuple(slice(max(a - m, 0), min(b + m, n)) for (a, b), m, n in zip(bounds, margin, mask.shape))
         origin = np.array([s.start for s in crop])
         block = mask[crop]
         obj, bg, undecided = self._seeds(block, spacing)
@@ -115,19 +117,25 @@ class BoundaryRefinement:
         return out
 
     def _seeds(self, block: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(object seeds, background seeds, undecided band) of a cropped mask."""
-        inside = ndimage.distance_transform_edt(np.pad(block, 1), sampling=spacing)[(slice(1, -1),) * 3]
-        outside = ndimage.distance_transform_edt(~block, sampling=spacing)
+        """(object seeds, background seeds, undecided band) of a cropped mask.
+
+        Depths are Euclidean distances to the nearest voxel of the other label, exact up to the
+        band and infinite beyond it (:func:`_bounded_distance`); beyond the crop nothing is known,
+        so a mask cut off by the block's face is not given a border there.
+        """
+        mask = torch.from_numpy(np.ascontiguousarray(block))
         band = self.band_mm
+        inside = _bounded_distance(~mask, spacing, band)  # depth of object voxels, 0 on background
+        outside = _bounded_distance(mask, spacing, band)  # the same for background voxels
         obj = inside > band
         bg = outside > band
         # The core of a part (or a gap) thinner than the band keeps its side: voxels at least as deep
         # as any within a band's reach. A short bump of the border has deeper voxels nearby and is
         # the image's to decide; a vessel's centreline has none and is narrowed, never erased.
-        reach = tuple(int(n) for n in 2 * np.ceil(band / spacing).astype(int) + 1)
-        obj |= block & (inside >= ndimage.maximum_filter(inside, size=reach))
-        bg |= ~block & (outside >= ndimage.maximum_filter(outside, size=reach))
-        return obj, bg, ~(obj | bg)
+        reach = [int(n) for n in np.ceil(band / spacing).astype(int)]
+        obj |= mask & (inside >= _max_filter(inside, reach))
+        bg |= ~mask & (outside >= _max_filter(outside, reach))
+        return obj.numpy(), bg.numpy(), (~(obj | bg)).numpy()
 
     def _nearer_object(self, values: np.ndarray, obj: np.ndarray, bg: np.ndarray, undecided: np.ndarray, spacing: np.ndarray) -> np.ndarray:
         """True where the object seeds are geodesically nearer than the background seeds."""
@@ -158,6 +166,41 @@ def resolve_refinement(refine: bool | BoundaryRefinement | None, model: object) 
     return BoundaryRefinement() if refine else None
 
 
+def _bounded_distance(target: torch.Tensor, spacing_zyx: np.ndarray, limit_mm: float) -> torch.Tensor:
+    """Euclidean distance (mm) from every voxel to the nearest ``target`` voxel, exact up to ``limit_mm``, inf beyond.
+
+    The squared distance is a sum over axes, so its minimum over the offsets of a box is taken one
+    axis at a time (the separable lower envelope of the distance transforms), restricted to the
+    offsets of at most ``limit_mm`` along each axis: every voxel within ``limit_mm`` lies in that
+    box. A few shifted minima of the block instead of a full distance transform.
+    """
+    d = torch.where(target, 0.0, float("inf")).to(torch.float32)
+    for axis, step in enumerate(np.asarray(spacing_zyx, dtype=np.float64)):
+        n = d.shape[axis]
+        out = d.clone()
+        for k in range(1, min(int(np.floor(limit_mm / step + 1e-9)), n - 1) + 1):
+            cost = float((k * step) ** 2)
+            ahead, behind = d.narrow(axis, k, n - k), d.narrow(axis, 0, n - k)
+            torch.minimum(out.narrow(axis, k, n - k), behind + cost, out=out.narrow(axis, k, n - k))
+            torch.minimum(out.narrow(axis, 0, n - k), ahead + cost, out=out.narrow(axis, 0, n - k))
+        d = out
+    d = d.sqrt_()
+    d[d > limit_mm] = float("inf")
+    return d
+
+
+def _max_filter(values: torch.Tensor, reach: Sequence[int]) -> torch.Tensor:
+    """Maximum over the box of ``reach`` voxels on each side along each axis (within the block), by shifted maxima."""
+    out = values
+    for axis, r in enumerate(reach):
+        n = out.shape[axis]
+        src, out = out, out.clone()
+        for k in range(1, min(int(r), n - 1) + 1):
+            torch.maximum(out.narrow(axis, k, n - k), src.narrow(axis, 0, n - k), out=out.narrow(axis, k, n - k))
+            torch.maximum(out.narrow(axis, 0, n - k), src.narrow(axis, k, n - k), out=out.narrow(axis, 0, n - k))
+    return out
+
+
 def _step_costs_mm(image: torch.Tensor, spacing_zyx: np.ndarray, weight: float) -> dict[int, torch.Tensor]:
     """Running step costs along each axis (laid out axis-last, as :func:`~.model.geodesic.sweep` wants), in mm."""
     out = {}
@@ -165,6 +208,17 @@ def _step_costs_mm(image: torch.Tensor, spacing_zyx: np.ndarray, weight: float) 
         x = image.movedim(dim, -1).contiguous()
         steps = torch.sqrt(float(step) ** 2 + (weight * torch.diff(x, dim=-1)) ** 2)
         out[dim] = torch.cumsum(torch.cat([torch.zeros_like(x[..., :1]), steps], dim=-1), dim=-1)
+    return out
+
+
+def _bounds(mask: np.ndarray) -> list[tuple[int, int]] | None:
+    """[start, stop) of the mask's bounding box along each axis, or None when it is empty."""
+    out = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        out.append((int(hit[0]), int(hit[-1]) + 1))
     return out
 
 

@@ -151,3 +151,25 @@ def test_refinement_never_writes_locked_voxels_or_outside_the_box(box_case) -> N
     session.click(centre)
     assert not session.mask_array[locked.astype(bool)].any()
     assert dice(session.mask_array, truth) > 0.9
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 0.8, 0.8), (1.0, 1.0, 1.0), (0.7, 3.0, 1.2)])
+def test_bounded_distances_are_the_euclidean_distance_transform_up_to_the_limit(spacing) -> None:
+    from SAMMed3DLib.refine import _bounded_distance
+
+    rng = np.random.default_rng(3)
+    target = ndimage.binary_opening(rng.random((24, 30, 28)) < 0.35)
+    target[0, 0, 0] = True
+    exact = ndimage.distance_transform_edt(~target, sampling=spacing)
+    got = _bounded_distance(torch.from_numpy(target), np.array(spacing), 3.0).numpy()
+    near = exact <= 3.0
+    np.testing.assert_allclose(got[near], exact[near], rtol=1e-5, atol=1e-5)
+    assert np.isinf(got[~near]).all()
+
+
+def test_the_box_maximum_is_scipys_maximum_filter() -> None:
+    from SAMMed3DLib.refine import _max_filter
+
+    values = np.random.default_rng(4).random((9, 14, 11)).astype(np.float32)
+    expected = ndimage.maximum_filter(values, size=(3, 9, 5), mode="nearest")
+    assert np.array_equal(_max_filter(torch.from_numpy(values), [1, 4, 2]).numpy(), expected)
