@@ -131,11 +131,16 @@ def run_cold_first_click(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _clicks(model: Any, image: sitk.Image, follow_ups: int) -> tuple[float, Any, list[float], int]:
-    """(first click seconds, its result, follow-up click seconds, windows opened) in a new session on ``image``."""
+def click_session(model: Any, image: sitk.Image, follow_ups: int, **session_options: Any) -> tuple[Any, float, Any, list[float]]:
+    """(session, first click seconds, its result, follow-up click seconds): the benchmark's clicks in a new session.
+
+    A first click at the image's centre, then ``follow_ups`` clicks within ±30 mm of it, alternately
+    negative and positive (seeded), each result held until the next as a caller holds it.
+    ``session_options`` go to :class:`~SAMMed3DLib.session.Session` (``auto_extend`` is off).
+    """
     from .session import Session
 
-    session = Session(model, image, auto_extend=False)
+    session = Session(model, image, auto_extend=False, **session_options)
     centre = _centre(image)
     t = time.perf_counter()
     first = result = session.click(centre, positive=True)
@@ -148,6 +153,12 @@ def _clicks(model: Any, image: sitk.Image, follow_ups: int) -> tuple[float, Any,
         result = session.click(centre + offset, positive=bool(i % 2))  # the previous result is held meanwhile
         next_times.append(time.perf_counter() - t)
     del result
+    return session, first_s, first, next_times
+
+
+def _clicks(model: Any, image: sitk.Image, follow_ups: int) -> tuple[float, Any, list[float], int]:
+    """(first click seconds, its result, follow-up click seconds, windows opened) in a new session on ``image``."""
+    session, first_s, first, next_times = click_session(model, image, follow_ups)
     return first_s, first, next_times, len(session.windows)
 
 

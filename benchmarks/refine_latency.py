@@ -17,31 +17,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _session_clicks(model, image, refine: bool, follow_ups: int) -> tuple[float, list[float], np.ndarray]:
-    from SAMMed3DLib.benchmark import _centre
-    from SAMMed3DLib.session import Session
-
-    session = Session(model, image, auto_extend=False, refine=refine)
-    centre = _centre(image)
-    t = time.perf_counter()
-    session.click(centre, positive=True)
-    first = time.perf_counter() - t
-    rng = np.random.default_rng(1)
-    times = []
-    for i in range(follow_ups):
-        offset = rng.uniform(-30, 30, size=3)
-        t = time.perf_counter()
-        session.click(centre + offset, positive=bool(i % 2))
-        times.append(time.perf_counter() - t)
-    return first, times, session.mask_array.copy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
     import torch
 
-    from SAMMed3DLib.benchmark import synthetic_ct
+    from SAMMed3DLib.benchmark import click_session, synthetic_ct
     from SAMMed3DLib.checkpoint import load_model
     from SAMMed3DLib.session import Session
 
@@ -72,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     masks: dict[bool, np.ndarray] = {}
     for r in range(args.rounds):
         for refine in ((False, True) if r % 2 == 0 else (True, False)):
-            first, times, mask = _session_clicks(model, image, refine, args.clicks)
+            session, first, _, times = click_session(model, image, args.clicks, refine=refine)
             firsts[refine].append(first)
             nexts[refine] += times
-            masks[refine] = mask
+            masks[refine] = session.mask_array.copy()
     a, b = masks[False] != 0, masks[True] != 0
     out = {
         "model": args.model,
