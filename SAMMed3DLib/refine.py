@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model.geodesic import UNREACHED, sweep
+from .model.geodesic import UNREACHED, step_costs, sweep
 
 #: Width (mm) of the band on each side of the model's surface that the image decides.
 DEFAULT_BAND_MM = 3.0
@@ -145,7 +145,7 @@ class BoundaryRefinement:
             sigma = float(np.std(values[undecided]))
         weight = self.edge_weight / sigma if sigma > 0 else 0.0
         image = torch.from_numpy(np.ascontiguousarray(values))[None, None]
-        costs = _step_costs_mm(image, spacing, weight)
+        costs = step_costs(image, weight, tuple(float(v) for v in spacing))
         seeds = torch.from_numpy(np.stack([obj, bg]))[None]
         dist = sweep(torch.where(seeds, 0.0, UNREACHED).to(torch.float32), costs, int(self.sweeps))[0]
         return (dist[0] < dist[1]).numpy()
@@ -198,16 +198,6 @@ def _max_filter(values: torch.Tensor, reach: Sequence[int]) -> torch.Tensor:
         for k in range(1, min(int(r), n - 1) + 1):
             torch.maximum(out.narrow(axis, k, n - k), src.narrow(axis, 0, n - k), out=out.narrow(axis, k, n - k))
             torch.maximum(out.narrow(axis, 0, n - k), src.narrow(axis, k, n - k), out=out.narrow(axis, 0, n - k))
-    return out
-
-
-def _step_costs_mm(image: torch.Tensor, spacing_zyx: np.ndarray, weight: float) -> dict[int, torch.Tensor]:
-    """Running step costs along each axis (laid out axis-last, as :func:`~.model.geodesic.sweep` wants), in mm."""
-    out = {}
-    for dim, step in zip((2, 3, 4), spacing_zyx):
-        x = image.movedim(dim, -1).contiguous()
-        steps = torch.sqrt(float(step) ** 2 + (weight * torch.diff(x, dim=-1)) ** 2)
-        out[dim] = torch.cumsum(torch.cat([torch.zeros_like(x[..., :1]), steps], dim=-1), dim=-1)
     return out
 
 

@@ -21,23 +21,28 @@ import torch
 UNREACHED = 1.0e6
 
 
-def _step_costs(image: torch.Tensor, dim: int, weight: float) -> torch.Tensor:
+def _step_costs(image: torch.Tensor, dim: int, weight: float, length: float = 1.0) -> torch.Tensor:
     """Running sum ``C`` of the step costs along ``dim`` (same shape as ``image``, C[0] = 0)."""
     diff = torch.diff(image, dim=dim)
-    steps = torch.sqrt(1.0 + (weight * diff) ** 2)
+    steps = torch.sqrt(length * length + (weight * diff) ** 2)
     zero = torch.zeros_like(image.narrow(dim, 0, 1))
     return torch.cumsum(torch.cat([zero, steps], dim=dim), dim=dim)
 
 
-def step_costs(image: torch.Tensor, weight: float) -> dict[int, torch.Tensor]:
+def step_costs(image: torch.Tensor, weight: float, lengths: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[int, torch.Tensor]:
     """The running step costs of ``image`` (B, 1, D, H, W) along each spatial axis (2, 3, 4).
 
     Each is laid out with its axis last (a contiguous copy: cummin is several times faster
     along the last dimension than along an outer one). They depend on the image alone, so a
-    caller that runs several seed sets on one image computes them once.
+    caller that runs several seed sets on one image computes them once. ``lengths`` are the
+    steps' lengths along D, H and W: one cell each for a feature map; a voxel's spacing in mm
+    for distances in mm on an anisotropic image (:mod:`SAMMed3DLib.refine`).
     """
     image = image.float()
-    return {dim: _step_costs(image.movedim(dim, -1).contiguous(), -1, float(weight)) for dim in (2, 3, 4)}
+    return {
+        dim: _step_costs(image.movedim(dim, -1).contiguous(), -1, float(weight), float(length))
+        for dim, length in zip((2, 3, 4), lengths)
+    }
 
 
 def _running_min(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
