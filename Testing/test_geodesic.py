@@ -15,7 +15,7 @@ from SAMMed3DLib.checkpoint import load_model, save_model
 from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model import build_sam3d, infer_config
 from SAMMed3DLib.model.fine_head import NEW_FINE_HEAD, add_geodesic_inputs
-from SAMMed3DLib.model.geodesic import UNREACHED, geodesic_distance
+from SAMMed3DLib.model.geodesic import UNREACHED, _running_min, geodesic_distance, step_costs, sweep
 
 from test_fine_head import TINY, TINY_FINE, _cfg, tiny_cache  # noqa: F401  (fixture re-used)
 
@@ -85,6 +85,29 @@ def test_an_edge_stops_the_spread_and_channels_are_independent() -> None:
     assert d[0, 5, 5, 4] == pytest.approx(2.0)  # same side, two steps
     assert d[0, 5, 5, 7] == pytest.approx(4.0 + np.sqrt(101.0), rel=1e-5)  # across the edge: one costly step
     assert (d[1] == UNREACHED).all()  # no seed in channel 1
+
+
+def test_a_bounded_scan_window_follows_only_short_runs_and_never_undercuts() -> None:
+    x = torch.tensor([[5.0, 3.0, 9.0, 8.0, 7.0, 6.0, 4.0, 2.0, 1.0]])
+    # a window of 3 rounds up to 4: each element holds the minimum of the 4 elements up to it
+    expected = [min(x[0, max(0, k - 3) : k + 1].tolist()) for k in range(x.shape[1])]
+    assert _running_min(x, window=3)[0].tolist() == expected
+    assert _running_min(x, reverse=True, window=3)[0].tolist() == [min(x[0, k : k + 4].tolist()) for k in range(x.shape[1])]
+    assert torch.equal(_running_min(x, window=64), _running_min(x))
+
+    rng = np.random.default_rng(3)
+    image = _as5d(rng.normal(size=(8, 12, 30)).astype(np.float32))
+    seeds = np.zeros((8, 12, 30), bool)
+    seeds[4, 6, 1] = True
+    init = torch.where(_as5d(seeds), 0.0, UNREACHED).float()
+    costs = step_costs(image, 0.5, (2.0, 1.0, 0.5))
+    full = sweep(init, costs, 2)
+    bounded = sweep(init, costs, 2, windows=(4, 4, 4))
+    assert torch.equal(sweep(init, costs, 2, windows=(8, 16, 32)), full)  # windows as long as the lines
+    assert (bounded >= full).all()  # fewer paths, never shorter ones
+    near = (slice(None), slice(None), slice(2, 6), slice(4, 9), slice(0, 4))  # within one window of the seed
+    assert torch.equal(bounded[near], full[near])
+    assert bounded[0, 0, 4, 6, 29] > full[0, 0, 4, 6, 29]  # 28 cells along x: beyond runs of 4 in 2 sweeps
 
 
 def test_bad_shapes_are_refused() -> None:
