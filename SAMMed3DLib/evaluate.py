@@ -141,7 +141,11 @@ def check_clicks(clicks: Iterable[int]) -> tuple[int, ...]:
 
 
 def _method_factory(
-    method: Method | str | SegmenterFactory, model: Any, zoom_out: bool | None = None, refine: bool | None = None
+    method: Method | str | SegmenterFactory,
+    model: Any,
+    zoom_out: bool | None = None,
+    refine: bool | None = None,
+    signed_clicks: bool | None = None,
 ) -> tuple[SegmenterFactory, str, str]:
     """(factory, method name, model name) for a method name or a factory callable."""
     if callable(method):
@@ -155,6 +159,8 @@ def _method_factory(
         options: dict[str, Any] = {} if zoom_out is None else {"zoom_out": bool(zoom_out)}
         if refine is not None:
             options["refine"] = bool(refine)
+        if signed_clicks is not None:
+            options["signed_clicks"] = bool(signed_clicks)
         return (lambda image: Session(model, image, **options)), "model", getattr(card, "name", "unnamed")
     if method == "growcut":
         from .baselines import GrowCutSession, _import_growcut
@@ -183,6 +189,7 @@ def evaluate(
     progress: ProgressCallback | None = None,
     zoom_out: bool | None = None,
     refine: bool | None = None,
+    signed_clicks: bool | None = None,
 ) -> EvaluationResult:
     """Run an interactive protocol on every selected structure of a data folder.
 
@@ -212,6 +219,8 @@ def evaluate(
             None: the session's default.
         refine: the model's session snaps its masks to the image's edges (``Session(refine=...)``,
             :mod:`.refine`); None: the model's default.
+        signed_clicks: the model's session changes the mask only each click's way
+            (``Session(signed_clicks=...)``); None: the model's default.
 
     Returns:
         The rows, skipped structures and summaries.
@@ -232,7 +241,7 @@ def evaluate(
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm!r}")
-    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine)
+    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine, signed_clicks)
     if method == "model":
         from .session import Session
 

@@ -81,6 +81,7 @@ class WindowSteps:
     _locked: np.ndarray | None
     _image_zyx: np.ndarray | None
     refinement: BoundaryRefinement | None
+    signed_clicks: bool
 
     # Also used from the session: points_lps, labels, device, _before_mask_change().
 
@@ -157,6 +158,10 @@ class WindowSteps:
             extra_region, extra_prev, extra_ran = self._extend(state, timings)
             region, previous = self._grow(region, previous, extra_region, extra_prev)
             ran += extra_ran
+        if self.signed_clicks and region is not None and previous is not None:
+            # The click's way only, in every window it ran (its own, the extensions, the zoomed ones).
+            block = self._mask[region]  # type: ignore[index]
+            (np.maximum if positive else np.minimum)(block, previous, out=block)
         return region, ran, previous
 
     def _zoom(self, state: WindowState, timings: dict[str, float]) -> tuple[Slices3 | None, np.ndarray | None, list[Window]]:

@@ -42,28 +42,42 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: the cores available)")
 
 
-def add_zoom_arg(parser: argparse.ArgumentParser) -> None:
-    """``--zoom-out`` / ``--no-zoom-out``: see a large object in 2× and 4× coarser windows too (``Session(zoom_out=...)``)."""
+#: The session's switches on the command line: (option, Session keyword, help). Each is a
+#: ``--name`` / ``--no-name`` pair; None as the default means the model's own default.
+_SESSION_SWITCHES = (
+    (
+        "zoom-out",
+        "zoom_out",
+        "when the mask leaves its window, also run the model on a 2x (then 4x) coarser window that holds the object "
+        "and refine its mask in the native windows (default: %(default)s)",
+    ),
+    (
+        "refine",
+        "refine",
+        "snap each mask to the image's edges within 3 mm of its border, at the image's resolution (default: on for "
+        "this project's models, off for official checkpoints)",
+    ),
+    (
+        "signed-clicks",
+        "signed_clicks",
+        "a positive click only adds voxels, a negative click only removes them (default: on for this project's "
+        "models, off for official checkpoints, whose masks stay the official ones)",
+    ),
+)
+
+
+def add_session_args(parser: argparse.ArgumentParser) -> None:
+    """``--zoom-out``, ``--refine`` and ``--signed-clicks`` (each with its ``--no-`` form): the session's switches."""
     from ..session_steps import ZOOM_OUT_DEFAULT
 
-    parser.add_argument(
-        "--zoom-out",
-        action=argparse.BooleanOptionalAction,
-        default=ZOOM_OUT_DEFAULT,
-        help="when the mask leaves its window, also run the model on a 2x (then 4x) coarser window that holds the object "
-        "and refine its mask in the native windows (default: %(default)s)",
-    )
+    for option, keyword, text in _SESSION_SWITCHES:
+        default = ZOOM_OUT_DEFAULT if keyword == "zoom_out" else None
+        parser.add_argument(f"--{option}", dest=keyword, action=argparse.BooleanOptionalAction, default=default, help=text)
 
 
-def add_refine_arg(parser: argparse.ArgumentParser) -> None:
-    """``--refine`` / ``--no-refine``: snap masks to the image's edges (``Session(refine=...)``; default: the model's)."""
-    parser.add_argument(
-        "--refine",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="snap each mask to the image's edges within 3 mm of its border, at the image's resolution (default: on for "
-        "this project's models, off for official checkpoints)",
-    )
+def session_options(args: argparse.Namespace) -> dict[str, bool | None]:
+    """The :class:`~SAMMed3DLib.session.Session` keywords of :func:`add_session_args`' options."""
+    return {keyword: getattr(args, keyword) for _, keyword, _ in _SESSION_SWITCHES}
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ._common import add_model_args, add_refine_arg, add_zoom_arg, load_model_from_args
+from ._common import add_model_args, add_session_args, load_model_from_args, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="sammed3d-demo", help="output folder (default: %(default)s)")
     p.add_argument("--clicks", type=int, default=5, help="simulated clicks (default: %(default)s)")
     add_model_args(p)
-    add_zoom_arg(p)
-    add_refine_arg(p)
+    add_session_args(p)
     p.set_defaults(func=run)
 
 
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     print(f"model: {model.card.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) on {next(model.parameters()).device}")
     gt = sitk.GetArrayFromImage(label) > 0
-    session = Session(model, image, zoom_out=args.zoom_out, refine=args.refine)
+    session = Session(model, image, **session_options(args))
     user = SimulatedUser(gt, np.random.default_rng(0), mode="center")
     first_lps = None
     history = []

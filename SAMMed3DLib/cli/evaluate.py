@@ -17,7 +17,7 @@ from ..clicks import CLICK_MODES
 from ..corruption import CORRUPTIONS
 from ..errors import DataError, OutputError
 from ..evaluate import METHODS, MIN_STRUCTURE_VOXELS, PROTOCOLS
-from ._common import add_model_args, add_refine_arg, add_zoom_arg, apply_threads, load_model_from_args
+from ._common import add_model_args, add_session_args, apply_threads, load_model_from_args, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--plot", metavar="PNG", help="draw mean Dice and NSD against clicks (needs matplotlib)")
     add_model_args(p)
-    add_zoom_arg(p)
-    add_refine_arg(p)
+    add_session_args(p)
     p.set_defaults(func=run)
 
 
@@ -133,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
             min_voxels=args.min_voxels,
             tolerance_mm=args.tolerance_mm,
             progress=progress,
-            zoom_out=args.zoom_out,
-            refine=args.refine,
+            **session_options(args),
         )
     finally:
         bar.close()

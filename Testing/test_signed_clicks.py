@@ -1,0 +1,118 @@
+"""Signed clicks: a positive click never removes a voxel, a negative one never adds one (Session(signed_clicks=))."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SAMMed3DLib.card import ModelCard
+from SAMMed3DLib.model import build_sam3d
+from SAMMed3DLib.model.sam3d import Sam3D
+from SAMMed3DLib.session import Session, resolve_signed_clicks
+from test_many_clicks import SMALL, _Encoder
+
+#: Where the model puts (or takes away) what no click asked for: a low-res cell far from the clicks.
+FAR_CELL = (6.0, 6.0, 6.0)
+
+
+class WanderingModel(Sam3D):
+    """Balls of 4 low-res cells around the clicks (+ positive, − negative), and a model that wanders:
+    after a negative click it also proposes a blob at ``FAR_CELL``; after a later positive click it
+    proposes dropping the ball of the first click."""
+
+    def __init__(self) -> None:
+        base = build_sam3d(SMALL)
+        super().__init__(_Encoder(), base.prompt_encoder, base.mask_decoder, base.config)
+        self.card = ModelCard(name="wandering", config=base.config)
+
+    def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
+        axis = torch.arange(32, dtype=torch.float32)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+        logits = torch.full((32, 32, 32), -1.0)
+        cells = (coords[0] + 0.5) / 4 - 0.5
+        for point, label in zip(cells, labels[0]):
+            logits[(grid - point).norm(dim=-1) < 4.0] = 2.0 if int(label) == 1 else -2.0
+        if int(labels[0, -1]) == 0:
+            logits[(grid - torch.tensor(FAR_CELL)).norm(dim=-1) < 3.0] = 2.0
+        elif labels.shape[1] > 1:
+            logits[(grid - cells[0]).norm(dim=-1) < 4.0] = -2.0
+        return logits[None, None], torch.zeros(1, 1)
+
+
+@pytest.fixture
+def volume() -> sitk.Image:
+    image = sitk.GetImageFromArray(np.zeros((64, 64, 64), np.float32))
+    image.SetSpacing((3.0, 3.0, 3.0))  # one 192 mm window holds it all
+    return image
+
+
+def _point(image: sitk.Image, index_xyz) -> np.ndarray:
+    return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index_xyz]))
+
+
+def _near(image: sitk.Image, index_xyz, radius_voxels: float) -> np.ndarray:
+    z, y, x = np.indices(image.GetSize()[::-1])
+    return (x - index_xyz[0]) ** 2 + (y - index_xyz[1]) ** 2 + (z - index_xyz[2]) ** 2 <= radius_voxels**2
+
+
+def _clicks(session: Session, image: sitk.Image) -> list[np.ndarray]:
+    """+ at the centre, − near the ball's edge (its ball takes the half beyond x = 32), + far away: the mask after each."""
+    masks = []
+    for index, positive in (((32, 32, 32), True), ((40, 32, 32), False), ((32, 32, 50), True)):
+        session.click(_point(image, index), positive)
+        masks.append(session.mask_array.copy())
+    return masks
+
+
+def test_a_negative_click_removes_what_it_points_at_and_adds_nothing_anywhere(volume) -> None:
+    session = Session(WanderingModel(), volume, auto_extend=False, signed_clicks=True)
+    first, after_negative, _ = _clicks(session, volume)
+    assert first[_near(volume, (32, 32, 32), 3)].all()
+    assert not (after_negative & ~first).any(), "a negative click added voxels"
+    assert not after_negative[_near(volume, (40, 32, 32), 2)].any(), "the clicked leak is removed"
+    assert after_negative[_near(volume, (27, 32, 32), 1)].all(), "the rest of the object stays"
+
+
+def test_a_positive_click_adds_what_it_points_at_and_removes_nothing_anywhere(volume) -> None:
+    session = Session(WanderingModel(), volume, auto_extend=False, signed_clicks=True)
+    _, after_negative, after_positive = _clicks(session, volume)
+    assert not (after_negative & ~after_positive).any(), "a positive click removed voxels"
+    assert after_positive[_near(volume, (32, 32, 50), 3)].all(), "the clicked part is added"
+
+
+def test_unsigned_clicks_paste_the_models_whole_answer(volume) -> None:
+    # the same clicks without the rule: the far blob appears, the first ball goes (the rule is what stops both)
+    session = Session(WanderingModel(), volume, auto_extend=False, signed_clicks=False)
+    first, after_negative, after_positive = _clicks(session, volume)
+    assert (after_negative & ~first).any()
+    assert after_negative[_near(volume, (27, 32, 32), 1)].all() and not after_positive[_near(volume, (27, 32, 32), 1)].any()
+
+
+def test_signed_clicks_replay_undo_and_redo_as_clicked(volume) -> None:
+    session = Session(WanderingModel(), volume, auto_extend=False, signed_clicks=True)
+    masks = _clicks(session, volume)
+    session.undo()
+    np.testing.assert_array_equal(session.mask_array, masks[1])
+    session.redo()
+    np.testing.assert_array_equal(session.mask_array, masks[2])
+    points, labels = session.points_lps, session.labels
+    session.reset()
+    session.predict(points, labels)  # a replay, in one call, applies the rule click by click
+    np.testing.assert_array_equal(session.mask_array, masks[2])
+
+
+def test_the_default_is_the_models(volume) -> None:
+    class WithHead:
+        has_fine_head = True
+
+    class Official:
+        has_fine_head = False
+
+    assert resolve_signed_clicks(None, WithHead()) is True
+    assert resolve_signed_clicks(None, Official()) is False
+    assert resolve_signed_clicks(False, WithHead()) is False and resolve_signed_clicks(True, Official()) is True
+    assert Session(WanderingModel(), volume).signed_clicks is False  # no fine head: the model's whole answer
+    with pytest.raises(TypeError, match="signed_clicks must be"):
+        Session(WanderingModel(), volume, signed_clicks="yes")  # type: ignore[arg-type]
