@@ -724,3 +724,15 @@ def test_closing_the_scene_leaves_nothing_to_undo(case) -> None:
     logic.closeScene()
     scene.Clear()
     assert not logic.canUndo and not logic.canRedo and logic.undo() is None and logic.session is None
+
+
+def test_the_logic_hands_its_mask_rules_to_the_session(case) -> None:
+    scene, volume, centres, segmentation, a, _, _ = case
+    for refine, signed in ((True, True), (False, False)):
+        logic = InteractiveSegmentationLogic(model=bright_spot_model(), device="cpu", autoExtend=False, refine=refine, signedClicks=signed)
+        plus, minus = logic.pointsNodesForSegment(segmentation, a)
+        plus.RemoveAllControlPoints()
+        plus.AddControlPoint(*centres[0])
+        logic.segment(volume, segmentation, a, plus, minus)
+        assert (logic._session.refinement is not None, logic._session.signed_clicks) == (refine, signed)
+        assert segment_on_volume(segmentation, a, volume).any()

@@ -111,7 +111,7 @@ def _parameters(**fields):
     """A stand-in for ``SAMMed3DParameterNode`` (the wrapper needs the Slicer application)."""
     defaults = {"inputVolume": None, "segmentation": None, "segmentId": "", "model": ModelChoice.DEFAULT, "modelPath": pathlib.Path(),
                 "device": DeviceChoice.CPU, "autoRun": True, "autoExtend": False,
-                "boxRoi": None, "lockOtherSegments": False}
+                "boxRoi": None, "lockOtherSegments": False, "snapToEdges": True, "signedClicks": True}
     return types.SimpleNamespace(**{**defaults, **fields})
 
 
@@ -208,6 +208,22 @@ def test_changing_a_setting_starts_a_new_session_and_unchanged_settings_keep_it(
     plus.AddControlPoint(*(centre - 2.0))
     request, _, progress = _update(logic, parameters, plus, minus)
     assert request.newSession and not progress, "the same model is kept (no reload) when only window following changes"
+
+
+def test_the_mask_rule_check_boxes_mean_the_models_default_or_off_and_reach_the_session(module_case) -> None:
+    parameters, logic, plus, minus, centre = module_case
+    _update(logic, parameters, plus, minus)
+    impl = logic._impl
+    assert (impl.refine, impl.signedClicks) == (None, None), "checked: the model's own default"
+    parameters.snapToEdges = parameters.signedClicks = False
+    logic.configure(parameters)
+    plus.AddControlPoint(*(centre - 2.0))
+    request, _, _ = _update(logic, parameters, plus, minus)
+    assert request.newSession and (impl.refine, impl.signedClicks) == (False, False)
+    assert impl._session.refinement is None and impl._session.signed_clicks is False
+    parameters.snapToEdges = True
+    logic.configure(parameters)
+    assert (impl.refine, impl.signedClicks) == (None, False)
 
 
 def test_lock_other_segments_and_the_box_roi_reach_the_update(module_case) -> None:

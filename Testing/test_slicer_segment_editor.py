@@ -29,7 +29,7 @@ from SAMMed3DModule.segment_editor import UndoStates, initializeEditorNode, modu
 def _parameters(**fields):
     """A stand-in for ``SAMMed3DParameterNode`` (the wrapper needs the Slicer application)."""
     defaults = {"inputVolume": None, "segmentation": None, "segmentId": "", "model": ModelChoice.DEFAULT, "modelPath": None,
-                "device": DeviceChoice.CPU, "autoRun": True, "autoExtend": False, "boxRoi": None, "lockOtherSegments": False}
+                "device": DeviceChoice.CPU, "autoRun": True, "autoExtend": False, "boxRoi": None, "lockOtherSegments": False, "snapToEdges": True, "signedClicks": True}
     return types.SimpleNamespace(**{**defaults, **fields})
 
 

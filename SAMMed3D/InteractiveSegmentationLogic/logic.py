@@ -91,6 +91,10 @@ class InteractiveSegmentationLogic:
             how to preprocess).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         autoExtend: let the session follow objects larger than one window.
+        refine: snap masks to the image's edges (``Session(refine=...)``); None: the model's
+            default (on for this project's models, off for official checkpoints).
+        signedClicks: a + point only adds voxels, a − point only removes them
+            (``Session(signed_clicks=...)``); None: the model's default, as for ``refine``.
         writeOptions: default masking rules (:class:`~.masking.WriteOptions`); ``segment`` may
             override them per call.
 
@@ -110,10 +114,14 @@ class InteractiveSegmentationLogic:
         device: str = "auto",
         *,
         autoExtend: bool = True,
+        refine: bool | None = None,
+        signedClicks: bool | None = None,
         writeOptions: WriteOptions | None = None,
     ) -> None:
         self._models = ModelHolder(model, device)
         self.autoExtend = autoExtend
+        self.refine = refine
+        self.signedClicks = signedClicks
         self.writeOptions = writeOptions or WriteOptions()
         #: Called with the segmentation node just before any voxel is written (Slicer: save a
         #: Segment Editor undo state). None headless.
@@ -325,7 +333,9 @@ class InteractiveSegmentationLogic:
         model = self.loadModel(progressCallback, cancelEvent)
         session = request.session
         if session is None:
-            session = Session(model, request.image, auto_extend=self.autoExtend, keep_history=False)
+            session = Session(
+                model, request.image, auto_extend=self.autoExtend, keep_history=False, refine=self.refine, signed_clicks=self.signedClicks
+            )
             if request.startMask is not None and request.startMask.any():
                 session.set_mask(request.startMask)
             if request.modelGeneration == self._models.generation:

@@ -90,24 +90,30 @@ class ParameterNodeLogic:
         return segmentId
 
     def configure(self, parameterNode: Any) -> None:
-        """Apply model, device and window-following settings; changing them starts a new session."""
+        """Apply model, device, window-following and mask-rule settings; changing them starts a new session.
+
+        "Snap to image edges" and "Points only add or remove" checked mean the model's default
+        (on for this project's models, off for official checkpoints, whose masks stay the
+        official ones); unchecked turns the rule off for any model.
+        """
         spec = parameterNode.model.value if parameterNode.model != ModelChoice.FILE else str(parameterNode.modelPath)
-        settings = (spec, parameterNode.device.value, parameterNode.autoExtend)
+        rules = (None if parameterNode.snapToEdges else False, None if parameterNode.signedClicks else False)
+        settings = (spec, parameterNode.device.value, parameterNode.autoExtend, *rules)
         if settings == self._settings:
             return
         self._settings = settings
         if self._impl is not None:
             if (self._impl.modelSpec, self._impl.device) != settings[:2]:
                 self._impl.setModel(settings[0], settings[1])
-            self._impl.autoExtend = settings[2]
+            self._impl.autoExtend, self._impl.refine, self._impl.signedClicks = settings[2:]
             self._impl.endSession()
 
     def _logic(self) -> Any:
         if self._impl is None:
             from InteractiveSegmentationLogic import InteractiveSegmentationLogic
 
-            spec, device, autoExtend = self._settings or ("default", "auto", True)
-            self._impl = InteractiveSegmentationLogic(model=spec, device=device, autoExtend=autoExtend)
+            spec, device, autoExtend, refine, signedClicks = self._settings or ("default", "auto", True, None, None)
+            self._impl = InteractiveSegmentationLogic(model=spec, device=device, autoExtend=autoExtend, refine=refine, signedClicks=signedClicks)
             self._impl.beforeWriteCallback = self._saveUndoStates
             if self._baseline is not None:
                 self._impl.rememberPoints(self._baseline)
