@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,15 @@ def _scene_mask(web) -> np.ndarray:
     return web.call(lambda: segment_on_volume(web.app.editor.segmentation, web.app.editor.segment_id, web.app.editor.volume))
 
 
+def _wait_mode(web, mode: str, timeout_s: float = 10.0) -> None:
+    """Wait until the server's editor is in ``mode`` (a button's state reaches the server asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while web.call(lambda: web.app.editor.mode) != mode:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the editor never switched to {mode!r} mode")
+        time.sleep(0.05)
+
+
 def _positive_click_at_centre(page, web) -> tuple[np.ndarray, int]:
     box = _image_box(page)
     px, py = box["width"] / 2, box["height"] / 2
@@ -312,6 +322,7 @@ def test_a_negative_click_shrinks_the_segment_undo_restores_it_and_redo_again(pa
     assert np.count_nonzero(_scene_mask(web) & bar) > 0.9 * bar.sum(), "the bright bar beside the sphere is in the segment"
     page.keyboard.press("n")  # the shortcut for − points
     page.wait_for_function("document.querySelector('#sam-negative').classList.contains('v-btn--active')", timeout=10_000)
+    _wait_mode(web, "negative")
     steps = _steps(page)
     bar_centre_ras = web.call(lambda: _ijk_to_ras(web.app.editor.volume, np.argwhere(bar).mean(axis=0)[::-1]))
     px, py = _click_ras(page, web, bar_centre_ras)
@@ -337,6 +348,7 @@ def test_a_negative_click_shrinks_the_segment_undo_restores_it_and_redo_again(pa
 def test_a_box_drawn_with_two_clicks_segments_the_object_and_clicks_then_refine_it(page, web, case) -> None:
     page.keyboard.press("b")  # the shortcut for the box
     page.wait_for_function("document.querySelector('#sam-box').classList.contains('v-btn--active')", timeout=10_000)
+    _wait_mode(web, "box")
     geometry = _view_geometry(web)
     box = _image_box(page)
     _, pixel_mm = _expected_ras(web, 0, 0, box)
@@ -378,6 +390,7 @@ def test_a_box_drawn_with_two_clicks_segments_the_object_and_clicks_then_refine_
 def test_save_writes_a_segmentation_nifti_and_markups_that_load_back(page, web, case) -> None:
     _positive_click_at_centre(page, web)
     page.click("#sam-negative")
+    _wait_mode(web, "negative")  # the button lights up in the page first: the next view click must reach a server in − mode
     steps = _steps(page)
     bar_centre_ras = web.call(lambda: _ijk_to_ras(web.app.editor.volume, np.argwhere(case["bar"]).mean(axis=0)[::-1]))
     _click_ras(page, web, bar_centre_ras)
