@@ -127,16 +127,16 @@ class BoundaryRefinement:
         """
         mask = torch.from_numpy(np.ascontiguousarray(block))
         band = self.band_mm
-        inside = _bounded_distance(~mask, spacing, band)  # depth of object voxels, 0 on background
-        outside = _bounded_distance(mask, spacing, band)  # the same for background voxels
-        obj = inside > band
-        bg = outside > band
+        # The depth of object voxels (0 on background) and that of background voxels, in one pass.
+        depth = _bounded_distance(torch.stack([~mask, mask]), spacing, band)
+        sides = torch.stack([mask, ~mask])
+        seeds = depth > band
         # The core of a part (or a gap) thinner than the band keeps its side: voxels at least as deep
         # as any within a band's reach. A short bump of the border has deeper voxels nearby and is
         # the image's to decide; a vessel's centreline has none and is narrowed, never erased.
         reach = [int(n) for n in np.ceil(band / spacing).astype(int)]
-        obj |= mask & (inside >= _max_filter(inside, reach))
-        bg |= ~mask & (outside >= _max_filter(outside, reach))
+        seeds |= sides & (depth >= _max_filter(depth, reach))
+        obj, bg = seeds[0], seeds[1]
         return obj.numpy(), bg.numpy(), (~(obj | bg)).numpy()
 
     def _nearer_object(self, values: np.ndarray, obj: np.ndarray, bg: np.ndarray, undecided: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -174,13 +174,15 @@ def resolve_refinement(refine: bool | BoundaryRefinement | None, model: object) 
 def _bounded_distance(target: torch.Tensor, spacing_zyx: np.ndarray, limit_mm: float) -> torch.Tensor:
     """Euclidean distance (mm) from every voxel to the nearest ``target`` voxel, exact up to ``limit_mm``, inf beyond.
 
-    The squared distance is a sum over axes, so its minimum over the offsets of a box is taken one
+    ``target`` is (..., z, y, x): leading dimensions are independent blocks, ``spacing_zyx`` that
+    of the last three axes. The squared distance is a sum over axes, so its minimum over the offsets of a box is taken one
     axis at a time (the separable lower envelope of the distance transforms), restricted to the
     offsets of at most ``limit_mm`` along each axis: every voxel within ``limit_mm`` lies in that
     box. A few shifted minima of the block instead of a full distance transform.
     """
     d = torch.where(target, 0.0, float("inf")).to(torch.float32)
-    for axis, step in enumerate(np.asarray(spacing_zyx, dtype=np.float64)):
+    first = d.dim() - 3
+    for axis, step in enumerate(np.asarray(spacing_zyx, dtype=np.float64), start=first):
         n = d.shape[axis]
         out = d.clone()
         for k in range(1, min(int(np.floor(limit_mm / step + 1e-9)), n - 1) + 1):
@@ -195,9 +197,9 @@ def _bounded_distance(target: torch.Tensor, spacing_zyx: np.ndarray, limit_mm: f
 
 
 def _max_filter(values: torch.Tensor, reach: Sequence[int]) -> torch.Tensor:
-    """Maximum over the box of ``reach`` voxels on each side along each axis (within the block), by shifted maxima."""
+    """Maximum over the box of ``reach`` voxels on each side along each of the last three axes (within the block), by shifted maxima."""
     out = values
-    for axis, r in enumerate(reach):
+    for axis, r in enumerate(reach, start=values.dim() - 3):
         n = out.shape[axis]
         src, out = out, out.clone()
         for k in range(1, min(int(r), n - 1) + 1):
