@@ -115,8 +115,7 @@ class SAMMed3DParameterNode:
     model, modelPath, device - which weights run where. autoRun - update on every point placed
     or moved. autoExtend - follow objects larger than one window. boxRoi - the object's box
     (a markups ROI). lockOtherSegments - never change, nor overlap, the other segments.
-    snapToEdges, signedClicks - boundary refinement and signed points as the model's default
-    (on for this project's models, off for official checkpoints); unchecked: off.
+    snapToEdges, signedClicks - the two mask rules: the model's default, or (False) off.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode

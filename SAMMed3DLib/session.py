@@ -51,7 +51,7 @@ import SimpleITK as sitk
 import torch
 
 from .card import ModelCard, official_card
-from .editing import KEEP_BOX, Box, as_box, lps_point, same_box
+from .editing import KEEP_BOX, Box, as_box, lps_point, resolve_signed_clicks, same_box
 from .errors import ConfigError, PromptError, SessionStateError
 from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
 from .history import History
@@ -94,22 +94,6 @@ class _Step:
         return self.change.unpacked() if isinstance(self.change, PackedMaskChange) else self.change
 
 
-def resolve_signed_clicks(signed_clicks: bool | None, model: object) -> bool:
-    """Whether a session's clicks change the mask only their way: as given, or by default (None) the model's.
-
-    On by default for a model with a fine head (this project's): in the CVPR 2025 protocol on the
-    held-back cases (3 seeds) it raised the final Dice from 0.59 to 0.68 (Grow from seeds 0.67),
-    a negative click no longer re-growing what it did not point at (the non-enhancing tumour went
-    from 0.01 to 0.44), and left the paper protocol where it was (benchmarks/results/
-    signed_clicks_heldout.json). Off for official checkpoints, whose masks stay the official pipeline's.
-    """
-    if signed_clicks is None:
-        return bool(getattr(model, "has_fine_head", False))
-    if not isinstance(signed_clicks, bool):
-        raise TypeError(f"signed_clicks must be True, False or None, got {type(signed_clicks).__name__}")
-    return signed_clicks
-
-
 class Session(WindowSteps):
     """Interactive promptable segmentation of one object in one 3D image.
 
@@ -131,11 +115,8 @@ class Session(WindowSteps):
             (:mod:`.refine`): True, False, a :class:`~SAMMed3DLib.refine.BoundaryRefinement`, or
             None for the model's default (on for this project's models, whose fine head decides
             on 3 mm cells; off for official checkpoints, whose masks stay the official ones).
-        signed_clicks: a click changes the mask only its way: a positive click never removes a
-            voxel, a negative one never adds one (the model still sees every click and decides
-            the window; only what it proposes against the click's sign is not pasted). None for
-            the model's default: on for this project's models, off for official checkpoints,
-            whose masks stay the official pipeline's (:func:`resolve_signed_clicks`).
+        signed_clicks: a positive click never removes a voxel, a negative one never adds one;
+            None: the model's default (:func:`~SAMMed3DLib.editing.resolve_signed_clicks`).
 
     Raises:
         TypeError: ``model`` is not a :class:`Sam3D`.

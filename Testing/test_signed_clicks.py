@@ -7,38 +7,28 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SAMMed3DLib.card import ModelCard
-from SAMMed3DLib.model import build_sam3d
-from SAMMed3DLib.model.sam3d import Sam3D
-from SAMMed3DLib.session import Session, resolve_signed_clicks
-from test_many_clicks import SMALL, _Encoder
+from SAMMed3DLib.editing import resolve_signed_clicks
+from SAMMed3DLib.session import Session
+from test_click_results import BallsModel
 
 #: Where the model puts (or takes away) what no click asked for: a low-res cell far from the clicks.
 FAR_CELL = (6.0, 6.0, 6.0)
 
 
-class WanderingModel(Sam3D):
+class WanderingModel(BallsModel):
     """Balls of 4 low-res cells around the clicks (+ positive, − negative), and a model that wanders:
     after a negative click it also proposes a blob at ``FAR_CELL``; after a later positive click it
     proposes dropping the ball of the first click."""
 
-    def __init__(self) -> None:
-        base = build_sam3d(SMALL)
-        super().__init__(_Encoder(), base.prompt_encoder, base.mask_decoder, base.config)
-        self.card = ModelCard(name="wandering", config=base.config)
-
     def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
+        logits, scores = super().predict_low_res(image_embeddings, coords, labels, mask_logits)
         axis = torch.arange(32, dtype=torch.float32)
         grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
-        logits = torch.full((32, 32, 32), -1.0)
-        cells = (coords[0] + 0.5) / 4 - 0.5
-        for point, label in zip(cells, labels[0]):
-            logits[(grid - point).norm(dim=-1) < 4.0] = 2.0 if int(label) == 1 else -2.0
         if int(labels[0, -1]) == 0:
-            logits[(grid - torch.tensor(FAR_CELL)).norm(dim=-1) < 3.0] = 2.0
+            logits[0, 0][(grid - torch.tensor(FAR_CELL)).norm(dim=-1) < 3.0] = 2.0
         elif labels.shape[1] > 1:
-            logits[(grid - cells[0]).norm(dim=-1) < 4.0] = -2.0
-        return logits[None, None], torch.zeros(1, 1)
+            logits[0, 0][(grid - ((coords[0, 0] + 0.5) / 4 - 0.5)).norm(dim=-1) < 4.0] = -2.0
+        return logits, scores
 
 
 @pytest.fixture
