@@ -182,7 +182,7 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._debounce = qt.QTimer()
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self.onAutoRun)
+        self._debounce.timeout.connect(self.onRun)  # the newest points, once they stop moving
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -346,9 +346,6 @@ class SAMMed3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._clickTime = time.perf_counter()
         self._debounce.start()  # restarts: a newer click supersedes a pending one
-
-    def onAutoRun(self) -> None:
-        self.onRun()
 
     def onRun(self) -> None:
         """Run the model on all points of the current segment (now, or after the running update)."""
