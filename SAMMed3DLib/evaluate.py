@@ -146,6 +146,7 @@ def _method_factory(
     zoom_out: bool | None = None,
     refine: bool | None = None,
     signed_clicks: bool | None = None,
+    drop_islands: bool | None = None,
 ) -> tuple[SegmenterFactory, str, str]:
     """(factory, method name, model name) for a method name or a factory callable."""
     if callable(method):
@@ -156,11 +157,8 @@ def _method_factory(
         from .session import Session
 
         card = getattr(model, "card", None)
-        options: dict[str, Any] = {} if zoom_out is None else {"zoom_out": bool(zoom_out)}
-        if refine is not None:
-            options["refine"] = bool(refine)
-        if signed_clicks is not None:
-            options["signed_clicks"] = bool(signed_clicks)
+        switches = {"zoom_out": zoom_out, "refine": refine, "signed_clicks": signed_clicks, "drop_islands": drop_islands}
+        options: dict[str, Any] = {key: bool(value) for key, value in switches.items() if value is not None}
         return (lambda image: Session(model, image, **options)), "model", getattr(card, "name", "unnamed")
     if method == "growcut":
         from .baselines import GrowCutSession, _import_growcut
@@ -190,6 +188,7 @@ def evaluate(
     zoom_out: bool | None = None,
     refine: bool | None = None,
     signed_clicks: bool | None = None,
+    drop_islands: bool | None = None,
 ) -> EvaluationResult:
     """Run an interactive protocol on every selected structure of a data folder.
 
@@ -221,6 +220,8 @@ def evaluate(
             :mod:`.refine`); None: the model's default.
         signed_clicks: the model's session changes the mask only each click's way
             (``Session(signed_clicks=...)``); None: the model's default.
+        drop_islands: the model's session drops the far parts a click adds
+            (``Session(drop_islands=...)``, :mod:`.islands`); None: the session's default (off).
 
     Returns:
         The rows, skipped structures and summaries.
@@ -241,7 +242,7 @@ def evaluate(
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm!r}")
-    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine, signed_clicks)
+    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine, signed_clicks, drop_islands)
     if method == "model":
         from .session import Session
 

@@ -56,6 +56,7 @@ from .errors import ConfigError, PromptError, SessionStateError
 from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
 from .history import History
 from .io import image_from_array, validate_image
+from .islands import resolve_drop_islands
 from .masks import mask_on_grid
 from .memory import TRIM_EVERY_STEPS, release_free_memory
 from .model.sam3d import Sam3D
@@ -117,6 +118,7 @@ class Session(WindowSteps):
             on 3 mm cells; off for official checkpoints, whose masks stay the official ones).
         signed_clicks: a positive click never removes a voxel, a negative one never adds one;
             None: the model's default (:func:`~SAMMed3DLib.editing.resolve_signed_clicks`).
+        drop_islands: a click never adds a part of the mask far from the object (:mod:`.islands`); None: off.
 
     Raises:
         TypeError: ``model`` is not a :class:`Sam3D`.
@@ -142,6 +144,7 @@ class Session(WindowSteps):
         correction: str = "local",
         refine: bool | BoundaryRefinement | None = None,
         signed_clicks: bool | None = None,
+        drop_islands: bool | None = None,
     ) -> None:
         bad_limit = isinstance(history_limit, bool) or not isinstance(history_limit, numbers.Integral) or history_limit < 1
         if history_limit is not None and bad_limit:
@@ -162,6 +165,7 @@ class Session(WindowSteps):
         self.keep_history = keep_history
         self.refinement = resolve_refinement(refine, model)
         self.signed_clicks = resolve_signed_clicks(signed_clicks, model)
+        self.drop_islands = resolve_drop_islands(drop_islands, model)
         self._image: sitk.Image | None = None
         self._image_zyx: np.ndarray | None = None  # a view of the image's voxels, for the refinement
         self._geometry: ImageGeometry | None = None
@@ -215,12 +219,8 @@ class Session(WindowSteps):
             ImageError: the image is not a finite scalar 3D image.
         """
         if isinstance(image, np.ndarray):
-            image = image_from_array(
-                image,
-                spacing_xyz_mm=spacing_xyz_mm or (1.0, 1.0, 1.0),
-                origin_lps=origin_lps or (0.0, 0.0, 0.0),
-                direction=np.eye(3) if direction is None else direction,
-            )
+            spacing, origin = spacing_xyz_mm or (1.0, 1.0, 1.0), origin_lps or (0.0, 0.0, 0.0)
+            image = image_from_array(image, spacing_xyz_mm=spacing, origin_lps=origin, direction=np.eye(3) if direction is None else direction)
         image = validate_image(image)
         stop_warm_up(self.model)  # an unfinished background warm-up would compete with the first click for the cores
         if image.GetPixelID() != sitk.sitkFloat32:

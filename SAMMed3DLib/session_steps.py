@@ -32,6 +32,7 @@ import numpy as np
 from .box_prompt import stand_in_click
 from .editing import Box, box_window_spacing, click_depth, force_click, keep_clicked_change, mask_prompt_logits
 from .geometry import ImageGeometry, Window
+from .islands import drop_new_islands
 from .paste import paste_logits
 from .refine import BoundaryRefinement
 from .windows import WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
@@ -82,6 +83,7 @@ class WindowSteps:
     _image_zyx: np.ndarray | None
     refinement: BoundaryRefinement | None
     signed_clicks: bool
+    drop_islands: bool
 
     # Also used from the session: points_lps, labels, device, _before_mask_change().
 
@@ -162,6 +164,10 @@ class WindowSteps:
             # The click's way only, in every window it ran (its own, the extensions, the zoomed ones).
             block = self._mask[region]  # type: ignore[index]
             (np.maximum if positive else np.minimum)(block, previous, out=block)
+        if self.drop_islands and region is not None and previous is not None:
+            points, labels = self._prompts()  # the box's stand-in click counts as a positive click
+            positive_zyx = self._geometry.lps_to_index(points[labels == 1])[:, ::-1] if (labels == 1).any() else np.zeros((0, 3))  # type: ignore[union-attr]
+            drop_new_islands(self._mask, region, previous, positive_zyx, np.asarray(self._geometry.spacing_xyz_mm)[::-1])  # type: ignore[arg-type, union-attr]
         return region, ran, previous
 
     def _zoom(self, state: WindowState, timings: dict[str, float]) -> tuple[Slices3 | None, np.ndarray | None, list[Window]]:

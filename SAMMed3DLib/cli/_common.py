@@ -63,11 +63,17 @@ _SESSION_SWITCHES = (
         "a positive click only adds voxels, a negative click only removes them (default: on for this project's "
         "models, off for official checkpoints, whose masks stay the official ones)",
     ),
+    (
+        "drop-islands",
+        "drop_islands",
+        "a click never adds a part of the mask more than 4 mm from the mask it had and from every positive click "
+        "(default: off)",
+    ),
 )
 
 
 def add_session_args(parser: argparse.ArgumentParser) -> None:
-    """``--zoom-out``, ``--refine`` and ``--signed-clicks`` (each with its ``--no-`` form): the session's switches."""
+    """``--zoom-out``, ``--refine``, ``--signed-clicks`` and ``--drop-islands`` (each with its ``--no-`` form): the session's switches."""
     from ..session_steps import ZOOM_OUT_DEFAULT
 
     for option, keyword, text in _SESSION_SWITCHES:
