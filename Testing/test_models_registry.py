@@ -518,8 +518,14 @@ def test_cli_ctrl_c_exits_130_and_the_next_run_resumes(server, turbo_shaped_chec
             time.sleep(0.02)
         signal.pthread_kill(main_thread, signal.SIGINT)
 
-    threading.Thread(target=interrupt_when_half_is_there, daemon=True).start()
-    assert _cli(["models", "download", "sam_med3d_turbo"], monkeypatch) == 130
+    # Ctrl+C as on a terminal: a process started in the background of a shell script (nohup ... &) inherits
+    # SIGINT ignored, and Python then installs no handler, so the signal would be dropped
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_when_half_is_there, daemon=True).start()
+        assert _cli(["models", "download", "sam_med3d_turbo"], monkeypatch) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     err = capsys.readouterr().err
     assert "download interrupted; run `sammed3d models download sam_med3d_turbo` again to resume" in err
     assert err.rstrip().endswith("sammed3d models: interrupted")
