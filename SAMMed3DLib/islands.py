@@ -39,12 +39,8 @@ DEFAULT_GAP_MM = 4.0
 Slices3 = tuple[slice, slice, slice]
 
 
-def resolve_drop_islands(drop_islands: bool | None, model: object) -> bool:
-    """Whether a session drops the islands its clicks add (``Session(drop_islands=)``); None: the default, off.
-
-    Off for every model by default (see the module docstring); ``model`` is accepted for the
-    signature the session's other switches share.
-    """
+def resolve_drop_islands(drop_islands: bool | None) -> bool:
+    """Whether a session drops the islands its clicks add (``Session(drop_islands=)``); None: the default, off for every model."""
     if drop_islands is None:
         return False
     if not isinstance(drop_islands, bool):
@@ -89,10 +85,11 @@ def drop_new_islands(
         if h > 0:
             parts = ndimage.maximum_filter1d(parts, 2 * h + 1, axis=axis)
     labels, count = ndimage.label(parts, structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1 and (before & current).any():
+    kept = before & current  # what the mask had and still has
+    if count <= 1 and kept.any():
         return 0  # one part, and it touches the mask as it was
     keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[before & current])] = True
+    keep[np.unique(labels[kept])] = True
     start = np.array([o.start for o in outer])
     for p in np.rint(np.asarray(positive_zyx, dtype=np.float64).reshape(-1, 3)).astype(int) - start:
         if np.all(p >= 0) and np.all(p < labels.shape):

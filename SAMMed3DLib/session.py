@@ -165,7 +165,7 @@ class Session(WindowSteps):
         self.keep_history = keep_history
         self.refinement = resolve_refinement(refine, model)
         self.signed_clicks = resolve_signed_clicks(signed_clicks, model)
-        self.drop_islands = resolve_drop_islands(drop_islands, model)
+        self.drop_islands = resolve_drop_islands(drop_islands)
         self._image: sitk.Image | None = None
         self._image_zyx: np.ndarray | None = None  # a view of the image's voxels, for the refinement
         self._geometry: ImageGeometry | None = None

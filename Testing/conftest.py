@@ -93,3 +93,11 @@ def scene():
     yield mrml
     for logic in reversed(logics):
         logic.SetMRMLScene(None)
+
+
+@pytest.fixture
+def one_window_volume() -> sitk.Image:
+    """A blank 64³ image of 3 mm voxels: one 192 mm window of the default card holds all of it."""
+    image = sitk.GetImageFromArray(np.zeros((64, 64, 64), np.float32))
+    image.SetSpacing((3.0, 3.0, 3.0))
+    return image

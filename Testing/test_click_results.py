@@ -30,13 +30,27 @@ class BallsModel(Sam3D):
         self.card = ModelCard(name="balls", config=base.config)
 
     def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
-        axis = torch.arange(32, dtype=torch.float32)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
         logits = torch.full((32, 32, 32), -1.0)
-        for point, label in zip((coords[0] + 0.5) / 4 - 0.5, labels[0]):
-            near = (grid - point).norm(dim=-1) < 4.0
-            logits[near] = 2.0 if int(label) == 1 else -2.0
+        for point, label in zip(low_res_cells(coords[0]), labels[0]):
+            logits[low_res_ball(point, 4.0)] = 2.0 if int(label) == 1 else -2.0
         return logits[None, None], torch.zeros(1, 1)
+
+
+def low_res_cells(window_index: torch.Tensor) -> torch.Tensor:
+    """Window voxel indices (128³ window) as positions on the decoder's 32³ grid."""
+    return (window_index + 0.5) / 4 - 0.5
+
+
+def low_res_ball(centre, radius: float) -> torch.Tensor:
+    """Boolean (32, 32, 32) block of the decoder's grid: the cells within ``radius`` cells of ``centre``."""
+    axis = torch.arange(32, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    return (grid - torch.as_tensor(centre, dtype=torch.float32)).norm(dim=-1) < radius
+
+
+def point_lps(image: sitk.Image, index_xyz) -> np.ndarray:
+    """LPS mm of a (continuous) voxel index of ``image``."""
+    return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index_xyz]))
 
 
 @pytest.fixture
@@ -46,9 +60,6 @@ def long_volume() -> sitk.Image:
     image.SetSpacing((3.0, 3.0, 3.0))
     return image
 
-
-def _point(image: sitk.Image, index_xyz) -> np.ndarray:
-    return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index_xyz]))
 
 
 def test_every_held_result_shows_the_mask_of_its_own_step(long_volume) -> None:
@@ -61,18 +72,18 @@ def test_every_held_result_shows_the_mask_of_its_own_step(long_volume) -> None:
     rng = np.random.default_rng(0)
     for step in range(12):
         z = [32, 96, 160][step % 3]  # three windows along the volume
-        keep(session.click(_point(long_volume, (32 + rng.integers(-6, 7), 32, z + rng.integers(-6, 7))), positive=bool(step % 4 != 3)))
+        keep(session.click(point_lps(long_volume, (32 + rng.integers(-6, 7), 32, z + rng.integers(-6, 7))), positive=bool(step % 4 != 3)))
     keep(session.undo())
     keep(session.undo())
     keep(session.redo())
     state = session.state()
-    keep(session.click(_point(long_volume, (30, 30, 40))))
+    keep(session.click(point_lps(long_volume, (30, 30, 40))))
     change = held[-1][0].change
     session.restore(state, change.region, change.before)
     keep(session.predict(session.points_lps[::-1], session.labels[::-1]))  # a replay: rewrites the whole mask
-    keep(session.click(_point(long_volume, (34, 30, 100))))
+    keep(session.click(point_lps(long_volume, (34, 30, 100))))
     session.reset()
-    keep(session.click(_point(long_volume, (32, 32, 32))))
+    keep(session.click(point_lps(long_volume, (32, 32, 32))))
     assert len({m.tobytes() for _, m in held}) > 10, "the steps changed the mask"
     for i, (result, expected) in enumerate(held):
         # read in both ways, in an order unrelated to the steps: each is the mask of its own step
@@ -85,12 +96,12 @@ def test_a_held_result_keeps_only_the_regions_the_session_rewrote(long_volume) -
     # copy-on-write: a click saves the footprint of its window for the held result, never a copy
     # of the whole mask, and what a result keeps stays below half the mask
     session = Session(BallsModel(), long_volume, auto_extend=False)
-    first = session.click(_point(long_volume, (32, 32, 32)))
+    first = session.click(point_lps(long_volume, (32, 32, 32)))
     expected = session.mask_array.copy()
-    session.click(_point(long_volume, (30, 30, 34)))
+    session.click(point_lps(long_volume, (30, 30, 34)))
     assert not first._owns_array and 0 < first._saved_bytes < expected.nbytes // 2
     for z in (96, 160, 40, 150):
-        session.click(_point(long_volume, (32, 32, z)))
+        session.click(point_lps(long_volume, (32, 32, z)))
         assert first._owns_array or first._saved_bytes <= expected.nbytes // 2
     assert first._owns_array, "beyond half the mask the result takes its own copy"
     np.testing.assert_array_equal(first.mask_array, expected)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-import torch
 
 from SAMMed3DLib.islands import DEFAULT_GAP_MM, drop_new_islands, resolve_drop_islands
 from SAMMed3DLib.session import Session
-from test_click_results import BallsModel
+from test_click_results import BallsModel, low_res_ball, point_lps
 
 WHOLE = (slice(0, 40), slice(0, 40), slice(0, 40))
 
@@ -94,63 +92,47 @@ class IslandModel(BallsModel):
     """The balls of :class:`BallsModel` around the clicks, plus a look-alike blob far away on every positive click.
 
     Low-res cell (6, 6, 25) of the window of a click at voxel (20, 20, 20) is voxel (39, 39, 39) of the
-    test volume (window axes toward R, A, S; the volume's x and y go toward L and P)."""
+    test image (window axes toward R, A, S; the one_window_volume's x and y go toward L and P)."""
 
     def predict_low_res(self, image_embeddings, coords, labels, mask_logits):  # noqa: ANN001
         logits, scores = super().predict_low_res(image_embeddings, coords, labels, mask_logits)
-        axis = torch.arange(32, dtype=torch.float32)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
         if int(labels[0, -1]) == 1:
-            logits[0, 0][(grid - torch.tensor((6.0, 6.0, 25.0))).norm(dim=-1) < 3.0] = 2.0
+            logits[0, 0][low_res_ball((6.0, 6.0, 25.0), 3.0)] = 2.0
         return logits, scores
-
-
-@pytest.fixture
-def volume() -> sitk.Image:
-    image = sitk.GetImageFromArray(np.zeros((64, 64, 64), np.float32))
-    image.SetSpacing((3.0, 3.0, 3.0))  # one 192 mm window holds it all
-    return image
-
-
-def _point(image: sitk.Image, index_xyz) -> np.ndarray:
-    return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index_xyz]))
 
 
 def _blob(session: Session) -> np.ndarray:
     return session.mask_array[37:42, 37:42, 37:42]  # the core of the far blob, 3 low-res cells (18 mm) around voxel 39
 
 
-def test_a_session_click_keeps_the_clicked_object_and_drops_the_far_blob(volume) -> None:
-    session = Session(IslandModel(), volume, auto_extend=False, drop_islands=True)
-    session.click(_point(volume, (20, 20, 20)), True)
+def test_a_session_click_keeps_the_clicked_object_and_drops_the_far_blob(one_window_volume) -> None:
+    session = Session(IslandModel(), one_window_volume, auto_extend=False, drop_islands=True)
+    session.click(point_lps(one_window_volume, (20, 20, 20)), True)
     assert session.mask_array[18:23, 18:23, 18:23].all(), "the clicked object is kept"
     assert not _blob(session).any(), "the far blob is dropped"
-    session.click(_point(volume, (39, 39, 39)), True)  # the user asks for it: now it stays
+    session.click(point_lps(one_window_volume, (39, 39, 39)), True)  # the user asks for it: now it stays
     assert _blob(session).all() and session.mask_array[18:23, 18:23, 18:23].all()
     session.undo()
     assert not _blob(session).any()
 
 
-def test_without_the_rule_the_blob_is_pasted(volume) -> None:
-    session = Session(IslandModel(), volume, auto_extend=False, drop_islands=False)
-    session.click(_point(volume, (20, 20, 20)), True)
+def test_without_the_rule_the_blob_is_pasted(one_window_volume) -> None:
+    session = Session(IslandModel(), one_window_volume, auto_extend=False, drop_islands=False)
+    session.click(point_lps(one_window_volume, (20, 20, 20)), True)
     assert _blob(session).all()
 
 
-def test_a_blob_touching_an_existing_mask_stays(volume) -> None:
+def test_a_blob_touching_an_existing_mask_stays(one_window_volume) -> None:
     existing = np.zeros((64, 64, 64), np.uint8)
     existing[38:41, 38:41, 30:36] = 1  # the blob grows what the user brought (they overlap at x = 34, 35)
-    session = Session(IslandModel(), volume, auto_extend=False, drop_islands=True, initial_mask=existing, correction="window")
-    session.click(_point(volume, (20, 20, 20)), True)
+    session = Session(IslandModel(), one_window_volume, auto_extend=False, drop_islands=True, initial_mask=existing, correction="window")
+    session.click(point_lps(one_window_volume, (20, 20, 20)), True)
     assert _blob(session).all()
 
 
 def test_defaults_and_bad_values() -> None:
-    class WithHead:
-        has_fine_head = True
-
-    assert resolve_drop_islands(None, WithHead()) is False  # off by default, for every model
-    assert resolve_drop_islands(True, object()) is True
+    assert resolve_drop_islands(None) is False  # off by default, for every model
+    assert resolve_drop_islands(True) is True
     with pytest.raises(TypeError, match="drop_islands"):
-        resolve_drop_islands("yes", WithHead())  # type: ignore[arg-type]
+        resolve_drop_islands("yes")  # type: ignore[arg-type]
     assert Session(BallsModel()).drop_islands is False
