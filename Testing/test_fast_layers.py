@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from SAMMed3DLib.model.click_maps import ClickMapCache, reuse_click_maps
-from SAMMed3DLib.model.fast_layers import Conv3d, ConvTranspose3d
+from SAMMed3DLib.model.fast_layers import Conv3d, ConvTranspose3d, InstanceNorm3d
 from SAMMed3DLib.model.fine_head import NEW_FINE_HEAD, FineHead
 from SAMMed3DLib.model.geodesic import UNREACHED, GeodesicCache, geodesic_distance
 
@@ -62,6 +62,29 @@ def test_conv_transpose3d_matches_nn_for_block_upsampling() -> None:
         assert torch.equal(odd(x), nn.ConvTranspose3d.forward(odd, x))
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16, 16), (2, 16, 7, 9, 11), (1, 3, 32, 32, 32)])
+def test_instance_norm_matches_nn_and_stays_channels_last(shape) -> None:
+    torch.manual_seed(7)
+    fast = InstanceNorm3d(shape[1], affine=True)
+    with torch.no_grad():
+        fast.weight.normal_(1.0, 0.5)
+        fast.bias.normal_(0.0, 0.5)
+    plain = _twin(fast, nn.InstanceNorm3d, num_features=shape[1], affine=True)
+    # An offset and scale per channel, as a convolution's output has: a one-pass variance in float32
+    # would lose digits here.
+    x = torch.randn(shape) * 3.0 + torch.arange(shape[1], dtype=torch.float32).view(1, -1, 1, 1, 1) * 10.0
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        xin = x.contiguous(memory_format=layout)
+        with torch.no_grad():
+            out = fast(xin)
+            torch.testing.assert_close(out, plain(xin), rtol=1e-5, atol=5e-5)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    # Without affine parameters, or keeping running statistics, it is PyTorch's own layer.
+    bare = InstanceNorm3d(shape[1])
+    with torch.no_grad():
+        assert torch.equal(bare(x), nn.InstanceNorm3d.forward(bare, x))
+
+
 def test_conv3d_channel_shares_add_up_to_the_whole_convolution() -> None:
     torch.manual_seed(6)
     conv = Conv3d(14, 8, 3, padding=1)
@@ -75,7 +98,7 @@ def test_conv3d_channel_shares_add_up_to_the_whole_convolution() -> None:
 
 def test_training_keeps_pytorchs_own_layers_and_their_gradients() -> None:
     torch.manual_seed(3)
-    fast = nn.Sequential(Conv3d(2, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True), ConvTranspose3d(4, 2, 2, stride=2))
+    fast = nn.Sequential(Conv3d(2, 4, 3, padding=1), InstanceNorm3d(4, affine=True), ConvTranspose3d(4, 2, 2, stride=2))
     plain = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True), nn.ConvTranspose3d(4, 2, 2, stride=2))
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(1, 2, 6, 6, 6)

@@ -6,9 +6,10 @@ maps the rule misfires badly: a 16-channel 3×3×3 convolution on 32³ (the fine
 level) took 31 ms on 2 threads through the direct kernel and 1.9 ms through oneDNN. oneDNN is
 faster again on channels-last input (an 8-channel 3×3×3 convolution on 64³: 9 ms instead of
 14 ms; a 1×1×1 one: 0.7 ms instead of 4.9 ms), and a network then has to *stay* channels-last
-(converting an 8-channel 64³ map between layouts cost 6 ms). ``nn.InstanceNorm3d`` and the
-activations keep a channels-last input channels-last by themselves (the norm costs about twice
-as much there, less than two conversions).
+(converting an 8-channel 64³ map between layouts cost 6 ms). The activations keep a
+channels-last input channels-last by themselves; PyTorch's instance norm does not (it returned a
+contiguous map, which the next convolution converted back) and took 6–13 ms on an 8-channel 64³
+map on one thread.
 
 So each layer here keeps its ``nn`` parent's parameters and state-dict keys and, at inference
 on the CPU in float32 (no gradient needed), takes a fast path that returns channels-last:
@@ -16,6 +17,10 @@ on the CPU in float32 (no gradient needed), takes a fast path that returns chann
 * :class:`Conv3d`: oneDNN directly, whatever the size.
 * :class:`ConvTranspose3d` (kernel = stride, no padding): one matrix product per voxel, laid out
   so the result is already channels-last.
+* :class:`InstanceNorm3d` (affine, no running statistics): the per-channel mean and variance as
+  matrix products over blocks of voxels, added up in float64, then a multiply-add in place;
+  channels-last in and out (an 8-channel 64³ map: 2.9 ms instead of 4.8 ms on one thread, and
+  no conversion after it).
 
 The fast paths compute the same functions up to float32 summation order (about 1e-6 on the
 fine head's logits). Anything else (training, GPU, bf16 autocast, other options) goes through
@@ -27,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Conv3d", "ConvTranspose3d", "fast_path_usable"]
+__all__ = ["Conv3d", "ConvTranspose3d", "InstanceNorm3d", "fast_path_usable"]
 
 _CL = torch.channels_last_3d
 
@@ -104,3 +109,34 @@ class ConvTranspose3d(nn.ConvTranspose3d):
             out = out.view(-1, kd * kh * kw, cout).add_(self.bias)
         out = out.view(b, d, h, w, kd, kh, kw, cout).permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d * kd, h * kh, w * kw, cout)
         return out.permute(0, 4, 1, 2, 3)  # (B, C_out, D', H', W') view, channels-last in memory
+
+
+#: Voxels per block of the instance norm's sums (each block in float32, the blocks in float64).
+NORM_BLOCK = 512
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d``; with affine parameters and no running statistics, CPU inference
+    returns channels-last (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.affine or self.track_running_stats or not fast_path_usable(x, self.weight):
+            return super().forward(x)
+        b, c = x.shape[:2]
+        n = x.shape[2] * x.shape[3] * x.shape[4]
+        x = x.contiguous(memory_format=_CL)  # free for the head's maps
+        rows = x.permute(0, 2, 3, 4, 1).reshape(b, n, c)  # a view: (voxels, channels) per item
+        block = NORM_BLOCK if n % NORM_BLOCK == 0 else n
+        ones = torch.ones(1, block, dtype=x.dtype)
+
+        def channel_sums(values: torch.Tensor) -> torch.Tensor:  # (B, C) in float64
+            return (ones @ values.reshape(b, n // block, block, c)).double().sum(dim=(1, 2))
+
+        # Two passes (the mean, then the spread around it): a convolution's output sits far from
+        # zero on some channels, where the mean of squares minus the squared mean loses digits.
+        mean = channel_sums(rows) / n
+        centred = rows - mean.float()[:, None, :]
+        var = channel_sums(centred * centred) / n
+        scale = (self.weight.double() * torch.rsqrt(var + self.eps)).float()
+        out = centred.mul_(scale[:, None, :]).add_(self.bias.float())
+        return out.view(b, *x.shape[2:], c).permute(0, 4, 1, 2, 3)

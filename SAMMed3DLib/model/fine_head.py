@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .click_maps import active_click_map_cache, click_distance_maps
-from .fast_layers import Conv3d, ConvTranspose3d, fast_path_usable
+from .fast_layers import Conv3d, ConvTranspose3d, InstanceNorm3d, fast_path_usable
 from .geodesic import geodesic_distance
 
 #: Configuration keys of the head (``config["fine_head"]``) and their defaults. The defaults
@@ -50,7 +50,7 @@ GEODESIC_SWEEPS = 2
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(Conv3d(cin, cout, 3, padding=1), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01, inplace=True))
+    return nn.Sequential(Conv3d(cin, cout, 3, padding=1), InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.01, inplace=True))
 
 
 class FineHead(nn.Module):
