@@ -18,7 +18,10 @@ colleague's segment, an earlier session), when the object is given by a box
   error region the click points at: the voxels a positive click would add (or a negative click
   would remove) that are 26-connected to the click, within a radius that grows with how deep
   the click lies in the error. A click therefore never flips the far side of an organ the
-  annotator already got right, and a model that floods cannot flood far.
+  annotator already got right, and a model that floods cannot flood far. When the proposal hardly
+  overlaps the mask (the model does not recognise it as the object), the change is also cut to
+  :data:`MAX_CHANGE_FRACTION` of the mask, nearest the click, and so is the ball
+  :func:`force_click` sets: a small structure survives a model that floods near it.
 * **Boxes.** :class:`Box` is an axis-aligned box in LPS mm (two opposite corners). SAM-Med3D has
   no box embedding, so a box is used as the CVPR 2025 challenge's SAM-Med3D baseline uses it: a
   window centred on the box (seen at a coarser spacing when the box does not fit,
@@ -64,6 +67,25 @@ MIN_RADIUS_MM = 4.5
 MAX_RADIUS_MM = 60.0
 #: The voxels within this distance of a corrective click (at most half its depth) take its label.
 FORCE_RADIUS_MM = 3.0
+#: The most a corrective click changes, as a fraction of the mask it corrects (its voxels in the
+#: block the click's window covers): the model's change when its proposal overlaps the mask by
+#: less than :data:`TRUSTED_OVERLAP`, and the ball forced around the click always, each cut to the
+#: voxels nearest the click. On structures the model never saw (FreeSurfer
+#: subcortical labels and PAM50 cord levels, 61 structures, near-correct masks) its proposal is
+#: often a blob many times the structure's size; without the cap the mean Dice fell by 0.046 after
+#: one click (6 structures losing more than 0.10, the inferior lateral ventricle 0.83 → 0.03),
+#: with the cap (nearest voxels, model's change and forced ball) at a tenth -0.001 / +0.011 / +0.009
+#: after 1 / 2 / 3 clicks, no structure losing more than 0.05 (a twentieth: +0.002 / +0.009 /
+#: +0.011; a fifth: -0.010 / +0.003 / +0.003). On eight other cases (the model's held-back and
+#: training cases, 180 structures) a tenth gave +0.003 / +0.007 / +0.008 against +0.002 / +0.005 /
+#: +0.007 without it (worst first click -0.04 against -0.18). Tested on four more unseen cases
+#: (117 structures): -0.027 / -0.022 / -0.020 without it (8 structures losing more than 0.10),
+#: -0.001 / +0.005 / +0.004 with it (none).
+MAX_CHANGE_FRACTION = 0.1
+#: The model's change is cut to the budget only when its proposal for the block overlaps the mask
+#: before the click by less than this Dice: a proposal that keeps most of the mask shows the model
+#: recognises the object, and its change (a leak a third of the mask) is kept whole.
+TRUSTED_OVERLAP = 0.5
 
 Slices3 = tuple[slice, slice, slice]
 
@@ -194,23 +216,59 @@ def keep_clicked_change(
     labels, _ = ndimage.label(local, structure=np.ones((3, 3, 3), dtype=bool))
     chosen = np.unique(labels[near[0]][near[1]])
     chosen = chosen[chosen > 0]
-    out[box][np.isin(labels, chosen)] = 1 if positive else 0
+    kept = np.isin(labels, chosen)
+    after_b = after.astype(bool)
+    overlap = 2.0 * np.count_nonzero(after_b & before_b) / max(1, np.count_nonzero(after_b) + np.count_nonzero(before_b))
+    if overlap < TRUSTED_OVERLAP:  # the model does not see the mask as the object: a bounded change
+        kept = nearest_voxels(kept, np.asarray(click_zyx, dtype=np.float64) - offset, spacing, change_budget(before_b))
+    out[box][kept] = 1 if positive else 0
     return out
 
 
-def force_click(block: np.ndarray, click_zyx: np.ndarray, positive: bool, spacing_zyx: np.ndarray, depth_mm: float) -> None:
+def change_budget(before: np.ndarray) -> int | None:
+    """The most voxels one corrective click may change in a block whose mask is ``before``.
+
+    :data:`MAX_CHANGE_FRACTION` of the mask's voxels there (one at least), or None (no bound) when
+    the block holds none of the mask: the click then starts a new part of the object, as a click
+    of a fresh session would.
+    """
+    count = int(np.count_nonzero(before))
+    return None if count == 0 else max(1, int(MAX_CHANGE_FRACTION * count))
+
+
+def nearest_voxels(selected: np.ndarray, click_zyx: np.ndarray, spacing_zyx: np.ndarray, budget: int | None) -> np.ndarray:
+    """``selected``, or its ``budget`` voxels nearest the click (ties broken by index order) when it has more (None: no bound)."""
+    count = int(np.count_nonzero(selected))
+    if budget is None or count <= budget:
+        return selected
+    index = np.nonzero(selected)
+    d2 = sum(((i - c) * s) ** 2 for i, c, s in zip(index, click_zyx, spacing_zyx))
+    nearest = np.argsort(d2, kind="stable")[:budget]
+    out = np.zeros_like(selected)
+    out[tuple(i[nearest] for i in index)] = True
+    return out
+
+
+def force_click(block: np.ndarray, click_zyx: np.ndarray, positive: bool, spacing_zyx: np.ndarray, depth_mm: float, budget: int | None = None) -> None:
     """Give the voxels around a click its label, in place: the click is what the user asserts.
 
     The ball has radius ``min(FORCE_RADIUS_MM, depth_mm / 2)``: half the way to the mask's
     boundary on the click's side, so it never reaches past the error the click is in. Without it,
-    a click the model disagrees with changes nothing, and the same click comes again.
+    a click the model disagrees with changes nothing, and the same click comes again. Of the ball,
+    the voxels that would change are cut to ``budget`` (those nearest the click; the caller passes
+    the :func:`change_budget` of the mask before the click, None = no cut): a 3 mm ball is most
+    of a structure a few voxels thick.
     """
     radius = min(FORCE_RADIUS_MM, depth_mm / 2.0)
-    ball = _ball(block.shape, click_zyx, np.asarray(spacing_zyx, dtype=np.float64), radius)
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    ball = _ball(block.shape, click_zyx, spacing, radius)
     if ball is None:
         return
     box, inside = ball
-    block[box][inside] = 1 if positive else 0
+    value = 1 if positive else 0
+    flips = inside & (block[box] != value)
+    offset = np.array([s.start for s in box], dtype=np.float64)
+    block[box][nearest_voxels(flips, np.asarray(click_zyx, dtype=np.float64) - offset, spacing, budget)] = value
 
 
 def click_depth(before: np.ndarray, click_zyx: np.ndarray, positive: bool, spacing_zyx: np.ndarray) -> float:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .box_prompt import stand_in_click
-from .editing import Box, box_window_spacing, click_depth, force_click, keep_clicked_change, mask_prompt_logits
+from .editing import Box, box_window_spacing, change_budget, click_depth, force_click, keep_clicked_change, mask_prompt_logits
 from .geometry import ImageGeometry, Window
 from .islands import drop_new_islands
 from .paste import paste_logits
@@ -235,7 +235,7 @@ class WindowSteps:
             local = index_xyz[::-1] - np.array([r.start for r in region], dtype=np.float64)
             spacing_zyx = np.asarray(self._geometry.spacing_xyz_mm, dtype=np.float64)[::-1]  # type: ignore[union-attr]
             block[...] = keep_clicked_change(previous, block, local, positive, spacing_zyx)
-            force_click(block, local, positive, spacing_zyx, click_depth(previous, local, positive, spacing_zyx))
+            force_click(block, local, positive, spacing_zyx, click_depth(previous, local, positive, spacing_zyx), change_budget(previous))
             if keep is not None:
                 np.copyto(block, previous, where=keep)  # the box and the locks bound the forced voxels too
         return region, previous

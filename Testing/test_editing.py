@@ -178,6 +178,48 @@ def test_a_deep_click_in_a_large_missed_region_adds_all_of_it_and_a_shallow_one_
     assert 0 < shallow[5:35, 30:55, 5:55].sum() < 0.1 * after[5:35, 30:55, 5:55].sum()
 
 
+def test_a_flooding_proposal_changes_a_small_mask_by_at_most_its_budget_nearest_the_click() -> None:
+    from SAMMed3DLib.editing import MAX_CHANGE_FRACTION, change_budget
+
+    # A thin structure of 160 voxels (1 × 2 mm spacing) with a missed piece 10 mm away, and a model
+    # that proposes a blob hundreds of times its size around the click (as on anatomy it never saw).
+    spacing = np.array([2.0, 1.0, 1.0])
+    before = np.zeros((30, 60, 60), np.uint8)
+    before[14:16, 20:24, 10:30] = 1
+    after = np.zeros_like(before)
+    after[5:25, 20:50, 25:55] = 1
+    click = np.array([15.0, 30.0, 38.0])
+    out = keep_clicked_change(before, after, click, True, spacing)
+    added = out.astype(bool) & ~before.astype(bool)
+    budget = change_budget(before)
+    assert budget == int(MAX_CHANGE_FRACTION * 160) and added.sum() == budget
+    assert out[15, 30, 38] == 1 and (out >= before).all()  # what it keeps is around the click, and it only adds
+    zz, yy, xx = np.nonzero(added)
+    assert (np.sqrt(((zz - 15) * 2.0) ** 2 + (yy - 30.0) ** 2 + (xx - 38.0) ** 2) <= 3.0).all()
+    # A proposal that keeps most of the mask is trusted: its change within the click's reach stays
+    # whole, more than the budget.
+    trusted = before.copy()
+    trusted[14:16, 24:28, 10:30] = 1  # grows the structure by half along y
+    whole = keep_clicked_change(before, trusted, np.array([15.0, 25.0, 20.0]), True, spacing).astype(bool)
+    assert (whole & ~before.astype(bool)).sum() > 2 * budget and not (whole & ~trusted.astype(bool)).any()
+    # A window that sees none of the mask starts a new part of the object: no bound.
+    assert change_budget(np.zeros_like(before)) is None
+
+
+def test_the_forced_ball_of_a_click_is_cut_to_the_budget_it_is_given() -> None:
+    from SAMMed3DLib.editing import force_click
+
+    before = np.zeros((30, 30, 30), np.uint8)
+    before[15, 15, 2:12] = 1  # a 10-voxel thread; the click is far from it
+    block = before.copy()
+    force_click(block, np.array([15.0, 15.0, 22.0]), True, np.ones(3), 10.0, budget=3)
+    added = block.astype(bool) & ~before.astype(bool)
+    assert added.sum() == 3 and block[15, 15, 22] == 1
+    unbounded = before.copy()
+    force_click(unbounded, np.array([15.0, 15.0, 22.0]), True, np.ones(3), 10.0)
+    assert (unbounded.astype(bool) & ~before.astype(bool)).sum() > 100  # the whole 3 mm ball
+
+
 def test_a_box_alone_segments_the_object_inside_it_and_nothing_outside(scene) -> None:
     image, obj, neighbour, centre, pts = scene
     session = Session(BrightModel(), image)
