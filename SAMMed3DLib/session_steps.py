@@ -122,7 +122,10 @@ class WindowSteps:
     def _run_box(self, box: Box, timings: dict[str, float]) -> list[Window]:
         windows = self._windows
         assert windows is not None
-        spacing = box_window_spacing(box, self.card.input_size, self.card.spacing_mm, WINDOW_MARGIN_VOXELS)
+        # Our models (a fine head) see a small box zoomed in; an official checkpoint keeps the
+        # CVPR 2025 baseline's window at its own spacing.
+        zoom_in = bool(getattr(self.model, "has_fine_head", False))
+        spacing = box_window_spacing(box, self.card.input_size, self.card.spacing_mm, WINDOW_MARGIN_VOXELS, zoom_in=zoom_in)
         state = windows.open(box.center_lps, timings, spacing_mm=spacing)
         state.automatic = False
         self._decode(state, timings)
@@ -310,4 +313,5 @@ class WindowSteps:
             ran.append(new.window)
             frontier.append(new)
         return region, previous, ran
+
 

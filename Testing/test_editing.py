@@ -281,6 +281,41 @@ def test_a_box_larger_than_one_window_is_seen_zoomed_out() -> None:
     assert dice(session.mask_array, obj) > 0.95
 
 
+class FineBrightModel(BrightModel):
+    """BrightModel standing for one of this project's models (a fine head), which sees small boxes zoomed in."""
+
+    @property
+    def has_fine_head(self) -> bool:
+        return True
+
+
+def test_a_small_box_is_seen_zoomed_in_by_our_models_and_at_the_card_spacing_by_official_ones() -> None:
+    from SAMMed3DLib.editing import BOX_ZOOM_IN_FRACTION, BOX_ZOOM_IN_LIMIT
+
+    image = oblique_volume()
+    pts = lps_grid(image)
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint((45.0, 40.0, 20.0)))
+    sphere = np.linalg.norm(pts - centre, axis=-1) <= 6.0  # 12 mm across: a few voxels at the card's spacing
+    img = sitk.GetImageFromArray(np.where(sphere, 400.0, 100.0).astype(np.float32))
+    img.CopyInformation(image)
+    lo, hi = centre - 8.0, centre + 8.0
+    ours = Session(FineBrightModel(), img, refine=False, auto_extend=False)
+    window = ours.set_box(lo, hi).windows[0]
+    card = ours.card
+    assert window.spacing_mm == pytest.approx(card.spacing_mm / BOX_ZOOM_IN_LIMIT)  # 16 mm: as fine as allowed
+    assert dice(ours.mask_array, sphere) > 0.8
+    official = Session(BrightModel(), img, auto_extend=False)
+    assert official.set_box(lo, hi).windows[0].spacing_mm == pytest.approx(card.spacing_mm)
+    # The spacing follows the box: its longest side spans the fraction of the window, within the limits.
+    size, spacing = card.input_size, card.spacing_mm
+    medium = Box.from_corners((0, 0, 0), (0.3 * size * spacing, 10, 10))
+    assert box_window_spacing(medium, size, spacing, 8, zoom_in=True) == pytest.approx(0.3 * spacing / BOX_ZOOM_IN_FRACTION)
+    large = Box.from_corners((0, 0, 0), (0.6 * size * spacing, 10, 10))
+    assert box_window_spacing(large, size, spacing, 8, zoom_in=True) == pytest.approx(spacing)
+    huge = Box.from_corners((0, 0, 0), (2.0 * size * spacing, 10, 10))
+    assert box_window_spacing(huge, size, spacing, 8, zoom_in=True) == box_window_spacing(huge, size, spacing, 8) > spacing
+
+
 def test_locked_voxels_are_never_written(scene) -> None:
     image, obj, neighbour, centre, pts = scene
     locked = obj & (pts[..., 0] > centre[0] + 4.0)  # a finished segment overlapping the object
