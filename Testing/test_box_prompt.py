@@ -98,3 +98,17 @@ def test_a_box_larger_than_the_search_budget_is_searched_on_a_coarser_grid(monke
     index = np.rint(geometry.lps_to_index(coarse)).astype(int)
     assert shell[index[2], index[1], index[0]] and np.linalg.norm(coarse - centre) > CENTRE_VETO_MM
     assert abs(np.linalg.norm(coarse - centre) - 21.0) < 5.0
+
+
+def test_a_negative_on_the_rim_of_a_small_box_keeps_the_stand_in_at_its_centre() -> None:
+    from SAMMed3DLib.box_prompt import CENTRE_VETO_FRACTION
+
+    image, geometry, pts, _, _, centre = shell_scene()
+    nucleus = np.linalg.norm(pts - centre, axis=-1) <= 7.0
+    box = Box.from_corners(centre - 8.0, centre + 8.0)  # 16 mm: every click lies within 20 mm of its centre
+    rim = centre + np.array([6.0, 0.0, 0.0])  # 6 mm out, beyond a quarter of the box's side (4 mm)
+    assert 6.0 > CENTRE_VETO_FRACTION * 16.0
+    assert np.allclose(stand_in_click(box, geometry, nucleus, rim[None], np.array([0])), box.center_lps)
+    # A negative at the centre itself still moves it, to the mask's deepest voxel beyond 4 mm.
+    moved = stand_in_click(box, geometry, nucleus, centre[None], np.array([0]))
+    assert moved is not None and np.linalg.norm(moved - centre) > CENTRE_VETO_FRACTION * 16.0
