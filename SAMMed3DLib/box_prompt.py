@@ -10,9 +10,10 @@ on the held-back BraTS case: the non-enhancing core went 0.32 → 0.18 Dice over
 clicks).
 
 :func:`stand_in_click` therefore moves the stand-in once a negative click lies within
-:data:`CENTRE_VETO_MM` of the centre (a quarter of the box's longest side for a box under 80 mm): to the deepest voxel of the current mask inside the box
-that is farther than that from every negative click (the part of the answer the user has not
-objected to), or drops it when no such voxel exists. On the card's four held-back cases (cvpr25
+:data:`CENTRE_VETO_MM` of the centre (a quarter of the box's longest side for a box under 80 mm,
+:data:`CENTRE_VETO_FRACTION`): to the deepest voxel of the current mask inside the box that is
+farther than that from every negative click (the part of the answer the user has not objected
+to), or drops it when no such voxel exists. On the card's four held-back cases (cvpr25
 protocol, seed 0) this took the default model's final Dice 0.605 → 0.648, Dice-AUC 2.36 → 2.47
 and NSD 0.363 → 0.400; dropping the stand-in outright gave final Dice 0.667 but emptied two masks
 after the first negative click (Dice 0.001 and 0.11), and moving it with a 30 mm radius gave 0.642

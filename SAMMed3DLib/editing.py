@@ -217,12 +217,17 @@ def keep_clicked_change(
     chosen = np.unique(labels[near[0]][near[1]])
     chosen = chosen[chosen > 0]
     kept = np.isin(labels, chosen)
-    after_b = after.astype(bool)
-    overlap = 2.0 * np.count_nonzero(after_b & before_b) / max(1, np.count_nonzero(after_b) + np.count_nonzero(before_b))
-    if overlap < TRUSTED_OVERLAP:  # the model does not see the mask as the object: a bounded change
-        kept = nearest_voxels(kept, np.asarray(click_zyx, dtype=np.float64) - offset, spacing, change_budget(before_b))
+    budget = change_budget(before_b)
+    if budget is not None and np.count_nonzero(kept) > budget and _overlap(after.astype(bool), before_b) < TRUSTED_OVERLAP:
+        # The model does not see the mask as the object: a bounded change.
+        kept = nearest_voxels(kept, np.asarray(click_zyx, dtype=np.float64) - offset, spacing, budget)
     out[box][kept] = 1 if positive else 0
     return out
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean blocks (0 when both are empty)."""
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def change_budget(before: np.ndarray) -> int | None:
