@@ -24,7 +24,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ModelCardError
+from .errors import ConfigError, ModelCardError
 from .model.build import VIT_B_ORI, normalize_config
 
 logger = logging.getLogger(__name__)
@@ -281,6 +281,18 @@ def _check_clip(name: str, clip: Any) -> tuple[float, float] | None:
             "is probably wrong", name, low, high, MIN_CLIP_WIDTH,
         )
     return (low, high)
+
+
+def with_window_spacing(card: ModelCard, spacing_mm: float) -> ModelCard:
+    """A copy of ``card`` whose window has voxels of ``spacing_mm`` (a finer window for small structures).
+
+    Raises:
+        ConfigError: ``spacing_mm`` is not a finite number above 0.
+    """
+    value = float(spacing_mm)
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"the window spacing must be a number of millimetres above 0 like 0.75, got {spacing_mm!r}")
+    return dataclasses.replace(card, spacing_mm=value)
 
 
 def official_card(name: str = "sam_med3d_turbo", config: dict[str, Any] | None = None) -> ModelCard:

@@ -147,6 +147,7 @@ def _method_factory(
     refine: bool | None = None,
     signed_clicks: bool | None = None,
     drop_islands: bool | None = None,
+    window_spacing_mm: float | None = None,
 ) -> tuple[SegmenterFactory, str, str]:
     """(factory, method name, model name) for a method name or a factory callable."""
     if callable(method):
@@ -159,6 +160,10 @@ def _method_factory(
         card = getattr(model, "card", None)
         switches = {"zoom_out": zoom_out, "refine": refine, "signed_clicks": signed_clicks, "drop_islands": drop_islands}
         options: dict[str, Any] = {key: bool(value) for key, value in switches.items() if value is not None}
+        if window_spacing_mm is not None:
+            from .card import official_card, with_window_spacing
+
+            options["card"] = with_window_spacing(card or official_card(config=model.config), window_spacing_mm)
         return (lambda image: Session(model, image, **options)), "model", getattr(card, "name", "unnamed")
     if method == "growcut":
         from .baselines import GrowCutSession, _import_growcut
@@ -189,6 +194,7 @@ def evaluate(
     refine: bool | None = None,
     signed_clicks: bool | None = None,
     drop_islands: bool | None = None,
+    window_spacing_mm: float | None = None,
 ) -> EvaluationResult:
     """Run an interactive protocol on every selected structure of a data folder.
 
@@ -222,6 +228,8 @@ def evaluate(
             (``Session(signed_clicks=...)``); None: the model's default.
         drop_islands: the model's session drops the far parts a click adds
             (``Session(drop_islands=...)``, :mod:`.islands`); None: the session's default (off).
+        window_spacing_mm: the model's window voxel spacing in mm
+            (:func:`~SAMMed3DLib.card.with_window_spacing`); None: the model card's.
 
     Returns:
         The rows, skipped structures and summaries.
@@ -242,7 +250,7 @@ def evaluate(
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm!r}")
-    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine, signed_clicks, drop_islands)
+    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine, signed_clicks, drop_islands, window_spacing_mm)
     if method == "model":
         from .session import Session
 

@@ -303,6 +303,8 @@ BAD_OPTIONS = [
     ("threads-negative", ["--threads", "-1"], ("--threads", "at least 1")),
     ("threads-zero", ["--threads", "0"], ("--threads", "at least 1")),
     ("threads-word", ["--threads", "many"], ("--threads", "at least 1")),
+    ("window-spacing-zero", ["--window-spacing", "0"], ("--window-spacing", "above 0")),
+    ("window-spacing-word", ["--window-spacing", "fine"], ("--window-spacing", "above 0")),
     ("only-negative-clicks", ["--negative", "3,3,3"], ("at least one positive click", "--point")),
     ("out-name-too-long", ["--out", "m" * 300 + ".nii.gz"], ("307 bytes long", "choose a shorter name")),
     ("preview-name-too-long", ["--preview", "p" * 260 + ".png"], ("264 bytes long", "choose a shorter name")),

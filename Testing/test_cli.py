@@ -81,3 +81,21 @@ def test_demo_runs_offline_and_writes_its_outputs(tmp_path, small_model_path, ca
     assert seg.GetDimension() == 3
     assert (out / "preview.png").stat().st_size > 1000
     assert "Dice" in capsys.readouterr().out
+
+
+def test_segment_with_a_finer_window_segments_in_windows_of_that_spacing(tmp_path, ct_file, small_model_path, monkeypatch) -> None:
+    from SAMMed3DLib import session as session_module
+
+    spacings = []
+    real = session_module.Session.predict
+
+    def recording(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = real(self, *args, **kwargs)
+        spacings.extend(w.spacing_mm for w in result.windows)
+        return result
+
+    monkeypatch.setattr(session_module.Session, "predict", recording)
+    out = tmp_path / "mask.nii.gz"
+    assert _run(["segment", ct_file, "--ijk", "--point", "35,30,15", "--model", small_model_path, "--out", out,
+                 "--window-spacing", "0.75", "--threads", "1"]) == 0
+    assert spacings and all(s == 0.75 for s in spacings)

@@ -365,3 +365,19 @@ def test_one_click_on_a_real_structure(shared_data: Path, model) -> None:
     row = result.rows[0]
     assert row.name == "spinal_cord" and row.voxels > 1000
     assert 0.0 <= row.dice <= 1.0 and 0.0 <= row.nsd <= 1.0
+
+
+def test_the_window_spacing_option_gives_the_sessions_a_card_of_that_spacing() -> None:
+    from SAMMed3DLib.card import with_window_spacing
+    from SAMMed3DLib.errors import ConfigError
+    from SAMMed3DLib.evaluate import _method_factory
+
+    model = build_sam3d(SMALL)
+    model.card = ModelCard(name="tiny", config=model.config)
+    image = sitk.Image([40, 40, 20], sitk.sitkFloat32)
+    factory, _, _ = _method_factory("model", model, window_spacing_mm=0.75)
+    session = factory(image)
+    assert session.card.spacing_mm == 0.75 and session.card.name == "tiny" and model.card.spacing_mm == 1.5
+    assert _method_factory("model", model)[0](image).card is model.card
+    with pytest.raises(ConfigError, match="above 0"):
+        with_window_spacing(model.card, float("nan"))

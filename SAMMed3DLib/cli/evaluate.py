@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             min_voxels=args.min_voxels,
             tolerance_mm=args.tolerance_mm,
             progress=progress,
+            window_spacing_mm=args.window_spacing,
             **session_options(args),
         )
     finally:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import PromptError
 from ..prompts import positive_first
-from ._common import add_model_args, add_session_args, load_model_from_args, session_options
+from ._common import add_model_args, add_session_args, load_model_from_args, session_options, window_card
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)  # first: its kernels warm up in the background while the image is read
     image = read_image(args.image)
     initial = _read_init(args.init, args.init_label, read_image) if args.init else None
-    session = Session(model, image, correction=args.correction, **session_options(args))
+    session = Session(model, image, card=window_card(model, args.window_spacing), correction=args.correction, **session_options(args))
     if initial is not None:
         session.set_mask(initial)
     clicks = _click_order(args.clicks, new_object=initial is None and box is None)
