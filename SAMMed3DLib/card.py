@@ -295,6 +295,14 @@ def with_window_spacing(card: ModelCard, spacing_mm: float) -> ModelCard:
     return dataclasses.replace(card, spacing_mm=value)
 
 
+def window_card(model: Any, spacing_mm: float | None) -> ModelCard | None:
+    """``model``'s card (or the official one for weights without a card) with windows of
+    ``spacing_mm``, for ``Session(card=...)``; None when ``spacing_mm`` is None (keep the model's)."""
+    if spacing_mm is None:
+        return None
+    return with_window_spacing(getattr(model, "card", None) or official_card(config=model.config), spacing_mm)
+
+
 def official_card(name: str = "sam_med3d_turbo", config: dict[str, Any] | None = None) -> ModelCard:
     """Card describing the official SAM-Med3D preprocessing, for files that carry no card."""
     return ModelCard(

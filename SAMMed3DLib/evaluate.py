@@ -161,9 +161,9 @@ def _method_factory(
         switches = {"zoom_out": zoom_out, "refine": refine, "signed_clicks": signed_clicks, "drop_islands": drop_islands}
         options: dict[str, Any] = {key: bool(value) for key, value in switches.items() if value is not None}
         if window_spacing_mm is not None:
-            from .card import official_card, with_window_spacing
+            from .card import window_card
 
-            options["card"] = with_window_spacing(card or official_card(config=model.config), window_spacing_mm)
+            options["card"] = window_card(model, window_spacing_mm)
         return (lambda image: Session(model, image, **options)), "model", getattr(card, "name", "unnamed")
     if method == "growcut":
         from .baselines import GrowCutSession, _import_growcut

@@ -6,7 +6,6 @@ import argparse
 import logging
 import math
 import os
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +105,6 @@ def add_session_args(parser: argparse.ArgumentParser) -> None:
 def session_options(args: argparse.Namespace) -> dict[str, bool | None]:
     """The :class:`~SAMMed3DLib.session.Session` keywords of :func:`add_session_args`' switches."""
     return {keyword: getattr(args, keyword) for _, keyword, _ in _SESSION_SWITCHES}
-
-
-def window_card(model: Any, spacing_mm: float | None) -> Any:
-    """``model``'s card with its window spacing set to ``spacing_mm`` (``--window-spacing``), or None to keep it."""
-    if spacing_mm is None:
-        return None
-    from ..card import official_card, with_window_spacing
-
-    return with_window_spacing(getattr(model, "card", None) or official_card(config=model.config), spacing_mm)
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import PromptError
 from ..prompts import positive_first
-from ._common import add_model_args, add_session_args, load_model_from_args, session_options, window_card
+from ._common import add_model_args, add_session_args, load_model_from_args, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..card import window_card
     from ..geometry import ras_to_lps
     from ..io import SEGMENTATION_EXTENSIONS, read_image, write_preview_png, write_segmentation
     from ..outputs import all_or_nothing, check_distinct, check_output_path
