@@ -175,6 +175,7 @@ def keep_clicked_change(
     positive: bool,
     spacing_zyx: np.ndarray,
     reach_mm: float = CLICK_REACH_MM,
+    budget: int | None = None,
 ) -> np.ndarray:
     """``before`` with only the part of the proposed change that the click points at.
 
@@ -192,6 +193,7 @@ def keep_clicked_change(
         positive: the click's sign.
         spacing_zyx: voxel spacing (mm) of the block's axes.
         reach_mm: changes within this distance of the click count as the clicked ones.
+        budget: :func:`change_budget` of ``before``, when the caller has it already (None: computed here).
 
     Returns:
         A new (z, y, x) uint8 block.
@@ -217,7 +219,7 @@ def keep_clicked_change(
     chosen = np.unique(labels[near[0]][near[1]])
     chosen = chosen[chosen > 0]
     kept = np.isin(labels, chosen)
-    budget = change_budget(before_b)
+    budget = change_budget(before_b) if budget is None else budget
     if budget is not None and np.count_nonzero(kept) > budget and _overlap(after.astype(bool), before_b) < TRUSTED_OVERLAP:
         # The model does not see the mask as the object: a bounded change.
         kept = nearest_voxels(kept, np.asarray(click_zyx, dtype=np.float64) - offset, spacing, budget)

@@ -237,8 +237,9 @@ class WindowSteps:
             index_xyz = self._geometry.lps_to_index(point[None])[0]  # type: ignore[union-attr]
             local = index_xyz[::-1] - np.array([r.start for r in region], dtype=np.float64)
             spacing_zyx = np.asarray(self._geometry.spacing_xyz_mm, dtype=np.float64)[::-1]  # type: ignore[union-attr]
-            block[...] = keep_clicked_change(previous, block, local, positive, spacing_zyx)
-            force_click(block, local, positive, spacing_zyx, click_depth(previous, local, positive, spacing_zyx), change_budget(previous))
+            budget = change_budget(previous)
+            block[...] = keep_clicked_change(previous, block, local, positive, spacing_zyx, budget=budget)
+            force_click(block, local, positive, spacing_zyx, click_depth(previous, local, positive, spacing_zyx), budget)
             if keep is not None:
                 np.copyto(block, previous, where=keep)  # the box and the locks bound the forced voxels too
         return region, previous
@@ -313,5 +314,3 @@ class WindowSteps:
             ran.append(new.window)
             frontier.append(new)
         return region, previous, ran
-
-
