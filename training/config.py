@@ -25,6 +25,7 @@ from SAMMed3DLib.errors import ConfigError
 from SAMMed3DLib.model.build import normalize_config
 
 from .synth import mode_weights
+from .zoom import check_zoom
 
 #: The shipped default model: 6.14 M parameters (24.6 MB in fp32). Measured on this machine
 #: (2 vCPU, torch 2.13, benchmarks/train_speed.py): encoder 0.042 s + first decoder call, fine
@@ -126,6 +127,9 @@ class TrainConfig:
     intensity_shift: float = 0.1
     noise_std: float = 0.05
     intensity_prob: float = 0.5
+    # zoom-out (training.zoom): the share of samples seen zoomed out, and the largest factor
+    zoom_prob: float = 0.0
+    zoom_max: float = 1.0
     # bookkeeping
     seed: int = 0
     threads: int = 0
@@ -176,6 +180,7 @@ class TrainConfig:
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if any(c < 1 for c in self.val_clicks + self.export_clicks):
             raise ConfigError("click counts must be ≥ 1")
+        check_zoom(self.zoom_prob, self.zoom_max)
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ConfigError(f"--synthetic-fraction must lie in [0, 1], got {self.synthetic_fraction}")
         if self.synthetic_fraction > 0 and not self.synthetic_cache:

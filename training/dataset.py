@@ -42,6 +42,8 @@ from SAMMed3DLib.card import WINDOW_ORIENTATION, ModelCard, WindowSpec
 from SAMMed3DLib.errors import DataError, ModelCardError, SAMMed3DError
 from SAMMed3DLib.preprocessing import normalize_window
 
+from .zoom import check_zoom, draw_factor, shrink_image, shrink_mask, zoomed_block
+
 logger = logging.getLogger(__name__)
 
 
@@ -224,8 +226,12 @@ class StructureSamples(Dataset):
         intensity_scale: float = 0.1,
         intensity_shift: float = 0.1,
         noise_std: float = 0.05,
+        zoom_prob: float = 0.0,
+        zoom_max: float = 1.0,
     ) -> None:
         check_card_fits_cache(card, cache, "the model")
+        check_zoom(zoom_prob, zoom_max)
+        self.zoom_prob, self.zoom_max = float(zoom_prob), float(zoom_max)
         self.cache = cache
         self.card = card
         self.window = cache.window_spec.input_size
@@ -255,7 +261,16 @@ class StructureSamples(Dataset):
         image, label = self.cache.arrays(case)
         lo, hi = self.cache.bbox(ref)
         start, gt = structure_window(label, ref.value, lo, hi, self.window, rng)
-        img, gt = random_flips(rng, self.flip_prob, extract(image, start, self.window), gt)
+        img = None
+        factor = draw_factor(rng, self.zoom_prob, self.zoom_max)
+        if factor > 1.0:
+            big_start, big = zoomed_block(start, self.window, factor)
+            zoomed_gt = shrink_mask(extract(label, big_start, big) == ref.value, self.window)
+            if zoomed_gt.any():
+                img, gt = shrink_image(extract(image, big_start, big), self.window), zoomed_gt
+        if img is None:
+            img = extract(image, start, self.window)
+        img, gt = random_flips(rng, self.flip_prob, img, gt)
         img = normalize_window(img, self.card).astype(np.float32, copy=False)
         x = torch.from_numpy(img)[None]
         for t in (self._scale, self._shift, self._noise):

@@ -34,6 +34,7 @@ from SAMMed3DLib.preprocessing import normalize_window
 from .dataset import StructureSamples, check_card_fits_cache, extract, random_flips, structure_window
 from .labelmaps import LabelMapCache
 from .synth import MODES, SynthOptions, mode_weights, synthesize
+from .zoom import check_zoom, draw_factor, shrink_labels, zoomed_block
 
 #: Last entries of the seed sequences: the mix's coin and the synthetic sample's choices.
 MIX_STREAM, SYNTH_STREAM = 1, 2
@@ -53,8 +54,12 @@ class SyntheticSamples(Dataset):
         flip_prob: float = 0.5,
         modes: Mapping[str, float] | None = None,
         opts: SynthOptions | None = None,
+        zoom_prob: float = 0.0,
+        zoom_max: float = 1.0,
     ) -> None:
         check_card_fits_cache(card, cache, "the model")  # type: ignore[arg-type]  # reads window_spec, root, index
+        check_zoom(zoom_prob, zoom_max)
+        self.zoom_prob, self.zoom_max = float(zoom_prob), float(zoom_max)
         self.cache = cache
         self.card = card
         self.window = cache.window_spec.input_size
@@ -87,7 +92,16 @@ class SyntheticSamples(Dataset):
         start, _ = structure_window(target, ref.value, lo, hi, self.window, rng)
         side = self.window + 2 * BLOCK_MARGIN
         block = start - BLOCK_MARGIN
-        lab, tgt = random_flips(rng, self.flip_prob, extract(label, block, side), extract(target, block, side) == ref.value)
+        lab = tgt = None
+        factor = draw_factor(rng, self.zoom_prob, self.zoom_max)
+        if factor > 1.0:
+            big_start, big = zoomed_block(block, side, factor)
+            zoomed_tgt = shrink_labels(extract(target, big_start, big) == ref.value, side)
+            if zoomed_tgt[(slice(BLOCK_MARGIN, BLOCK_MARGIN + self.window),) * 3].any():
+                lab, tgt = shrink_labels(extract(label, big_start, big), side), zoomed_tgt
+        if lab is None:
+            lab, tgt = extract(label, block, side), extract(target, block, side) == ref.value
+        lab, tgt = random_flips(rng, self.flip_prob, lab, tgt)
         mode = MODES[int(rng.choice(len(MODES), p=self.mode_p))]
         result = synthesize(lab, tgt, rng, mode, self.window, self.cache.label_names(case), self.opts)
         img = normalize_window(result.image, self.card).astype(np.float32, copy=False)

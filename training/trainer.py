@@ -146,7 +146,7 @@ class Trainer:
         self.train_cases = cache_train.case_ids
         real = StructureSamples(
             cache_train, self.card, cfg.samples_per_epoch, cfg.seed, cfg.flip_prob, cfg.intensity_prob,
-            cfg.intensity_scale, cfg.intensity_shift, cfg.noise_std,
+            cfg.intensity_scale, cfg.intensity_shift, cfg.noise_std, cfg.zoom_prob, cfg.zoom_max,
         )
         self.dataset: StructureSamples | MixedSamples = real
         self.synthetic_cases: list[str] = []
@@ -159,7 +159,9 @@ class Trainer:
                     f"the label-map cache {cfg.synthetic_cache} holds validation case(s) {leaked}: prepare it with "
                     f"`python -m training.labelmaps ... --exclude-cases {' '.join(cfg.val_cases)}`"
                 )
-            synthetic = SyntheticSamples(maps, self.card, cfg.samples_per_epoch, cfg.seed, cfg.flip_prob, cfg.synthetic_modes)
+            synthetic = SyntheticSamples(
+                maps, self.card, cfg.samples_per_epoch, cfg.seed, cfg.flip_prob, cfg.synthetic_modes, zoom_prob=cfg.zoom_prob, zoom_max=cfg.zoom_max
+            )
             self.dataset = MixedSamples(real, synthetic, cfg.synthetic_fraction, cfg.seed)
             self.synthetic_cases = maps.case_ids
         self.val_samples: list[dict[str, Any]] = []
