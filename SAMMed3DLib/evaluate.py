@@ -148,6 +148,7 @@ def _method_factory(
     signed_clicks: bool | None = None,
     drop_islands: bool | None = None,
     window_spacing_mm: float | None = None,
+    adaptive_scale: bool | None = None,
 ) -> tuple[SegmenterFactory, str, str]:
     """(factory, method name, model name) for a method name or a factory callable."""
     if callable(method):
@@ -158,7 +159,7 @@ def _method_factory(
         from .session import Session
 
         card = getattr(model, "card", None)
-        switches = {"zoom_out": zoom_out, "refine": refine, "signed_clicks": signed_clicks, "drop_islands": drop_islands}
+        switches = {"zoom_out": zoom_out, "refine": refine, "signed_clicks": signed_clicks, "drop_islands": drop_islands, "adaptive_scale": adaptive_scale}
         options: dict[str, Any] = {key: bool(value) for key, value in switches.items() if value is not None}
         if window_spacing_mm is not None:
             from .card import window_card
@@ -195,6 +196,7 @@ def evaluate(
     signed_clicks: bool | None = None,
     drop_islands: bool | None = None,
     window_spacing_mm: float | None = None,
+    adaptive_scale: bool | None = None,
 ) -> EvaluationResult:
     """Run an interactive protocol on every selected structure of a data folder.
 
@@ -230,6 +232,8 @@ def evaluate(
             (``Session(drop_islands=...)``, :mod:`.islands`); None: the session's default (off).
         window_spacing_mm: the model's window voxel spacing in mm
             (:func:`~SAMMed3DLib.card.with_window_spacing`); None: the model card's.
+        adaptive_scale: the model's session sees an object fine first, coarser as its clicks
+            spread (``Session(adaptive_scale=...)``, :mod:`.scale`); None: the model's default.
 
     Returns:
         The rows, skipped structures and summaries.
@@ -250,7 +254,7 @@ def evaluate(
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     if not (isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm!r}")
-    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine, signed_clicks, drop_islands, window_spacing_mm)
+    factory, method_name, model_name = _method_factory(method, model, zoom_out, refine, signed_clicks, drop_islands, window_spacing_mm, adaptive_scale)
     if method == "model":
         from .session import Session
 

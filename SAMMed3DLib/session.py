@@ -62,6 +62,7 @@ from .memory import TRIM_EVERY_STEPS, release_free_memory
 from .model.sam3d import Sam3D
 from .prompts import as_labels, as_points, order_clicks
 from .refine import BoundaryRefinement, resolve_refinement
+from .scale import resolve_adaptive_scale
 from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, ZOOM_OUT_DEFAULT, WindowSteps
 from .steps import ClickResult, MaskChange, PackedMaskChange, SessionState, save_for_results
 from .warmup import stop_warm_up
@@ -119,6 +120,9 @@ class Session(WindowSteps):
         signed_clicks: a positive click never removes a voxel, a negative one never adds one;
             None: the model's default (:func:`~SAMMed3DLib.editing.resolve_signed_clicks`).
         drop_islands: a click never adds a part of the mask far from the object (:mod:`.islands`); None: off.
+        adaptive_scale: see an object started from clicks in a fine window first and coarser as its
+            positive clicks spread (:mod:`.scale`); None: on for this project's models, off for
+            official checkpoints and when ``card`` sets another window spacing than the model's.
 
     Raises:
         TypeError: ``model`` is not a :class:`Sam3D`.
@@ -145,6 +149,7 @@ class Session(WindowSteps):
         refine: bool | BoundaryRefinement | None = None,
         signed_clicks: bool | None = None,
         drop_islands: bool | None = None,
+        adaptive_scale: bool | None = None,
     ) -> None:
         bad_limit = isinstance(history_limit, bool) or not isinstance(history_limit, numbers.Integral) or history_limit < 1
         if history_limit is not None and bad_limit:
@@ -166,6 +171,10 @@ class Session(WindowSteps):
         self.refinement = resolve_refinement(refine, model)
         self.signed_clicks = resolve_signed_clicks(signed_clicks, model)
         self.drop_islands = resolve_drop_islands(drop_islands)
+        model_card = getattr(model, "card", None)
+        hand_spacing = card is not None and (model_card is None or card.spacing_mm != model_card.spacing_mm)
+        self.adaptive_scale = resolve_adaptive_scale(False if adaptive_scale is None and hand_spacing else adaptive_scale, model)
+        self._scale_spacing: float | None = None  # the window spacing the object is seen at (None: the card's or the box's)
         self._image: sitk.Image | None = None
         self._image_zyx: np.ndarray | None = None  # a view of the image's voxels, for the refinement
         self._geometry: ImageGeometry | None = None
@@ -283,6 +292,7 @@ class Session(WindowSteps):
         if self._windows is not None:
             self._windows.set_logits(())
         self._mask = self._base_mask.copy() if self._base_mask is not None else None
+        self._scale_spacing = self._object_spacing()
         self._history.clear()
 
     def _require_image(self) -> None:
@@ -338,6 +348,7 @@ class Session(WindowSteps):
         self._labels = [int(v) for v in state.labels]
         self._box = state.box
         self._windows.set_logits(state.window_logits)  # type: ignore[union-attr]
+        self._scale_spacing = self._object_spacing()
         if region_zyx is not None and voxels is not None:
             self._before_mask_change(region_zyx)
             self._mask[region_zyx] = voxels  # type: ignore[index]
@@ -513,6 +524,7 @@ class Session(WindowSteps):
         previous = self._mask.copy()  # type: ignore[union-attr]
         self._points_lps, self._labels = [], []
         self._box = box
+        self._scale_spacing = self._object_spacing(np.asarray(points).reshape(-1, 3), np.asarray(labels))
         self._windows.set_logits(())  # type: ignore[union-attr]
         self._before_mask_change()
         self._mask[...] = self._base_mask  # type: ignore[index]

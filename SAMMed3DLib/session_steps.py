@@ -35,6 +35,7 @@ from .geometry import ImageGeometry, Window
 from .islands import drop_new_islands
 from .paste import paste_logits
 from .refine import BoundaryRefinement
+from .scale import object_spacing
 from .windows import WINDOW_MARGIN_VOXELS, Slices3, WindowStack, WindowState, union_region
 
 if TYPE_CHECKING:
@@ -84,6 +85,11 @@ class WindowSteps:
     refinement: BoundaryRefinement | None
     signed_clicks: bool
     drop_islands: bool
+    adaptive_scale: bool
+    _scale_spacing: float | None
+    _base_mask: np.ndarray | None
+    _points_lps: list[np.ndarray]
+    _labels: list[int]
 
     # Also used from the session: points_lps, labels, device, _before_mask_change().
 
@@ -119,6 +125,38 @@ class WindowSteps:
         """Whether a zoomed-out window has decided part of the object."""
         return any(w.zoom > 1 and w.output is not None for w in self._windows)  # type: ignore[union-attr]
 
+    def _object_spacing(self, points: np.ndarray | None = None, labels: np.ndarray | None = None) -> float | None:
+        """The window spacing the object's clicks call for (:mod:`.scale`), or None: the card's (or the box's).
+
+        None (any window, the box's included) unless the session is ``adaptive_scale`` and has no
+        box; an edited mask is seen at the card's spacing (never in a finer window an earlier object
+        left cached). ``points``/``labels`` default to the session's clicks.
+        """
+        if not self.adaptive_scale or self._box is not None:
+            return None
+        if self._editing:
+            return self.card.spacing_mm
+        points = self.points_lps if points is None else points
+        labels = self.labels if labels is None else labels
+        return object_spacing(points, labels, self.card.spacing_mm, self.card.input_size)
+
+    def _rescale(self, spacing: float, timings: dict[str, float]) -> tuple[Slices3, list[Window], np.ndarray]:
+        """See the object again at the coarser ``spacing``: replay every click there, from the starting mask."""
+        self._scale_spacing = spacing
+        previous = self._mask.copy()  # type: ignore[union-attr]
+        points, labels = list(self._points_lps), list(self._labels)
+        self._points_lps, self._labels = [], []
+        self._windows.set_logits(())  # type: ignore[union-attr]
+        self._before_mask_change()  # type: ignore[attr-defined]
+        self._mask[...] = 0 if self._base_mask is None else self._base_mask  # type: ignore[index]
+        ran: list[Window] = []
+        for point, label in zip(points, labels):
+            self._points_lps.append(point)
+            self._labels.append(label)
+            ran += self._run_click(point, bool(label), timings)[1]
+        logger.debug("object seen again at %.3g mm: its positive clicks span more than a finer window holds", spacing)
+        return tuple(slice(0, n) for n in self._mask.shape), ran, previous  # type: ignore[union-attr, return-value]
+
     def _run_box(self, box: Box, timings: dict[str, float]) -> list[Window]:
         windows = self._windows
         assert windows is not None
@@ -143,9 +181,13 @@ class WindowSteps:
         """
         windows = self._windows
         assert windows is not None
-        state = windows.containing(point)
+        needed = self._object_spacing()
+        if needed is not None and self._scale_spacing is not None and needed > self._scale_spacing:
+            return self._rescale(needed, timings)
+        spacing = self._scale_spacing
+        state = windows.containing(point, spacing)
         if state is None:
-            state = windows.open(point, timings)
+            state = windows.open(point, timings, spacing_mm=spacing)
         state.automatic = False  # a user's click makes the window the user's
         self._decode(state, timings)
         t = time.perf_counter()
@@ -299,9 +341,9 @@ class WindowSteps:
             seed = windows.border_seed(source)
             if seed is None:
                 continue
-            if windows.containing(seed) is not None:
+            if windows.containing(seed, self._scale_spacing) is not None:
                 continue  # an existing window already covers the continuation
-            new = windows.open(seed, timings, automatic=True)
+            new = windows.open(seed, timings, automatic=True, spacing_mm=self._scale_spacing)
             t = time.perf_counter()
             windows.decode(new, seed[None], np.array([1]), dense=self._dense_prompt(new))  # the coarse mask, once zoomed out
             timings["decoder"] += time.perf_counter() - t

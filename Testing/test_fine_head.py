@@ -167,7 +167,7 @@ def test_session_shows_the_heads_mask_and_feeds_the_decoder_its_own_logits() -> 
 
     model.predict_low_res = spy  # type: ignore[method-assign]
     image, centre = _ball_image()
-    session = Session(model, image, auto_extend=False)
+    session = Session(model, image, auto_extend=False, adaptive_scale=False)  # one window of the card's spacing
     first = session.click_index(centre).mask_array.copy()
     footprint = first.sum()
     assert footprint > 0.9 * 32**3  # the head's all-positive output was pasted over the window

@@ -81,11 +81,17 @@ _SESSION_SWITCHES = (
         "a click never adds a part of the mask more than 4 mm from the mask it had and from every positive click "
         "(default: off)",
     ),
+    (
+        "adaptive-scale",
+        "adaptive_scale",
+        "see an object in a 0.75 mm window first, then 1 mm, then 1.5 mm as its positive clicks spread (default: on "
+        "for this project's models, off for official checkpoints and with --window-spacing)",
+    ),
 )
 
 
 def add_session_args(parser: argparse.ArgumentParser) -> None:
-    """``--zoom-out``, ``--refine``, ``--signed-clicks`` and ``--drop-islands`` (each with its ``--no-`` form): the
+    """``--zoom-out``, ``--refine``, ``--signed-clicks``, ``--drop-islands`` and ``--adaptive-scale`` (each with its ``--no-`` form): the
     session's switches; and ``--window-spacing``."""
     from ..session_steps import ZOOM_OUT_DEFAULT
 
