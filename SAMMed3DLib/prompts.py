@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PromptError
+from .geometry import ImageGeometry, lps_to_ras
 
 
 _NO_POSITIVE = "no positive (+) point: place a + point inside the structure to segment it"
@@ -129,3 +130,28 @@ def order_clicks(
     points = np.array([p for p, _ in ordered], dtype=np.float64).reshape(-1, 3)
     labels = np.array([label for _, label in ordered], dtype=np.int64)
     return points, labels
+
+
+def check_click_labels(labels: Sequence[int], first: bool, points: np.ndarray, box: Any, editing: bool) -> None:
+    """Refuse a negative first click of a fresh object (no edited mask, no box) and positive clicks outside ``box``."""
+    if first and labels and not labels[0] and not (editing or box is not None):
+        raise PromptError(
+            "the first click of an object must be positive: click inside the structure first (a negative "
+            "click alone is valid only when correcting an existing mask, set_mask, or inside a box, set_box)"
+        )
+    if box is not None:
+        positive = np.asarray(labels, dtype=np.int64) == 1
+        if positive.any() and not box.contains_lps(points[positive]).all():
+            raise PromptError("a positive click lies outside the object's box: move the box around it (set_box) or clear_box()")
+
+
+def check_click_point(point: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
+    """Return the (3,) LPS ``point`` if it lies inside the image of ``geometry``, else raise :class:`PromptError`."""
+    if not geometry.contains_lps(point[None])[0]:
+        index = geometry.lps_to_index(point[None])[0]
+        raise PromptError(
+            f"click at LPS {np.round(point, 2).tolist()} mm (RAS {np.round(lps_to_ras(point), 2).tolist()}, "
+            f"voxel {np.round(index, 1).tolist()}) lies outside the image of size {list(geometry.size_xyz)}: "
+            "click inside the image (check that points and image share the same coordinate frame)"
+        )
+    return point

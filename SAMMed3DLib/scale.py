@@ -24,6 +24,8 @@ window spacing is chosen by hand (``--window-spacing``, ``Session(card=with_wind
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 #: Window spacings of an object started from clicks, as fractions of the card's spacing, finest first.
@@ -32,13 +34,17 @@ SCALE_LADDER: tuple[float, ...] = (0.5, 2.0 / 3.0, 1.0)
 SPREAD_FRACTION = 0.3
 
 
-def resolve_adaptive_scale(adaptive_scale: bool | None, model: object) -> bool:
+def resolve_adaptive_scale(adaptive_scale: bool | None, model: object, card: Any = None) -> bool:
     """Whether a session sees objects fine first (``Session(adaptive_scale=)``): as given, or the model's default.
 
-    On by default (None) for a model with a fine head (this project's), off for official
-    checkpoints, whose masks stay the official pipeline's.
+    On by default (None) for a model with a fine head (this project's); off for official
+    checkpoints, whose masks stay the official pipeline's, and when ``card`` (the session's own)
+    sets another window spacing than the model's card (a spacing chosen by hand).
     """
     if adaptive_scale is None:
+        model_card = getattr(model, "card", None)
+        if card is not None and (model_card is None or card.spacing_mm != model_card.spacing_mm):
+            return False
         return bool(getattr(model, "has_fine_head", False))
     if not isinstance(adaptive_scale, bool):
         raise TypeError(f"adaptive_scale must be True, False or None, got {type(adaptive_scale).__name__}")

@@ -53,14 +53,14 @@ import torch
 from .card import ModelCard, official_card
 from .editing import KEEP_BOX, Box, as_box, lps_point, resolve_signed_clicks, same_box
 from .errors import ConfigError, PromptError, SessionStateError
-from .geometry import ImageGeometry, Window, lps_to_ras, ras_to_lps
+from .geometry import ImageGeometry, Window, ras_to_lps
 from .history import History
 from .io import image_from_array, validate_image
 from .islands import resolve_drop_islands
 from .masks import mask_on_grid
 from .memory import TRIM_EVERY_STEPS, release_free_memory
 from .model.sam3d import Sam3D
-from .prompts import as_labels, as_points, order_clicks
+from .prompts import as_labels, as_points, check_click_labels, check_click_point, order_clicks
 from .refine import BoundaryRefinement, resolve_refinement
 from .scale import resolve_adaptive_scale
 from .session_steps import MAX_EXTENSIONS_PER_CLICK, MAX_WINDOWS, ZOOM_OUT_DEFAULT, WindowSteps
@@ -171,9 +171,7 @@ class Session(WindowSteps):
         self.refinement = resolve_refinement(refine, model)
         self.signed_clicks = resolve_signed_clicks(signed_clicks, model)
         self.drop_islands = resolve_drop_islands(drop_islands)
-        model_card = getattr(model, "card", None)
-        hand_spacing = card is not None and (model_card is None or card.spacing_mm != model_card.spacing_mm)
-        self.adaptive_scale = resolve_adaptive_scale(False if adaptive_scale is None and hand_spacing else adaptive_scale, model)
+        self.adaptive_scale = resolve_adaptive_scale(adaptive_scale, model, card)
         self._scale_spacing: float | None = None  # the window spacing the object is seen at (None: the card's or the box's)
         self._image: sitk.Image | None = None
         self._image_zyx: np.ndarray | None = None  # a view of the image's voxels, for the refinement
@@ -589,24 +587,7 @@ class Session(WindowSteps):
 
     def _check_labels(self, labels: Sequence[int], first: bool, points: np.ndarray, box: Any = KEEP_BOX) -> None:
         """Refuse a negative first click of a fresh object and positive clicks outside the box."""
-        box = self._box if box is KEEP_BOX else box
-        if first and labels and not labels[0] and not (self._editing or box is not None):
-            raise PromptError(
-                "the first click of an object must be positive: click inside the structure first (a negative "
-                "click alone is valid only when correcting an existing mask, set_mask, or inside a box, set_box)"
-            )
-        if box is not None:
-            positive = np.asarray(labels, dtype=np.int64) == 1
-            if positive.any() and not box.contains_lps(points[positive]).all():
-                raise PromptError("a positive click lies outside the object's box: move the box around it (set_box) or clear_box()")
+        check_click_labels(labels, first, points, self._box if box is KEEP_BOX else box, self._editing)
 
     def _check_point(self, point_lps: Sequence[float] | np.ndarray) -> np.ndarray:
-        point = lps_point(point_lps, "a click")
-        if not self.geometry.contains_lps(point[None])[0]:
-            index = self.geometry.lps_to_index(point[None])[0]
-            raise PromptError(
-                f"click at LPS {np.round(point, 2).tolist()} mm (RAS {np.round(lps_to_ras(point), 2).tolist()}, "
-                f"voxel {np.round(index, 1).tolist()}) lies outside the image of size {list(self.geometry.size_xyz)}: "
-                "click inside the image (check that points and image share the same coordinate frame)"
-            )
-        return point
+        return check_click_point(lps_point(point_lps, "a click"), self.geometry)
