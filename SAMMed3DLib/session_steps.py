@@ -87,9 +87,6 @@ class WindowSteps:
     drop_islands: bool
     adaptive_scale: bool
     _scale_spacing: float | None
-    _base_mask: np.ndarray | None
-    _points_lps: list[np.ndarray]
-    _labels: list[int]
 
     # Also used from the session: points_lps, labels, device, _before_mask_change().
 
@@ -140,22 +137,11 @@ class WindowSteps:
         labels = self.labels if labels is None else labels
         return object_spacing(points, labels, self.card.spacing_mm, self.card.input_size)
 
-    def _rescale(self, spacing: float, timings: dict[str, float]) -> tuple[Slices3, list[Window], np.ndarray]:
-        """See the object again at the coarser ``spacing``: replay every click there, from the starting mask."""
-        self._scale_spacing = spacing
-        previous = self._mask.copy()  # type: ignore[union-attr]
-        points, labels = list(self._points_lps), list(self._labels)
-        self._points_lps, self._labels = [], []
-        self._windows.set_logits(())  # type: ignore[union-attr]
-        self._before_mask_change()  # type: ignore[attr-defined]
-        self._mask[...] = 0 if self._base_mask is None else self._base_mask  # type: ignore[index]
-        ran: list[Window] = []
-        for point, label in zip(points, labels):
-            self._points_lps.append(point)
-            self._labels.append(label)
-            ran += self._run_click(point, bool(label), timings)[1]
-        logger.debug("object seen again at %.3g mm: its positive clicks span more than a finer window holds", spacing)
-        return tuple(slice(0, n) for n in self._mask.shape), ran, previous  # type: ignore[union-attr, return-value]
+    def _rescale(self, timings: dict[str, float]) -> tuple[Slices3, list[Window], np.ndarray]:
+        """See the object again at the coarser spacing its clicks now call for: replay them all there."""
+        region, previous, ran = self._replay(self._box, list(self._points_lps), list(self._labels), timings, None)  # type: ignore[attr-defined]
+        logger.debug("object seen again at %.3g mm: its positive clicks span more than a finer window holds", self._scale_spacing)
+        return region, ran, previous
 
     def _run_box(self, box: Box, timings: dict[str, float]) -> list[Window]:
         windows = self._windows
@@ -183,7 +169,7 @@ class WindowSteps:
         assert windows is not None
         needed = self._object_spacing()
         if needed is not None and self._scale_spacing is not None and needed > self._scale_spacing:
-            return self._rescale(needed, timings)
+            return self._rescale(timings)  # the replay sees every click at the spacing ``needed``
         spacing = self._scale_spacing
         state = windows.containing(point, spacing)
         if state is None:
