@@ -88,7 +88,7 @@ class WindowSteps:
     adaptive_scale: bool
     _scale_spacing: float | None
 
-    # Also used from the session: points_lps, labels, device, _before_mask_change().
+    # Also used from the session: points_lps, labels, device, _before_mask_change(), _replay().
 
     def _prompts(self) -> tuple[np.ndarray, np.ndarray]:
         """The decoder's sparse prompts: the box's stand-in click (if any) first, then the clicks.
@@ -137,12 +137,6 @@ class WindowSteps:
         labels = self.labels if labels is None else labels
         return object_spacing(points, labels, self.card.spacing_mm, self.card.input_size)
 
-    def _rescale(self, timings: dict[str, float]) -> tuple[Slices3, list[Window], np.ndarray]:
-        """See the object again at the coarser spacing its clicks now call for: replay them all there."""
-        region, previous, ran = self._replay(self._box, list(self._points_lps), list(self._labels), timings, None)  # type: ignore[attr-defined]
-        logger.debug("object seen again at %.3g mm: its positive clicks span more than a finer window holds", self._scale_spacing)
-        return region, ran, previous
-
     def _run_box(self, box: Box, timings: dict[str, float]) -> list[Window]:
         windows = self._windows
         assert windows is not None
@@ -169,7 +163,10 @@ class WindowSteps:
         assert windows is not None
         needed = self._object_spacing()
         if needed is not None and self._scale_spacing is not None and needed > self._scale_spacing:
-            return self._rescale(timings)  # the replay sees every click at the spacing ``needed``
+            # The object is larger than this spacing's window holds: see it again at ``needed``, every click replayed there.
+            logger.debug("object seen again at %.3g mm: its positive clicks span more than a finer window holds", needed)
+            region, previous, ran = self._replay(self._box, list(self._points_lps), list(self._labels), timings, None)  # type: ignore[attr-defined]
+            return region, ran, previous
         spacing = self._scale_spacing
         state = windows.containing(point, spacing)
         if state is None:
