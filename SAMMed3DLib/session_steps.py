@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from .card import ModelCard
     from .model.sam3d import Sam3D
 
-#: Automatic extension stops once a session holds this many windows (each costs one encoder
-#: pass and ~1 MB of cache); windows opened by user clicks are not limited.
+#: Automatic extension stops once the object has decided voxels in this many windows (each costs
+#: one encoder pass and ~1 MB of cache); windows opened by user clicks are not limited, and windows
+#: cached for earlier objects of the image (no logits since :meth:`Session.reset`) do not count.
 MAX_WINDOWS = 12
 #: Automatic extensions after one click (bounds the latency of a single click).
 MAX_EXTENSIONS_PER_CLICK = 2
@@ -203,7 +204,7 @@ class WindowSteps:
         windows = self._windows
         assert windows is not None
         seeds = windows.border_seeds(state)
-        if len(windows) >= MAX_WINDOWS or not seeds:
+        if windows.decided() >= MAX_WINDOWS or not seeds:
             return None, None, []
         if all(windows.seen_zoomed_out(seed) for seed in seeds):
             return None, None, []  # a coarse window already sees where the object goes on
@@ -318,15 +319,19 @@ class WindowSteps:
         ran: list[Window] = []
         frontier = [state]
         for _ in range(MAX_EXTENSIONS_PER_CLICK):
-            if not frontier or len(windows) >= MAX_WINDOWS:
+            if not frontier or windows.decided() >= MAX_WINDOWS:
                 break
             source = frontier.pop(0)
             seed = windows.border_seed(source)
             if seed is None:
                 continue
-            if windows.containing(seed, self._scale_spacing) is not None:
-                continue  # an existing window already covers the continuation
-            new = windows.open(seed, timings, automatic=True, spacing_mm=self._scale_spacing)
+            new = windows.containing(seed, self._scale_spacing)
+            if new is not None and new.output is not None:
+                continue  # a window of this object already covers the continuation
+            if new is None:
+                new = windows.open(seed, timings, automatic=True, spacing_mm=self._scale_spacing)
+            else:
+                new.automatic = True  # cached for an earlier object: its embedding serves, the extension decides
             t = time.perf_counter()
             windows.decode(new, seed[None], np.array([1]), dense=self._dense_prompt(new))  # the coarse mask, once zoomed out
             timings["decoder"] += time.perf_counter() - t

@@ -149,6 +149,10 @@ class WindowStack:
     def __getitem__(self, index: int) -> WindowState:
         return self.states[index]
 
+    def decided(self) -> int:
+        """How many windows hold logits: the windows this object has been decoded in (cached ones of earlier objects hold none)."""
+        return sum(1 for state in self.states if state.output is not None)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -227,6 +227,27 @@ def test_objects_longer_than_one_window_are_followed() -> None:
     assert len(followed.windows) >= 2
 
 
+def test_windows_cached_for_an_earlier_object_do_not_stop_the_next_one_being_followed(monkeypatch) -> None:
+    # The limit on automatic windows is per object: an image whose earlier objects left windows
+    # cached (reset keeps the embeddings) still follows the next long object.
+    from SAMMed3DLib import session_steps
+
+    monkeypatch.setattr(session_steps, "MAX_WINDOWS", 3)
+    image = oblique_volume(size_xyz=(360, 120, 80), spacing=(1.0, 1.5, 2.0), angle_deg=0.0)
+    start = np.array(image.TransformContinuousIndexToPhysicalPoint((60.0, 60.0, 40.0)))
+    bar_centre = np.array(image.TransformContinuousIndexToPhysicalPoint((180.0, 60.0, 40.0)))
+    truth, image = paint_box(image, bar_centre, (150.0, 30.0, 30.0))
+    fresh = Session(BrightModel(), image, auto_extend=True, zoom_out=False)
+    fresh.click(start)
+    assert dice(fresh.mask_array, truth) > 0.9
+    session = Session(BrightModel(), image, auto_extend=True, zoom_out=False)
+    session.click(start)
+    session.reset()
+    assert len(session.windows) == 3  # cached, with nothing decided since the reset
+    session.click(start)
+    assert np.array_equal(session.mask_array, fresh.mask_array)
+
+
 def test_a_click_far_away_opens_a_second_window_and_keeps_the_first_result() -> None:
     image = oblique_volume(size_xyz=(400, 40, 30), spacing=(1.0, 1.5, 2.0), angle_deg=0.0)
     a = np.array(image.TransformContinuousIndexToPhysicalPoint((60.0, 20.0, 15.0)))
