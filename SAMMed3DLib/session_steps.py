@@ -325,13 +325,12 @@ class WindowSteps:
             seed = windows.border_seed(source)
             if seed is None:
                 continue
-            new = windows.containing(seed, self._scale_spacing)
-            if new is not None and new.output is not None:
+            if windows.containing(seed, self._scale_spacing, decided=True) is not None:
                 continue  # a window of this object already covers the continuation
+            new = windows.containing(seed, self._scale_spacing)  # one cached for an earlier object: its embedding serves
             if new is None:
                 new = windows.open(seed, timings, automatic=True, spacing_mm=self._scale_spacing)
-            else:
-                new.automatic = True  # cached for an earlier object: its embedding serves, the extension decides
+            new.automatic = True
             t = time.perf_counter()
             windows.decode(new, seed[None], np.array([1]), dense=self._dense_prompt(new))  # the coarse mask, once zoomed out
             timings["decoder"] += time.perf_counter() - t

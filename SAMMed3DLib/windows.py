@@ -173,15 +173,18 @@ class WindowStack:
         for i, w in enumerate(self.states):
             w.logits, w.output = logits[i] if i < len(logits) else (None, None)
 
-    def containing(self, point_lps: np.ndarray, spacing_mm: float | None = None) -> WindowState | None:
+    def containing(self, point_lps: np.ndarray, spacing_mm: float | None = None, decided: bool = False) -> WindowState | None:
         """The most recent window holding ``point_lps`` at least WINDOW_MARGIN_VOXELS from its faces.
 
         Zoomed-out windows are left out: a click is always decoded at the model's own resolution.
         With ``spacing_mm``, only windows of that spacing count (the spacing the object is seen at,
-        :mod:`.scale`); windows of other spacings keep their embeddings for later.
+        :mod:`.scale`); windows of other spacings keep their embeddings for later. With ``decided``,
+        only windows that hold logits (this object's, not ones cached for an earlier object).
         """
         for state in reversed(self.states):
             if spacing_mm is not None and state.window.spacing_mm != spacing_mm:
+                continue
+            if decided and state.output is None:
                 continue
             if state.zoom == 1 and self._holds(state, point_lps):
                 return state
