@@ -17,10 +17,15 @@ and ``first_click_s`` in a new window after kernels have warmed up (every later 
 ``cold_first_click_no_warm_up_s`` is the fresh-process first click without pre-warming. The cold
 figures come from child processes, so this process's warm-up does not leak into them.
 ``peak_rss_mb`` is the process's peak during the axis-aligned session, before the oblique one.
+
+``precision="bf16"`` runs every click under ``torch.autocast(device, torch.bfloat16)`` (the
+network in bf16; windows, logits and paste-back stay float32) and reports ``mask_dice_vs_fp32``,
+the Dice of the axis-aligned session's final mask against the same clicks in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,6 +74,20 @@ def _build(config: str | dict, model: str | None, device: str) -> Any:
     return build_sam3d(config).to(device).eval()
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _precision(device: str, precision: str) -> Any:
+    """The context the clicks run in: none for fp32, bf16 autocast on ``device``'s type for bf16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -78,7 +97,7 @@ def _centre(image: sitk.Image) -> np.ndarray:
 
 
 def cold_first_click(
-    threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", warm_up: bool = True, model: str | None = None
+    threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", warm_up: bool = True, model: str | None = None, precision: str = "fp32"
 ) -> dict[str, float]:
     """In this (fresh) process: build the model, make the image, then time the first click.
 
@@ -88,7 +107,8 @@ def cold_first_click(
     commands, while the image is made (as it would be read); the session stops a warm-up that
     has not finished.
 
-    ``model`` (a registry name or checkpoint path) replaces the random weights of ``config``.
+    ``model`` (a registry name or checkpoint path) replaces the random weights of ``config``;
+    ``precision`` as in :func:`run_click_latency`.
 
     Returns ``cold_load_s`` (building or loading the model and moving it to ``device``), ``cold_image_s``
     (making the image) and ``cold_first_click_s`` (session start to first mask).
@@ -109,12 +129,21 @@ def cold_first_click(
     image = synthetic_ct(oblique=False)
     image_s = time.perf_counter() - t
     t = time.perf_counter()
-    Session(net, image, auto_extend=False).click(_centre(image), positive=True)
+    with _precision(device, precision):
+        Session(net, image, auto_extend=False).click(_centre(image), positive=True)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     return {"cold_load_s": round(load_s, 4), "cold_image_s": round(image_s, 4), "cold_first_click_s": round(time.perf_counter() - t, 4)}
 
 
 def run_cold_first_click(
-    threads: int = 2, config: str | dict = "vit_b_ori", device: str = "cpu", timeout_s: float = 900.0, warm_up: bool = True, model: str | None = None
+    threads: int = 2,
+    config: str | dict = "vit_b_ori",
+    device: str = "cpu",
+    timeout_s: float = 900.0,
+    warm_up: bool = True,
+    model: str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """:func:`cold_first_click` in a child process (a fresh interpreter, nothing warmed up).
 
@@ -123,7 +152,7 @@ def run_cold_first_click(
     """
     code = (
         "import json, sys; from SAMMed3DLib.benchmark import cold_first_click; "
-        f"print(json.dumps(cold_first_click({threads!r}, {config!r}, {device!r}, {warm_up!r}, {model!r})))"
+        f"print(json.dumps(cold_first_click({threads!r}, {config!r}, {device!r}, {warm_up!r}, {model!r}, {precision!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
     if out.returncode != 0:
@@ -156,10 +185,12 @@ def click_session(model: Any, image: sitk.Image, follow_ups: int, **session_opti
     return session, first_s, first, next_times
 
 
-def _clicks(model: Any, image: sitk.Image, follow_ups: int) -> tuple[float, Any, list[float], int]:
-    """(first click seconds, its result, follow-up click seconds, windows opened) in a new session on ``image``."""
-    session, first_s, first, next_times = click_session(model, image, follow_ups)
-    return first_s, first, next_times, len(session.windows)
+def _clicks(model: Any, image: sitk.Image, follow_ups: int, context: Any = None) -> tuple[float, Any, list[float], int, np.ndarray]:
+    """(first click seconds, its result, follow-up click seconds, windows opened, final mask (z, y, x) bool)
+    in a new session on ``image``, the clicks run in ``context`` (a :func:`_precision`)."""
+    with context if context is not None else contextlib.nullcontext():
+        session, first_s, first, next_times = click_session(model, image, follow_ups)
+    return first_s, first, next_times, len(session.windows), sitk.GetArrayViewFromImage(session.mask) > 0
 
 
 def run_click_latency(
@@ -170,37 +201,48 @@ def run_click_latency(
     cold: bool = True,
     cold_repeats: int = 3,
     model_source: str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (seconds and MB); ``cold`` adds the fresh-process first
     clicks (medians of ``cold_repeats`` child processes with and without pre-warming).
 
     ``model_source`` (a registry name such as ``default``, or a checkpoint path) measures that
-    model instead of random weights of ``config``.
+    model instead of random weights of ``config``. ``precision``: ``fp32`` or ``bf16`` (autocast;
+    the module docstring says what it covers).
     """
     import torch
 
     from .session import Session
 
+    _precision(device, precision)  # a bad value fails before anything runs
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     image = synthetic_ct(oblique=False)
     model = _build(config, model_source, device)
     # Warm-up on a small volume: first-call costs of torch kernels are not the user's latency.
-    warm = Session(model, sitk.Image([64, 64, 32], sitk.sitkFloat32), auto_extend=False)
-    warm.click_index((32, 32, 16))
-    warm.click_index((30, 30, 16), positive=False)
+    with _precision(device, precision):
+        warm = Session(model, sitk.Image([64, 64, 32], sitk.sitkFloat32), auto_extend=False)
+        warm.click_index((32, 32, 16))
+        warm.click_index((30, 30, 16), positive=False)
 
-    first_s, first, next_times, windows = _clicks(model, image, follow_ups)
+    first_s, first, next_times, windows, mask = _clicks(model, image, follow_ups, _precision(device, precision))
     peak_rss_mb = _peak_rss_mb()  # one CT session, as a user has it
     timings, size, spacing = dict(first.timings), list(image.GetSize()), list(image.GetSpacing())
-    del first, image
-    oblique_first_s, oblique_first, oblique_next, _ = _clicks(model, synthetic_ct(oblique=True), follow_ups)
+    dice_vs_fp32 = None
+    if precision != "fp32":
+        reference = _clicks(model, image, follow_ups)[4]
+        total = int(mask.sum()) + int(reference.sum())
+        dice_vs_fp32 = 1.0 if total == 0 else 2.0 * int(np.count_nonzero(mask & reference)) / total
+        del reference
+    del first, image, mask
+    oblique_first_s, oblique_first, oblique_next, *_ = _clicks(model, synthetic_ct(oblique=True), follow_ups, _precision(device, precision))
     result = {
         "model": model_source if model_source is not None else f"random weights ({config if isinstance(config, str) else 'custom config'})",
         "image_size_xyz": size,
         "spacing_xyz_mm": spacing,
         "threads": threads,
         "device": device,
+        "precision": precision,
         "first_click_s": round(first_s, 4),
         "extract_s": round(timings["extract"], 4),
         "encoder_s": round(timings["encoder"], 4),
@@ -215,12 +257,17 @@ def run_click_latency(
         "windows": windows,
         "peak_rss_mb": round(peak_rss_mb, 1),
     }
+    if dice_vs_fp32 is not None:
+        result["mask_dice_vs_fp32"] = round(dice_vs_fp32, 5)
+    if torch.device(device).type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, 1)
     if cold:
         # alternately with and without pre-warming, medians: the machine's load falls on both alike
         runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
         for _ in range(cold_repeats):
             for warm_up in (True, False):
-                runs[warm_up].append(run_cold_first_click(threads, config, device, warm_up=warm_up, model=model_source))
+                runs[warm_up].append(run_cold_first_click(threads, config, device, warm_up=warm_up, model=model_source, precision=precision))
         result["cold_load_s"] = round(statistics.median(r["cold_load_s"] for r in runs[True] + runs[False]), 4)
         result["cold_first_click_s"] = round(statistics.median(r["cold_first_click_s"] for r in runs[True]), 4)
         result["cold_first_click_no_warm_up_s"] = round(statistics.median(r["cold_first_click_s"] for r in runs[False]), 4)
@@ -248,9 +295,15 @@ def format_table(result: dict[str, Any]) -> str:
         ("oblique CT: follow-up click (median)", result["next_click_oblique_s"]),
     ]
     lines = [f"model: {result['model']}"] if "model" in result else []
+    if "precision" in result:
+        lines.append(f"device: {result.get('gpu', result['device'])}, {result['precision']}")
     lines += [f"{'step':<38}{'seconds':>10}"] + [f"{name:<38}{value:>10.4f}" for name, value in rows]
     lines.append(f"{'first click / encoder':<38}{result['first_click_overhead_ratio']:>10.3f}")
     lines.append(f"{'peak RSS (MB)':<38}{result['peak_rss_mb']:>10.1f}")
+    if "peak_gpu_memory_mb" in result:
+        lines.append(f"{'peak GPU memory (MB)':<38}{result['peak_gpu_memory_mb']:>10.1f}")
+    if "mask_dice_vs_fp32" in result:
+        lines.append(f"{'final mask Dice vs fp32':<38}{result['mask_dice_vs_fp32']:>10.5f}")
     return "\n".join(lines)
 
 

@@ -102,7 +102,8 @@ def separable_logits(
     order = [axes.index(q) for q in (2, 1, 0)]
     grid = torch.from_numpy(np.ascontiguousarray(low.transpose(order), dtype=np.float32))
     mk, mj, mi = matrices[2], matrices[1], matrices[0]
-    with torch.inference_mode():
+    # float32 under a caller's CPU bf16 autocast too: logits near 0 decide the mask.
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
         t1 = (mk @ grid.reshape(side, side * side)).reshape(-1, side, side)  # (nk, L, L)
         t2 = torch.matmul(mj, t1)  # (nk, nj, L)
         return (t2.reshape(-1, side) @ mi.T).reshape(mk.shape[0], mj.shape[0], mi.shape[0])

@@ -232,7 +232,7 @@ def extract_window_separable(image: sitk.Image, window: Window, geometry: ImageG
         warnings.simplefilter("ignore", UserWarning)
         y = torch.from_numpy(view)
     labels = [2, 1, 0]  # image axis at each memory position
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):  # float32 under a caller's CPU autocast too
         for position, variant in moves:
             p = labels[position]
             y = _contract(y, position, variant, axes[p])

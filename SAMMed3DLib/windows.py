@@ -278,9 +278,13 @@ class WindowStack:
         with torch.inference_mode(), reuse_click_maps(self._click_maps):
             logits, _ = self.model.predict_low_res(state.embedding, coords_in, labs_in, prev)
             # A view of the decoder's four-mask output: the copy keeps 128 kB a click alive (in
-            # the window and in every undo step that refers to it) instead of 512 kB.
-            logits = logits.clone()
+            # the window and in every undo step that refers to it) instead of 512 kB. float32
+            # also under a caller's bf16 autocast: the next decode's dense prompt, the blend and
+            # the paste-back read these as float32.
+            logits = logits.to(torch.float32, copy=True)
             output = self.model.refine(state.image, logits, coords_in, labs_in)
+            if output is not None and output.dtype != torch.float32:
+                output = output.float()
         state.logits, state.output = logits, output
 
     def footprint(self, states: Sequence[WindowState]) -> Slices3 | None:

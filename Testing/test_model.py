@@ -158,19 +158,33 @@ def golden_inputs(name: str) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor
     return image, cases
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN_CONFIGS))
-def test_outputs_match_official_golden(name: str) -> None:
+def _assert_golden(name: str, device: str) -> None:
     golden = np.load(GOLDEN)
-    model = seeded_model(GOLDEN_CONFIGS[name])
+    model = seeded_model(GOLDEN_CONFIGS[name]).to(device)
     with torch.inference_mode():
         image, cases = golden_inputs(name)
-        embedding = model.image_encoder(image)
-        np.testing.assert_allclose(embedding[:, :8].numpy(), golden[f"{name}/embedding_c0-7"], atol=1e-4, rtol=0)
-        np.testing.assert_allclose(model.prompt_encoder.get_dense_pe()[:, :8].numpy(), golden[f"{name}/dense_pe_c0-7"], atol=1e-5, rtol=0)
+        embedding = model.image_encoder(image.to(device))
+        np.testing.assert_allclose(embedding[:, :8].cpu().numpy(), golden[f"{name}/embedding_c0-7"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(model.prompt_encoder.get_dense_pe()[:, :8].cpu().numpy(), golden[f"{name}/dense_pe_c0-7"], atol=1e-5, rtol=0)
         for case, coords, labels, mask in cases:
-            logits, iou = model.predict_low_res(embedding, coords, labels, mask)
-            np.testing.assert_allclose(logits[LOGIT_SAMPLE].numpy(), golden[f"{name}/{case}/logits"], atol=1e-4, rtol=0, err_msg=case)
-            np.testing.assert_allclose(iou.numpy(), golden[f"{name}/{case}/iou"], atol=1e-4, rtol=0, err_msg=case)
+            logits, iou = model.predict_low_res(embedding, coords.to(device), labels.to(device), None if mask is None else mask.to(device))
+            np.testing.assert_allclose(logits[LOGIT_SAMPLE].cpu().numpy(), golden[f"{name}/{case}/logits"], atol=1e-4, rtol=0, err_msg=case)
+            np.testing.assert_allclose(iou.cpu().numpy(), golden[f"{name}/{case}/iou"], atol=1e-4, rtol=0, err_msg=case)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_CONFIGS))
+def test_outputs_match_official_golden(name: str) -> None:
+    _assert_golden(name, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(GOLDEN_CONFIGS))
+def test_outputs_on_cuda_match_official_golden(name: str, monkeypatch) -> None:
+    # fp32 as the golden outputs were computed: no TF32 in convolutions or matrix products
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    _assert_golden(name, "cuda")
 
 
 # -- state-dict layout ---------------------------------------------------------------------------

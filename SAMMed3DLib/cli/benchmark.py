@@ -13,6 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--clicks", type=int, default=10, help="follow-up clicks to time (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="the network's precision: bf16 runs it under autocast and reports the mask's Dice against fp32 (default: %(default)s)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     p.add_argument("--no-cold", action="store_true", help="skip the fresh-process (cold) first click")
     p.add_argument("--cold-repeats", type=int, default=3, help="fresh processes with and without pre-warming, each (default: %(default)s)")
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_click_latency(
         threads=args.threads, follow_ups=args.clicks, device=str(resolve_device(args.device)), cold=not args.no_cold, cold_repeats=args.cold_repeats,
-        model_source=args.model,
+        model_source=args.model, precision=args.precision,
     )
     text = to_json(result)
     if args.out:
