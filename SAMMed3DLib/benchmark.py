@@ -230,10 +230,9 @@ def run_click_latency(
     timings, size, spacing = dict(first.timings), list(image.GetSize()), list(image.GetSpacing())
     dice_vs_fp32 = None
     if precision != "fp32":
-        reference = _clicks(model, image, follow_ups)[4]
-        total = int(mask.sum()) + int(reference.sum())
-        dice_vs_fp32 = 1.0 if total == 0 else 2.0 * int(np.count_nonzero(mask & reference)) / total
-        del reference
+        from .metrics import dice
+
+        dice_vs_fp32 = dice(mask, _clicks(model, image, follow_ups)[4])
     del first, image, mask
     oblique_first_s, oblique_first, oblique_next, *_ = _clicks(model, synthetic_ct(oblique=True), follow_ups, _precision(device, precision))
     result = {

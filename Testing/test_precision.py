@@ -15,6 +15,7 @@ import torch
 
 from SAMMed3DLib import benchmark
 from SAMMed3DLib.checkpoint import load_model
+from SAMMed3DLib.metrics import dice as _dice
 from SAMMed3DLib.session import Session
 
 
@@ -39,10 +40,6 @@ def _session_masks(model, image: sitk.Image, autocast: bool, device_type: str = 
             session.click_index(index, positive=positive)
             masks.append(sitk.GetArrayFromImage(session.mask) > 0)
     return session, masks
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / max(1, int(a.sum()) + int(b.sum()))
 
 
 def test_clicks_under_bf16_autocast_keep_float32_logits_and_the_fp32_mask() -> None:
