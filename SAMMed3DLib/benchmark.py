@@ -185,10 +185,10 @@ def click_session(model: Any, image: sitk.Image, follow_ups: int, **session_opti
     return session, first_s, first, next_times
 
 
-def _clicks(model: Any, image: sitk.Image, follow_ups: int, context: Any = None) -> tuple[float, Any, list[float], int, np.ndarray]:
+def _clicks(model: Any, image: sitk.Image, follow_ups: int, context: Any) -> tuple[float, Any, list[float], int, np.ndarray]:
     """(first click seconds, its result, follow-up click seconds, windows opened, final mask (z, y, x) bool)
     in a new session on ``image``, the clicks run in ``context`` (a :func:`_precision`)."""
-    with context if context is not None else contextlib.nullcontext():
+    with context:
         session, first_s, first, next_times = click_session(model, image, follow_ups)
     return first_s, first, next_times, len(session.windows), sitk.GetArrayViewFromImage(session.mask) > 0
 
@@ -232,7 +232,7 @@ def run_click_latency(
     if precision != "fp32":
         from .metrics import dice
 
-        dice_vs_fp32 = dice(mask, _clicks(model, image, follow_ups)[4])
+        dice_vs_fp32 = dice(mask, _clicks(model, image, follow_ups, _precision(device, "fp32"))[4])
     del first, image, mask
     oblique_first_s, oblique_first, oblique_next, *_ = _clicks(model, synthetic_ct(oblique=True), follow_ups, _precision(device, precision))
     result = {

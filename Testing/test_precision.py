@@ -45,7 +45,7 @@ def _session_masks(model, image: sitk.Image, autocast: bool, device_type: str = 
 def test_clicks_under_bf16_autocast_keep_float32_logits_and_the_fp32_mask() -> None:
     model = load_model("default", device="cpu")
     image = _blob_ct()
-    reference, fp32_masks = _session_masks(model, image, autocast=False)
+    _, fp32_masks = _session_masks(model, image, autocast=False)
     session, bf16_masks = _session_masks(model, image, autocast=True)
     for state in session._windows.states:
         assert state.logits.dtype == torch.float32 and (state.output is None or state.output.dtype == torch.float32)
@@ -55,7 +55,6 @@ def test_clicks_under_bf16_autocast_keep_float32_logits_and_the_fp32_mask() -> N
     # undo under no autocast returns the bf16 session's own earlier mask exactly
     session.undo()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(session.mask) > 0, bf16_masks[1])
-    assert reference.mask.GetSize() == session.mask.GetSize()
 
 
 @pytest.mark.gpu
